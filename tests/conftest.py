@@ -1,0 +1,23 @@
+"""Shared fixtures: real emulators on 127.0.0.1, started once per test session."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from tests.support.emulators import Emulator, start_bigquery, start_gcs
+
+
+@pytest.fixture(scope="session")
+def bigquery_emulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Emulator]:
+    emulator = start_bigquery(tmp_path_factory.mktemp("bqemulator"))
+    yield emulator
+    emulator.stop()
+
+
+@pytest.fixture(scope="session")
+def gcs_emulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Emulator]:
+    emulator = start_gcs(tmp_path_factory.mktemp("gcs"))
+    yield emulator
+    emulator.stop()

@@ -1,0 +1,1 @@
+"""Shared test support: emulators, Airflow processes, fault-injecting proxies."""
