@@ -1,0 +1,325 @@
+"""Capture, per dbt node, every statement dbt would run on BigQuery, without running any of them.
+
+The one seam into dbt: dbt-bigquery's ``api_endpoint`` profile field points dbt at a recording endpoint on
+127.0.0.1, and dbtRunner's event callbacks say which node is running (dbt runs with one thread, so every
+request between ``NodeStart`` and ``NodeFinished`` belongs to that node). No dbt code is patched.
+
+The endpoint forwards reads to the real API (dataset/table metadata, SELECT queries a macro runs for
+introspection), so dbt compiles against the warehouse as it is. Writes — DDL, DML, scripts, dataset creation,
+and every query of a test node — are recorded and answered with a finished job that returned no rows (tests:
+zero failures), so dbt moves on as if they had run. Requests the toolkit cannot replay as SQL (load and copy
+jobs, table patches, deletes) are answered as if done too, and mark the node for LOCAL execution.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+import time
+import uuid
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from cosmos_async.config import ProfileConfig
+from cosmos_async.errors import CosmosAsyncError
+
+DEFAULT_BIGQUERY_ENDPOINT = "https://bigquery.googleapis.com"
+ON_RUN_START = "on-run-start"
+ON_RUN_END = "on-run-end"
+_JOBS = re.compile(r"^/bigquery/v2/projects/(?P<project>[^/]+)/jobs/?$")
+_JOB = re.compile(r"^/bigquery/v2/projects/(?P<project>[^/]+)/(?:jobs|queries)/(?P<job>[^/]+)(?:/cancel)?$")
+_DATASETS = re.compile(r"^/bigquery/v2/projects/(?P<project>[^/]+)/datasets/?$")
+_COMMENTS_AND_STRINGS = re.compile(
+    r"/\*.*?\*/|--[^\n]*|#[^\n]*|'(?:\\.|[^'\\])*'|\"(?:\\.|[^\"\\])*\"|`[^`]*`", re.S
+)
+_TEST_RESULT = {
+    "schema": {"fields": [{"name": "failures", "type": "INTEGER"}, {"name": "should_warn", "type": "BOOLEAN"},
+                          {"name": "should_error", "type": "BOOLEAN"}]},
+    "rows": [{"f": [{"v": "0"}, {"v": "false"}, {"v": "false"}]}],
+    "totalRows": "1",
+}
+
+
+class CaptureError(CosmosAsyncError):
+    """dbt could not be run to capture the project's statements."""
+
+
+@dataclass
+class NodeCapture:
+    """What one node (or one hook phase) would execute."""
+
+    statements: list[str] = field(default_factory=list)
+    # Why the node must run through dbt in LOCAL mode instead; None when the statements are complete.
+    fallback: str | None = None
+    # BigQuery location of the recorded jobs (from dbt's job reference), when known.
+    location: str | None = None
+
+    def script(self) -> str:
+        """The statements as one BigQuery multi-statement job."""
+        return "\n".join(_as_script_statement(s) for s in self.statements)
+
+
+@dataclass
+class Capture:
+    """The result of one capture run: per-node statements plus the run hooks."""
+
+    nodes: dict[str, NodeCapture]
+    on_run_start: NodeCapture
+    on_run_end: NodeCapture
+
+
+def _as_script_statement(sql: str) -> str:
+    body = sql.strip().rstrip(";").strip()
+    # DECLARE is only legal at the top of a script or block: give each statement that uses it its own block.
+    if re.match(r"^(?:\s|/\*.*?\*/|--[^\n]*\n)*declare\b", body, re.I | re.S):
+        return f"BEGIN\n{body};\nEND;"
+    return f"{body};"
+
+
+def is_read_only(sql: str) -> bool:
+    """True for a single SELECT/WITH statement: safe to send to the real warehouse during capture."""
+    code = _COMMENTS_AND_STRINGS.sub(" ", sql).strip().rstrip(";").strip().lower()
+    return code.startswith(("select", "with", "(")) and ";" not in code
+
+
+class _Recorder:
+    """State shared by the endpoint's request threads and dbt's event callback."""
+
+    def __init__(self, upstream: str) -> None:
+        import requests
+
+        self.upstream = upstream.rstrip("/")
+        self.http = requests.Session()
+        self.lock = threading.Lock()
+        self.current: str | None = None
+        self.node_kind: dict[str, str] = {}
+        self.started_any = False
+        # Later capture passes re-run dbt's run-start work (schemas, hooks); only the first pass records it.
+        self.first_pass = True
+        self.nodes: dict[str, NodeCapture] = {}
+        self.on_run_start = NodeCapture()
+        self.on_run_end = NodeCapture()
+        self.fake_jobs: dict[str, dict[str, Any]] = {}
+        self.project = "unknown"
+        self.uploads: dict[str, dict[str, Any]] = {}
+
+    # -- dbt events -------------------------------------------------------------------------------
+    def on_event(self, msg: Any) -> None:
+        name = msg.info.name
+        if name not in ("NodeStart", "NodeFinished"):
+            return
+        unique_id = msg.data.node_info.unique_id
+        with self.lock:
+            if name == "NodeStart":
+                self.current = unique_id
+                self.started_any = True
+                self.nodes[unique_id] = NodeCapture()
+            elif self.current == unique_id:
+                self.current = None
+
+    def target(self) -> NodeCapture:
+        if self.current is not None:
+            return self.nodes[self.current]
+        if not self.first_pass:
+            return NodeCapture()  # discarded
+        return self.on_run_end if self.started_any else self.on_run_start
+
+    def current_is_test(self) -> bool:
+        return self.current is not None and self.current.startswith(("test.", "unit_test."))
+
+    # -- requests ---------------------------------------------------------------------------------
+    def record(self, sql: str, location: str | None) -> None:
+        with self.lock:
+            target = self.target()
+            target.statements.append(sql)
+            target.location = target.location or location
+
+    def fall_back(self, reason: str) -> None:
+        with self.lock:
+            target = self.target()
+            target.fallback = target.fallback or reason
+
+    def fake_job(self, project: str, body: Mapping[str, Any], statement_type: str) -> dict[str, Any]:
+        ref = dict(body.get("jobReference") or {})
+        ref.setdefault("projectId", project)
+        ref.setdefault("jobId", f"cosmos_async_capture_{uuid.uuid4().hex}")
+        now = str(int(time.time() * 1000))
+        job = {
+            "kind": "bigquery#job",
+            "id": f"{ref['projectId']}:{ref.get('location', 'US')}.{ref['jobId']}",
+            "jobReference": ref,
+            "configuration": body.get("configuration") or {},
+            "status": {"state": "DONE"},
+            "statistics": {"creationTime": now, "startTime": now, "endTime": now,
+                           "query": {"statementType": statement_type, "totalBytesProcessed": "0"}},
+        }
+        with self.lock:
+            self.fake_jobs[ref["jobId"]] = {"job": job, "test": self.current_is_test()}
+        return job
+
+    def query_results(self, job_id: str) -> dict[str, Any] | None:
+        fake = self.fake_jobs.get(job_id)
+        if fake is None:
+            return None
+        job = fake["job"]
+        result = {"kind": "bigquery#getQueryResultsResponse", "jobReference": job["jobReference"],
+                  "jobComplete": True, "schema": {"fields": []}, "rows": [], "totalRows": "0"}
+        if fake["test"]:
+            result.update(_TEST_RESULT)
+        return result
+
+
+def _handler(recorder: _Recorder) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+        def _body(self) -> bytes:
+            length = int(self.headers.get("Content-Length") or 0)
+            return self.rfile.read(length) if length else b""
+
+        def _send(self, status: int, payload: Any, headers: Mapping[str, str] | None = None) -> None:
+            data = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", (headers or {}).get("Content-Type", "application/json"))
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def _forward(self, body: bytes) -> None:
+            headers = {k: v for k, v in self.headers.items() if k.lower() not in ("host", "content-length")}
+            resp = recorder.http.request(self.command, recorder.upstream + self.path, data=body or None,
+                                         headers=headers, timeout=300)
+            self._send(resp.status_code, resp.content, {"Content-Type": resp.headers.get("Content-Type", "")})
+
+        def _handle(self) -> None:
+            body = self._body()
+            path = urlsplit(self.path).path
+            if self.command == "POST" and (m := _JOBS.match(path)):
+                return self._insert_job(m["project"], body)
+            if self.command == "POST" and (m := _DATASETS.match(path)):
+                return self._create_dataset(m["project"], body)
+            if m := _JOBS.match(path) or _DATASETS.match(path):
+                recorder.project = m["project"]
+            if (m := _JOB.match(path)) and m["job"] in recorder.fake_jobs:
+                if "/queries/" in path:
+                    return self._send(200, recorder.query_results(m["job"]))
+                return self._send(200, recorder.fake_jobs[m["job"]]["job"])
+            if self.command in ("GET", "HEAD"):
+                return self._forward(body)
+            if path.startswith("/upload/"):
+                return self._upload(path, body)
+            recorder.fall_back(f"dbt-bigquery changes the warehouse through the API ({self.command} {path})")
+            return self._send(200, json.loads(body or b"{}") if self.command != "DELETE" else b"")
+
+        def _upload(self, path: str, body: bytes) -> None:
+            recorder.fall_back("dbt-bigquery loads this node's data with a load job (seed)")
+            if "uploadType=resumable" in self.path and self.command == "POST":
+                # Start of a resumable upload: hand out a session URL on this endpoint; the data PUT ends it.
+                session = uuid.uuid4().hex
+                recorder.uploads[session] = json.loads(body or b"{}")
+                host, port = self.server.server_address[:2]
+                self.send_response(200)
+                self.send_header("Location", f"http://{host}:{port}/upload/session/{session}")
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return None
+            job = recorder.uploads.pop(path.rsplit("/", 1)[-1], {})
+            return self._send(200, recorder.fake_job(recorder.project, job, "LOAD"))
+
+        def _insert_job(self, project: str, raw: bytes) -> None:
+            body = json.loads(raw or b"{}")
+            config = body.get("configuration") or {}
+            query = (config.get("query") or {}).get("query")
+            location = (body.get("jobReference") or {}).get("location")
+            if query is None:
+                kind = next(iter(k for k in config if k not in ("labels", "dryRun", "jobTimeoutMs")), "job")
+                recorder.fall_back(f"dbt-bigquery runs a {kind} job for this node")
+                return self._send(200, recorder.fake_job(project, body, kind.upper()))
+            if config.get("dryRun") or (is_read_only(query) and not recorder.current_is_test()):
+                return self._forward(raw)
+            recorder.record(query, location)
+            return self._send(200, recorder.fake_job(project, body, "SCRIPT"))
+
+        def _create_dataset(self, project: str, raw: bytes) -> None:
+            body = json.loads(raw or b"{}")
+            ref = body.get("datasetReference") or {}
+            location = body.get("location")
+            options = f" OPTIONS(location='{location}')" if location else ""
+            recorder.record(f"CREATE SCHEMA IF NOT EXISTS `{ref.get('projectId', project)}`.`{ref['datasetId']}`"
+                            f"{options}", location)
+            return self._send(200, {"kind": "bigquery#dataset", **body,
+                                    "id": f"{ref.get('projectId', project)}:{ref['datasetId']}"})
+
+        def do_GET(self) -> None:
+            self._handle()
+
+        do_POST = do_PUT = do_PATCH = do_DELETE = do_HEAD = do_GET
+
+    return Handler
+
+
+@contextmanager
+def recording_endpoint(upstream: str) -> Iterator[tuple[str, _Recorder]]:
+    """Serve the recording endpoint on 127.0.0.1 for the duration of the block."""
+    recorder = _Recorder(upstream)
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(recorder))
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, name="cosmos-async-capture", daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}", recorder
+    finally:
+        server.shutdown()
+        server.server_close()
+        recorder.http.close()
+
+
+def capture_project(project_dir: Path, profile_config: ProfileConfig, *, select: Sequence[str] = (),
+                    exclude: Sequence[str] = (), dbt_vars: Mapping[str, Any] | None = None,
+                    full_refresh: bool = False, install_deps: bool = False,
+                    env: Mapping[str, str] | None = None) -> Capture:
+    """Run ``dbt build`` once against the recording endpoint and return every node's statements.
+
+    A node whose capture fails, or that dbt skipped because an upstream capture failed, is retried in a
+    further pass on its own; a node that still fails falls back to LOCAL with dbt's message as the reason.
+    """
+    from cosmos_async.dbt_invoke import dbt_workspace, node_outcomes
+    from cosmos_async.profiles import resolve_target
+
+    target = resolve_target(profile_config)
+    upstream = target.get("api_endpoint") or DEFAULT_BIGQUERY_ENDPOINT
+    failed: dict[str, str] = {}
+    with recording_endpoint(upstream) as (url, recorder), dbt_workspace(
+        project_dir, profile_config, install_deps=install_deps, env=env,
+        target={**target, "api_endpoint": url, "threads": 1},
+    ) as workspace:
+        base = ["build", "--resource-type", "model", "seed", "snapshot", "test"]
+        if full_refresh:
+            base.append("--full-refresh")
+        pending_select, pending_exclude = list(select), list(exclude)
+        while True:
+            command = [*base, *(["--select", *pending_select] if pending_select else []),
+                       *(["--exclude", *pending_exclude] if pending_exclude else [])]
+            outcomes = node_outcomes(workspace, command, dbt_vars, [recorder.on_event])
+            recorder.first_pass = False
+            failed.update((o.unique_id, o.message) for o in outcomes if o.status == "error")
+            skipped = [o for o in outcomes if o.status == "skipped"]
+            # A skipped node is retried without its failed parents; a pass that only skips would loop forever.
+            if not skipped or len(skipped) == len(outcomes):
+                failed.update((o.unique_id, "dbt skipped it after an upstream capture failed") for o in skipped)
+                break
+            pending_select, pending_exclude = [o.selector for o in skipped], []
+    for unique_id, message in failed.items():
+        node = recorder.nodes.setdefault(unique_id, NodeCapture())
+        node.fallback = node.fallback or f"its statements could not be captured: {message}"
+    return Capture(recorder.nodes, recorder.on_run_start, recorder.on_run_end)
+

@@ -1,0 +1,201 @@
+"""The Cosmos-compatible configuration objects and the ``[cosmos]`` settings.
+
+Argument names and meanings follow astronomer-cosmos so a DAG moves over by changing its import. A Cosmos
+argument that cosmos-async does not implement raises :class:`UnsupportedArgumentError` naming it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+from cosmos_async.errors import ConfigurationError, UnsupportedArgumentError
+
+
+class ExecutionMode(Enum):
+    LOCAL = "local"
+    AIRFLOW_ASYNC = "airflow_async"
+    # Cosmos modes that are not implemented here; choosing one raises a clear error.
+    VIRTUALENV = "virtualenv"
+    DOCKER = "docker"
+    KUBERNETES = "kubernetes"
+    AWS_EKS = "aws_eks"
+    AWS_ECS = "aws_ecs"
+    AZURE_CONTAINER_INSTANCE = "azure_container_instance"
+    GCP_CLOUD_RUN_JOB = "gcp_cloud_run_job"
+    WATCHER = "watcher"
+
+
+SUPPORTED_EXECUTION_MODES = (ExecutionMode.LOCAL, ExecutionMode.AIRFLOW_ASYNC)
+
+
+class LoadMode(Enum):
+    AUTOMATIC = "automatic"
+    DBT_MANIFEST = "dbt_manifest"
+    DBT_LS = "dbt_ls"
+    CUSTOM = "custom"
+    DBT_LS_FILE = "dbt_ls_file"
+    DBT_LS_CACHE = "dbt_ls_cache"
+
+
+class TestBehavior(Enum):
+    __test__ = False  # not a pytest test class
+
+    NONE = "none"
+    AFTER_EACH = "after_each"
+    AFTER_ALL = "after_all"
+    BUILD = "build"
+
+
+class InvocationMode(Enum):
+    DBT_RUNNER = "dbt_runner"
+    SUBPROCESS = "subprocess"
+
+
+def _reject(owner: str, unsupported: dict[str, Any]) -> None:
+    if unsupported:
+        names = ", ".join(sorted(unsupported))
+        raise UnsupportedArgumentError(
+            f"{owner}: argument(s) {names} are not supported by cosmos-async; remove them "
+            f"(supported arguments are listed in the README's configuration table)."
+        )
+
+
+@dataclass
+class ProjectConfig:
+    """Where the dbt project and its manifest are."""
+
+    dbt_project_path: str | Path | None = None
+    manifest_path: str | Path | None = None
+    project_name: str | None = None
+    dbt_vars: dict[str, Any] | None = None
+    env_vars: dict[str, str] | None = None
+    install_dbt_deps: bool = True
+    partial_parse: bool = True
+
+    def __init__(self, dbt_project_path: str | Path | None = None, manifest_path: str | Path | None = None,
+                 project_name: str | None = None, dbt_vars: dict[str, Any] | None = None,
+                 env_vars: dict[str, str] | None = None, install_dbt_deps: bool = True,
+                 partial_parse: bool = True, **unsupported: Any) -> None:
+        _reject("ProjectConfig", unsupported)
+        self.dbt_project_path = Path(dbt_project_path) if dbt_project_path else None
+        self.manifest_path = Path(manifest_path) if manifest_path else None
+        self.project_name = project_name
+        self.dbt_vars = dict(dbt_vars or {})
+        self.env_vars = dict(env_vars or {})
+        self.install_dbt_deps = install_dbt_deps
+        self.partial_parse = partial_parse
+        if self.dbt_project_path is None and self.manifest_path is None:
+            raise ConfigurationError("ProjectConfig needs dbt_project_path, manifest_path, or both.")
+        if self.project_name is None and self.dbt_project_path is not None:
+            self.project_name = self.dbt_project_path.name
+
+
+@dataclass
+class ProfileConfig:
+    """Which dbt profile and target to use: the user's profiles.yml or one built from an Airflow connection."""
+
+    profile_name: str
+    target_name: str
+    profiles_yml_filepath: str | Path | None = None
+    profile_mapping: Any = None
+
+    def __init__(self, profile_name: str, target_name: str, profiles_yml_filepath: str | Path | None = None,
+                 profile_mapping: Any = None, **unsupported: Any) -> None:
+        _reject("ProfileConfig", unsupported)
+        if (profiles_yml_filepath is None) == (profile_mapping is None):
+            raise ConfigurationError("ProfileConfig needs exactly one of profiles_yml_filepath or profile_mapping.")
+        self.profile_name = profile_name
+        self.target_name = target_name
+        self.profiles_yml_filepath = Path(profiles_yml_filepath) if profiles_yml_filepath else None
+        self.profile_mapping = profile_mapping
+
+
+@dataclass
+class ExecutionConfig:
+    """How nodes run: LOCAL (dbt in the worker) or AIRFLOW_ASYNC (BigQuery jobs awaited in the triggerer)."""
+
+    execution_mode: ExecutionMode = ExecutionMode.LOCAL
+    invocation_mode: InvocationMode = InvocationMode.DBT_RUNNER
+    dbt_project_path: Path | None = None
+    async_py_requirements: list[str] = field(default_factory=list)
+
+    def __init__(self, execution_mode: ExecutionMode = ExecutionMode.LOCAL,
+                 invocation_mode: InvocationMode | None = None, dbt_project_path: str | Path | None = None,
+                 async_py_requirements: list[str] | None = None, **unsupported: Any) -> None:
+        _reject("ExecutionConfig", unsupported)
+        if execution_mode not in SUPPORTED_EXECUTION_MODES:
+            raise UnsupportedArgumentError(
+                f"ExecutionConfig(execution_mode={execution_mode}) is not supported by cosmos-async; "
+                f"use ExecutionMode.LOCAL or ExecutionMode.AIRFLOW_ASYNC."
+            )
+        if invocation_mode not in (None, InvocationMode.DBT_RUNNER):
+            raise UnsupportedArgumentError(
+                "ExecutionConfig(invocation_mode=SUBPROCESS) is not supported: cosmos-async runs dbt in-process "
+                "(InvocationMode.DBT_RUNNER)."
+            )
+        self.execution_mode = execution_mode
+        self.invocation_mode = InvocationMode.DBT_RUNNER
+        self.dbt_project_path = Path(dbt_project_path) if dbt_project_path else None
+        self.async_py_requirements = list(async_py_requirements or [])
+
+
+@dataclass
+class RenderConfig:
+    """How the dbt graph becomes Airflow tasks."""
+
+    load_method: LoadMode = LoadMode.AUTOMATIC
+    select: list[str] = field(default_factory=list)
+    exclude: list[str] = field(default_factory=list)
+    test_behavior: TestBehavior = TestBehavior.AFTER_EACH
+    emit_datasets: bool = True
+    dbt_deps: bool = True
+    dbt_project_path: Path | None = None
+
+    def __init__(self, load_method: LoadMode = LoadMode.AUTOMATIC, select: list[str] | str | None = None,
+                 exclude: list[str] | str | None = None, test_behavior: TestBehavior = TestBehavior.AFTER_EACH,
+                 emit_datasets: bool = True, dbt_deps: bool = True, dbt_project_path: str | Path | None = None,
+                 **unsupported: Any) -> None:
+        _reject("RenderConfig", unsupported)
+        if load_method not in (LoadMode.AUTOMATIC, LoadMode.DBT_MANIFEST, LoadMode.DBT_LS):
+            raise UnsupportedArgumentError(
+                f"RenderConfig(load_method={load_method}) is not supported by cosmos-async; "
+                "use LoadMode.AUTOMATIC, DBT_MANIFEST or DBT_LS."
+            )
+        if test_behavior == TestBehavior.BUILD:
+            raise UnsupportedArgumentError(
+                "RenderConfig(test_behavior=TestBehavior.BUILD) is not supported by cosmos-async; "
+                "use AFTER_EACH, AFTER_ALL or NONE."
+            )
+        self.load_method = load_method
+        self.select = [select] if isinstance(select, str) else list(select or [])
+        self.exclude = [exclude] if isinstance(exclude, str) else list(exclude or [])
+        self.test_behavior = test_behavior
+        self.emit_datasets = emit_datasets
+        self.dbt_deps = dbt_deps
+        self.dbt_project_path = Path(dbt_project_path) if dbt_project_path else None
+
+
+# operator_args keys understood by cosmos-async operators; anything else is rejected at parse time.
+OPERATOR_ARGS = frozenset({
+    "install_deps", "full_refresh", "vars", "location", "env", "append_env", "poll_interval",
+    "retries", "retry_delay", "execution_timeout", "pool", "pool_slots", "queue", "priority_weight",
+    "owner", "email", "email_on_failure", "email_on_retry", "sla", "trigger_rule", "on_failure_callback",
+    "on_success_callback", "on_retry_callback", "on_execute_callback", "max_active_tis_per_dag",
+    "start_from_trigger", "project", "remote_target_path", "remote_target_path_conn_id",
+})
+
+
+def check_operator_args(operator_args: dict[str, Any]) -> dict[str, Any]:
+    """Return operator_args unchanged, or raise naming every key cosmos-async does not implement."""
+    _reject("operator_args", {k: v for k, v in operator_args.items() if k not in OPERATOR_ARGS})
+    return dict(operator_args)
+
+
+def cosmos_setting(name: str, default: str | None = None) -> str | None:
+    """Read ``[cosmos] name`` (env ``AIRFLOW__COSMOS__NAME``) from Airflow's configuration."""
+    from airflow.sdk import conf
+
+    return conf.get("cosmos", name, fallback=default)

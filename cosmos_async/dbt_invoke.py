@@ -1,0 +1,143 @@
+"""Run dbt in-process (dbtRunner) against a project, without writing into the project directory.
+
+dbt's target/ and logs/ go to a private temporary directory; when packages must be installed the project is
+copied there first, so a read-only DAGs folder works. Secrets reach dbt only through the environment.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from cosmos_async.config import ProfileConfig
+from cosmos_async.errors import CosmosAsyncError
+from cosmos_async.profiles import dbt_profile, resolve_target
+
+_IGNORED_COPY = shutil.ignore_patterns("target", "logs", "dbt_packages", ".git", "__pycache__")
+
+
+class DbtCommandError(CosmosAsyncError):
+    """dbt reported a failure; the message carries dbt's own error text."""
+
+
+@dataclass
+class DbtWorkspace:
+    """A prepared place to run dbt: project dir, profiles dir, target dir and the env to run with."""
+
+    project_dir: Path
+    profiles_dir: Path
+    target_dir: Path
+    env: dict[str, str]
+    profile_config: ProfileConfig
+
+    def args(self, command: Sequence[str], dbt_vars: Mapping[str, Any] | None = None) -> list[str]:
+        args = [*command, "--project-dir", str(self.project_dir), "--profiles-dir", str(self.profiles_dir),
+                "--profile", self.profile_config.profile_name, "--target", self.profile_config.target_name,
+                "--target-path", str(self.target_dir)]
+        if dbt_vars:
+            args += ["--vars", json.dumps(dict(dbt_vars))]
+        return args
+
+
+@contextmanager
+def _environment(env: Mapping[str, str]) -> Iterator[None]:
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+@contextmanager
+def dbt_workspace(project_dir: Path, profile_config: ProfileConfig, *, install_deps: bool = False,
+                  env: Mapping[str, str] | None = None,
+                  target: Mapping[str, Any] | None = None) -> Iterator[DbtWorkspace]:
+    """Prepare a workspace for one or more dbt commands and clean it up afterwards.
+
+    ``target`` replaces the profile's resolved target (the capture points dbt at its recording endpoint).
+    """
+    project_dir = Path(project_dir)
+    if not (project_dir / "dbt_project.yml").is_file():
+        raise CosmosAsyncError(f"no dbt_project.yml in {project_dir}; fix ProjectConfig(dbt_project_path=...).")
+    if target is None:
+        target = resolve_target(profile_config)
+    with tempfile.TemporaryDirectory(prefix="cosmos-async-dbt-") as tmp, dbt_profile(profile_config, target) as (
+        profiles_dir, secret_env
+    ):
+        work = Path(tmp)
+        needs_deps = install_deps and any((project_dir / f).is_file() for f in ("packages.yml", "dependencies.yml"))
+        if needs_deps:
+            shutil.copytree(project_dir, work / "project", ignore=_IGNORED_COPY, symlinks=True)
+            project_dir = work / "project"
+        run_env = {**(env or {}), **secret_env, "DBT_LOG_PATH": str(work / "logs"),
+                   "DBT_SEND_ANONYMOUS_USAGE_STATS": "false"}
+        workspace = DbtWorkspace(project_dir, profiles_dir, work / "target", run_env, profile_config)
+        with _environment(run_env):
+            if needs_deps:
+                invoke(workspace, ["deps"])
+            yield workspace
+
+
+def invoke(workspace: DbtWorkspace, command: Sequence[str], dbt_vars: Mapping[str, Any] | None = None,
+           callbacks: Sequence[Callable[[Any], None]] = ()) -> Any:
+    """Run one dbt command in-process; raise :class:`DbtCommandError` with dbt's messages when it fails."""
+    result = _run(workspace, command, dbt_vars, callbacks)
+    if result.success:
+        return result
+    raise DbtCommandError(f"dbt {' '.join(command)} failed: {_failure_text(result)}")
+
+
+@dataclass(frozen=True)
+class NodeOutcome:
+    """How one node ended in a dbt command that is allowed to fail node by node."""
+
+    unique_id: str
+    selector: str
+    status: str  # success / error / skipped / pass / fail / warn
+    message: str
+
+
+def node_outcomes(workspace: DbtWorkspace, command: Sequence[str], dbt_vars: Mapping[str, Any] | None = None,
+                  callbacks: Sequence[Callable[[Any], None]] = ()) -> list[NodeOutcome]:
+    """Run a dbt command and report each node's outcome; raise only when dbt itself could not run."""
+    result = _run(workspace, command, dbt_vars, callbacks)
+    if result.exception is not None or result.result is None:
+        raise DbtCommandError(f"dbt {' '.join(command)} could not run: {_failure_text(result)}")
+    outcomes = []
+    for node_result in getattr(result.result, "results", None) or ():
+        node = node_result.node
+        selector = node.name if node.resource_type == "test" else "fqn:" + ".".join(node.fqn)
+        outcomes.append(NodeOutcome(node.unique_id, selector, str(node_result.status).lower(),
+                                    str(node_result.message or "")))
+    return outcomes
+
+
+def _run(workspace: DbtWorkspace, command: Sequence[str], dbt_vars: Mapping[str, Any] | None,
+         callbacks: Sequence[Callable[[Any], None]]) -> Any:
+    from dbt.cli.main import dbtRunner
+
+    return dbtRunner(callbacks=list(callbacks)).invoke(workspace.args(command, dbt_vars))
+
+
+def _failure_text(result: Any) -> str:
+    if result.exception is not None:
+        return str(result.exception)
+    messages = []
+    for node_result in getattr(result.result, "results", None) or ():
+        if str(getattr(node_result, "status", "")).lower() in ("error", "fail", "runtime error"):
+            node = getattr(node_result, "node", None)
+            name = getattr(node, "unique_id", "?")
+            messages.append(f"{name}: {node_result.message}")
+    return "; ".join(messages) or "see the dbt output above"

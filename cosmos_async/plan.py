@@ -1,0 +1,134 @@
+"""Selected dbt nodes → a plan of Airflow tasks (ids, groups, commands, edges). Pure Python, no Airflow objects.
+
+Rules (Cosmos users will recognise them):
+- one task per selected model (``<name>_run``), seed (``<name>_seed``) and snapshot (``<name>_snapshot``);
+- ephemeral models get no task; edges pass through them to the nodes they feed;
+- TestBehavior.AFTER_EACH: a node with tests becomes a task group ``<name>`` holding its task and ``test``,
+  and its children wait for the tests; a test over several parents gets its own ``<test>_test`` task;
+- TestBehavior.AFTER_ALL: one ``<project>_test`` task after every other task.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass
+
+from cosmos_async.config import TestBehavior
+from cosmos_async.project.manifest import DbtNode, Manifest
+
+BUILD_COMMANDS = {"model": "run", "seed": "seed", "snapshot": "snapshot"}
+_UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
+
+
+@dataclass(frozen=True)
+class TaskPlan:
+    """One Airflow task to create."""
+
+    key: str  # the full task id (group prefix included)
+    task_id: str  # id inside its group
+    group_id: str | None
+    command: str  # run / seed / snapshot / test
+    node_ids: tuple[str, ...]  # dbt nodes this task executes
+    upstream: tuple[str, ...]  # keys of the plans this one waits for
+
+    @property
+    def is_test(self) -> bool:
+        return self.command == "test"
+
+
+def safe_id(label: str) -> str:
+    """An Airflow-safe id for a dbt name; names that had to change get a short hash so they stay unique."""
+    cleaned = _UNSAFE.sub("_", label)[:200]
+    if cleaned == label:
+        return label
+    return f"{cleaned}__{hashlib.sha1(label.encode()).hexdigest()[:8]}"
+
+
+def _task_ancestors(manifest: Manifest, node_id: str, has_task: set[str]) -> list[str]:
+    """Nearest ancestors that have a task, looking through ephemeral models."""
+    found: list[str] = []
+    seen: set[str] = set()
+    stack = list(manifest.nodes[node_id].depends_on)
+    while stack:
+        parent = stack.pop()
+        if parent in seen or parent not in manifest.nodes:
+            continue
+        seen.add(parent)
+        if parent in has_task:
+            found.append(parent)
+        elif manifest.nodes[parent].materialized == "ephemeral":
+            stack.extend(manifest.nodes[parent].depends_on)
+    return sorted(found)
+
+
+def _topological(manifest: Manifest, ids: set[str]) -> list[str]:
+    order: list[str] = []
+    state: dict[str, int] = {}
+    for start in sorted(ids):
+        stack = [(start, False)]
+        while stack:
+            node_id, done = stack.pop()
+            if done:
+                state[node_id] = 2
+                order.append(node_id)
+                continue
+            if state.get(node_id):
+                continue
+            state[node_id] = 1
+            stack.append((node_id, True))
+            stack.extend((p, False) for p in sorted(manifest.nodes[node_id].depends_on, reverse=True)
+                         if p in ids and not state.get(p))
+    return order
+
+
+def plan_tasks(manifest: Manifest, selected: set[str], test_behavior: TestBehavior) -> list[TaskPlan]:
+    """Plans in dependency order for the selected unique ids."""
+    nodes = manifest.nodes
+    builds = {uid for uid in selected if nodes[uid].resource_type in BUILD_COMMANDS
+              and nodes[uid].materialized != "ephemeral"}
+    tests = sorted(uid for uid in selected if nodes[uid].resource_type == "test")
+
+    attached: dict[str, list[str]] = {}
+    detached: list[str] = []
+    if test_behavior == TestBehavior.AFTER_EACH:
+        for test_id in tests:
+            parents = _task_ancestors(manifest, test_id, builds)
+            if len(parents) == 1:
+                attached.setdefault(parents[0], []).append(test_id)
+            else:
+                detached.append(test_id)
+
+    end_key: dict[str, str] = {}  # build node → key of the task its children wait for
+    plans: list[TaskPlan] = []
+    for uid in _topological(manifest, builds):
+        node = nodes[uid]
+        command = BUILD_COMMANDS[node.resource_type]
+        upstream = tuple(end_key[p] for p in _task_ancestors(manifest, uid, builds))
+        name = safe_id(node.label)
+        if uid in attached:
+            run = TaskPlan(f"{name}.{command}", command, name, command, (uid,), upstream)
+            test = TaskPlan(f"{name}.test", "test", name, "test", tuple(attached[uid]), (run.key,))
+            plans += [run, test]
+            end_key[uid] = test.key
+        else:
+            task_id = f"{name}_{command}"
+            plans.append(TaskPlan(task_id, task_id, None, command, (uid,), upstream))
+            end_key[uid] = task_id
+
+    for test_id in detached:
+        task_id = f"{safe_id(nodes[test_id].label)}_test"
+        upstream = tuple(end_key[p] for p in _task_ancestors(manifest, test_id, builds))
+        plans.append(TaskPlan(task_id, task_id, None, "test", (test_id,), upstream))
+
+    if test_behavior == TestBehavior.AFTER_ALL and tests:
+        task_id = f"{safe_id(manifest.project_name or 'dbt')}_test"
+        plans.append(TaskPlan(task_id, task_id, None, "test", tuple(tests), tuple(p.key for p in plans)))
+    return plans
+
+
+def node_selector(node: DbtNode) -> str:
+    """A dbt --select argument matching exactly this node."""
+    if node.resource_type == "test":
+        return node.name
+    return "fqn:" + ".".join(node.fqn) if node.fqn else node.name

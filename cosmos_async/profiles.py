@@ -1,0 +1,195 @@
+"""Airflow ``google_cloud_platform`` connection → dbt BigQuery profile.
+
+The profile written for dbt refers to every secret through ``env_var()``; the secret values travel only in
+the dbt process's environment, so no key material lands in profiles.yml, the project directory, logs or XCom.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import yaml
+
+from cosmos_async.config import ProfileConfig
+from cosmos_async.errors import ConfigurationError
+
+SECRET_KEYS = ("private_key", "private_key_id", "client_secret", "refresh_token", "token")
+_ENV_PREFIX = "COSMOS_ASYNC_SECRET_"
+
+
+def _extra(extras: Mapping[str, Any], key: str) -> Any:
+    """Read an extra in either the short form or the legacy ``extra__google_cloud_platform__`` form."""
+    value = extras.get(key)
+    if value in (None, ""):
+        value = extras.get(f"extra__google_cloud_platform__{key}")
+    return None if value == "" else value
+
+
+@dataclass
+class _BigQueryProfileMapping:
+    """Base of the BigQuery profile mappings: connection fields + ``profile_args`` → dbt target dict."""
+
+    conn_id: str = "google_cloud_default"
+    profile_args: dict[str, Any] = field(default_factory=dict)
+    dbt_method: ClassVar[str]
+
+    def target(self, extras: Mapping[str, Any]) -> dict[str, Any]:
+        """The dbt target for this connection's extras; secrets still in clear (see :func:`split_secrets`)."""
+        project = self.profile_args.get("project") or _extra(extras, "project")
+        if not project:
+            raise ConfigurationError(
+                f"connection {self.conn_id!r} has no project and profile_args has none: set the connection's "
+                "'project' extra or profile_args={'project': ...}."
+            )
+        if not self.profile_args.get("dataset"):
+            raise ConfigurationError("profile_args needs 'dataset' (the default BigQuery dataset for dbt).")
+        target: dict[str, Any] = {"type": "bigquery", "method": self.dbt_method, "project": project, "threads": 4}
+        endpoint = _extra(extras, "bigquery_api_endpoint")
+        if endpoint:
+            target["api_endpoint"] = endpoint
+        target.update(self.credentials(extras))
+        target.update(self.profile_args)
+        return target
+
+    def credentials(self, extras: Mapping[str, Any]) -> dict[str, Any]:
+        raise NotImplementedError
+
+
+class GoogleCloudServiceAccountDictProfileMapping(_BigQueryProfileMapping):
+    """Service-account key JSON kept in the connection's ``keyfile_dict`` extra."""
+
+    dbt_method = "service-account-json"
+
+    def credentials(self, extras: Mapping[str, Any]) -> dict[str, Any]:
+        keyfile = _extra(extras, "keyfile_dict")
+        if not keyfile:
+            raise ConfigurationError(f"connection {self.conn_id!r} has no 'keyfile_dict' extra (the key JSON).")
+        if isinstance(keyfile, str):
+            try:
+                keyfile = json.loads(keyfile)
+            except ValueError:
+                raise ConfigurationError(
+                    f"connection {self.conn_id!r}: 'keyfile_dict' is not valid JSON; paste the key file's content."
+                ) from None
+        return {"keyfile_json": dict(keyfile)}
+
+
+class GoogleCloudServiceAccountFileProfileMapping(_BigQueryProfileMapping):
+    """Service-account key file on the worker, path in the connection's ``key_path`` extra."""
+
+    dbt_method = "service-account"
+
+    def credentials(self, extras: Mapping[str, Any]) -> dict[str, Any]:
+        key_path = _extra(extras, "key_path")
+        if not key_path:
+            raise ConfigurationError(f"connection {self.conn_id!r} has no 'key_path' extra.")
+        return {"keyfile": key_path}
+
+
+class GoogleCloudOauthProfileMapping(_BigQueryProfileMapping):
+    """Application Default Credentials; with the ``anonymous`` extra (emulators) a placeholder token."""
+
+    dbt_method = "oauth"
+
+    def credentials(self, extras: Mapping[str, Any]) -> dict[str, Any]:
+        if str(_extra(extras, "anonymous")).lower() == "true":
+            # Emulators accept any bearer token; dbt-bigquery needs one to skip the ADC lookup.
+            return {"method": "oauth-secrets", "token": "anonymous"}
+        return {}
+
+
+def split_secrets(target: dict[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:
+    """Replace secret values with ``env_var()`` references; return (safe target, env holding the secrets)."""
+    env: dict[str, str] = {}
+
+    def scrub(obj: Any, path: str) -> Any:
+        if isinstance(obj, dict):
+            return {k: scrub(v, f"{path}{k.upper()}_") if k not in SECRET_KEYS else ref(v, f"{path}{k.upper()}")
+                    for k, v in obj.items()}
+        return obj
+
+    def ref(value: Any, name: str) -> str:
+        env[_ENV_PREFIX + name] = str(value)
+        return "{{ env_var('%s') }}" % (_ENV_PREFIX + name)
+
+    return scrub(target, ""), env
+
+
+def connection_extras(conn_id: str) -> dict[str, Any]:
+    """The extras of an Airflow connection, resolved where the task runs."""
+    from airflow.sdk import Connection
+
+    try:
+        conn = Connection.get(conn_id)
+    except Exception as exc:  # Airflow raises AirflowNotFoundException / task-sdk errors
+        raise ConfigurationError(f"Airflow connection {conn_id!r} cannot be read ({type(exc).__name__}); create it "
+                                 "or fix profile_mapping's conn_id.") from None
+    return dict(conn.extra_dejson or {})
+
+
+def _render_value(value: Any) -> Any:
+    """Render the Jinja dbt allows in profiles.yml (``env_var`` and the ``as_*`` filters)."""
+    if isinstance(value, dict):
+        return {k: _render_value(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_render_value(v) for v in value]
+    if not isinstance(value, str) or "{" not in value:
+        return value
+    import jinja2
+
+    def env_var(name: str, default: str | None = None) -> str:
+        if name in os.environ:
+            return os.environ[name]
+        if default is None:
+            raise ConfigurationError(f"profiles.yml uses env_var('{name}'), which is not set.")
+        return default
+
+    env = jinja2.Environment(undefined=jinja2.StrictUndefined)
+    env.filters.update(as_text=str, as_bool=lambda v: str(v).lower() == "true", as_number=float,
+                       as_native=lambda v: v)
+    rendered = env.from_string(value).render(env_var=env_var)
+    return int(rendered) if rendered.isdigit() and value.strip().startswith("{{") else rendered
+
+
+def resolve_target(profile_config: ProfileConfig, extras: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The dbt target as a dict with values rendered (secrets in clear: keep it in memory only).
+
+    ``extras`` overrides the connection lookup (used where the connection was already read).
+    """
+    if profile_config.profile_mapping is None:
+        source = Path(profile_config.profiles_yml_filepath)
+        try:
+            profiles = yaml.safe_load(source.read_text()) or {}
+        except OSError:
+            raise ConfigurationError(f"profiles_yml_filepath {source} cannot be read.") from None
+        try:
+            target = profiles[profile_config.profile_name]["outputs"][profile_config.target_name]
+        except (KeyError, TypeError):
+            raise ConfigurationError(f"{source} has no profile {profile_config.profile_name!r} with target "
+                                     f"{profile_config.target_name!r}.") from None
+        return _render_value(dict(target))
+    mapping = profile_config.profile_mapping
+    if extras is None:
+        extras = connection_extras(mapping.conn_id)
+    return mapping.target(extras)
+
+
+@contextmanager
+def dbt_profile(profile_config: ProfileConfig, target: Mapping[str, Any]) -> Iterator[tuple[Path, dict]]:
+    """Yield (profiles_dir, env) holding ``target``; the directory is private and removed afterwards."""
+    with tempfile.TemporaryDirectory(prefix="cosmos-async-profile-") as tmp:
+        profiles_dir = Path(tmp)
+        safe, env = split_secrets(dict(target))
+        profile = {profile_config.profile_name: {"target": profile_config.target_name,
+                                                 "outputs": {profile_config.target_name: safe}}}
+        path = profiles_dir / "profiles.yml"
+        path.write_text(yaml.safe_dump(profile, sort_keys=False))
+        os.chmod(path, 0o600)
+        yield profiles_dir, env

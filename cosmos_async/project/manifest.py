@@ -1,0 +1,153 @@
+"""manifest.json → a typed, immutable node graph. Pure Python: parsing a DAG file never imports dbt."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+from cosmos_async.errors import ManifestError
+
+# Manifest schema versions this parser has been checked against (dbt-core 1.6 → 1.11 write v10-v12).
+SUPPORTED_SCHEMA_VERSIONS = frozenset({10, 11, 12})
+RUNNABLE_TYPES = frozenset({"model", "seed", "snapshot", "test"})
+
+
+@dataclass(frozen=True)
+class DbtNode:
+    """One node of the dbt graph (model, seed, snapshot, test or source)."""
+
+    unique_id: str
+    resource_type: str
+    name: str
+    package_name: str
+    original_file_path: str
+    fqn: tuple[str, ...]
+    tags: frozenset[str]
+    config: Mapping[str, Any]
+    depends_on: tuple[str, ...]
+    database: str | None = None
+    schema: str | None = None
+    alias: str | None = None
+    version: str | None = None
+    # For tests: the model/seed/snapshot they are attached to, when dbt knows it.
+    attached_node: str | None = None
+    source_name: str | None = None
+
+    @property
+    def materialized(self) -> str | None:
+        return self.config.get("materialized")
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.config.get("enabled", True))
+
+    @property
+    def relation_name(self) -> str | None:
+        """`database.schema.alias` of the relation the node builds, when it builds one."""
+        if self.resource_type not in ("model", "seed", "snapshot", "source") or self.materialized == "ephemeral":
+            return None
+        return ".".join(part for part in (self.database, self.schema, self.alias or self.name) if part)
+
+    @property
+    def label(self) -> str:
+        """The node's name as users read it in task ids (versioned models keep their version)."""
+        return f"{self.name}_v{self.version}" if self.version is not None else self.name
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """The parsed graph: nodes (including sources) by unique id, and the project's name."""
+
+    project_name: str
+    adapter_type: str | None
+    dbt_version: str | None
+    nodes: Mapping[str, DbtNode]
+    children: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+
+    def parents(self, unique_id: str) -> tuple[str, ...]:
+        return self.nodes[unique_id].depends_on
+
+    @classmethod
+    def from_nodes(cls, nodes: Iterable[DbtNode], project_name: str, adapter_type: str | None = None,
+                   dbt_version: str | None = None) -> Manifest:
+        by_id = {n.unique_id: n for n in nodes}
+        children: dict[str, list[str]] = {uid: [] for uid in by_id}
+        for node in by_id.values():
+            for parent in node.depends_on:
+                if parent in children:
+                    children[parent].append(node.unique_id)
+        return cls(project_name, adapter_type, dbt_version, MappingProxyType(by_id),
+                   MappingProxyType({k: tuple(v) for k, v in children.items()}))
+
+
+def _node(raw: Mapping[str, Any]) -> DbtNode:
+    depends = raw.get("depends_on") or {}
+    version = raw.get("version")
+    return DbtNode(
+        unique_id=raw["unique_id"],
+        resource_type=raw["resource_type"],
+        name=raw["name"],
+        package_name=raw.get("package_name", ""),
+        original_file_path=raw.get("original_file_path", ""),
+        fqn=tuple(raw.get("fqn") or ()),
+        tags=frozenset(raw.get("tags") or ()),
+        config=MappingProxyType(dict(raw.get("config") or {})),
+        depends_on=tuple(dict.fromkeys(depends.get("nodes") or ())),
+        database=raw.get("database"),
+        schema=raw.get("schema"),
+        alias=raw.get("alias") or raw.get("identifier"),
+        version=None if version is None else str(version),
+        attached_node=raw.get("attached_node"),
+        source_name=raw.get("source_name"),
+    )
+
+
+def parse_manifest(data: Mapping[str, Any], origin: str = "manifest.json") -> Manifest:
+    """Build the graph from a manifest dict; raise :class:`ManifestError` naming what is wrong."""
+    if not isinstance(data, Mapping) or "nodes" not in data or "metadata" not in data:
+        raise ManifestError(f"{origin} is not a dbt manifest (no 'metadata'/'nodes'); regenerate it: `dbt parse`.")
+    metadata = data["metadata"]
+    schema_url = str(metadata.get("dbt_schema_version", ""))
+    try:
+        schema_version = int(schema_url.rsplit("/v", 1)[1].split(".")[0])
+    except (IndexError, ValueError):
+        raise ManifestError(
+            f"{origin}: unknown dbt_schema_version {schema_url!r}; regenerate it with `dbt parse`."
+        ) from None
+    if schema_version not in SUPPORTED_SCHEMA_VERSIONS:
+        raise ManifestError(
+            f"{origin} has manifest schema v{schema_version}, which cosmos-async does not read "
+            f"(supported: v{min(SUPPORTED_SCHEMA_VERSIONS)}-v{max(SUPPORTED_SCHEMA_VERSIONS)}, dbt-core 1.6-1.11); "
+            "regenerate it with a supported dbt-core."
+        )
+    try:
+        raw_nodes = list(data["nodes"].values()) + list((data.get("sources") or {}).values())
+        nodes = [_node(raw) for raw in raw_nodes if raw.get("resource_type") in RUNNABLE_TYPES | {"source"}]
+    except (KeyError, TypeError, AttributeError) as exc:
+        raise ManifestError(f"{origin} is corrupt: a node lacks {exc}; regenerate it with `dbt parse`.") from None
+    project = metadata.get("project_name") or _guess_project(nodes)
+    return Manifest.from_nodes(nodes, project, metadata.get("adapter_type"), metadata.get("dbt_version"))
+
+
+def _guess_project(nodes: list[DbtNode]) -> str:
+    packages = {n.package_name for n in nodes if n.resource_type == "model"}
+    return next(iter(packages)) if len(packages) == 1 else ""
+
+
+def load_manifest(path: str | Path) -> Manifest:
+    """Read and parse a manifest.json file."""
+    path = Path(path)
+    try:
+        with path.open("rb") as fh:
+            data = json.load(fh)
+    except FileNotFoundError:
+        raise ManifestError(f"manifest not found at {path}; set ProjectConfig(manifest_path=...) to a file "
+                            "written by `dbt parse` or `dbt compile`.") from None
+    except (OSError, ValueError) as exc:
+        raise ManifestError(f"manifest at {path} cannot be read as JSON ({exc}); regenerate it with `dbt parse`.") \
+            from None
+    return parse_manifest(data, str(path))

@@ -1,0 +1,65 @@
+"""Airflow provider registration: declares the ``[cosmos]`` configuration section and its options.
+
+Airflow reads this through the ``apache_airflow_provider`` entry point, so ``airflow config list`` documents
+the options and ``AIRFLOW__COSMOS__*`` environment variables resolve with their defaults.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+SECTION = "cosmos"
+
+# name -> (description, type, example, default). Defaults are strings, as Airflow's config parser expects.
+OPTIONS: dict[str, tuple[str, str, str | None, str | None]] = {
+    "remote_target_path": (
+        "fsspec URL under which the setup task uploads each run's compiled SQL "
+        "(gs://bucket/prefix in production; file:// works on one machine). Required for AIRFLOW_ASYNC.",
+        "string", "gs://my-bucket/cosmos-async", None,
+    ),
+    "remote_target_path_conn_id": (
+        "Airflow connection used to reach remote_target_path (a google_cloud_platform connection for gs://).",
+        "string", "google_cloud_default", None,
+    ),
+    "poll_interval": (
+        "Seconds between BigQuery jobs.get calls while a job runs (the trigger backs off up to 4x this).",
+        "float", None, "2.0",
+    ),
+    "start_from_trigger": (
+        "Start AIRFLOW_ASYNC model tasks directly in the triggerer so they hold no worker slot. "
+        "Turn off to submit from a worker and then defer.",
+        "boolean", None, "True",
+    ),
+    "upload_concurrency": (
+        "How many SQL files the setup task uploads at once.",
+        "integer", None, "32",
+    ),
+    "default_location": (
+        "BigQuery location used when neither operator_args nor the profile give one.",
+        "string", None, "US",
+    ),
+}
+
+
+def get_provider_info() -> dict[str, Any]:
+    """Return the provider metadata Airflow validates at start."""
+    return {
+        "package-name": "cosmos-async",
+        "name": "cosmos-async",
+        "description": "Run dbt models on BigQuery from Airflow without holding worker slots.",
+        "config": {
+            SECTION: {
+                "description": "cosmos-async settings (shared with astronomer-cosmos where names coincide).",
+                "options": {
+                    name: {
+                        "description": desc,
+                        "version_added": "0.1.0",
+                        "type": typ,
+                        "example": example,
+                        "default": default,
+                    }
+                    for name, (desc, typ, example, default) in OPTIONS.items()
+                },
+            }
+        },
+    }
