@@ -184,7 +184,7 @@ OPERATOR_ARGS = frozenset({
     "retries", "retry_delay", "execution_timeout", "pool", "pool_slots", "queue", "priority_weight",
     "owner", "email", "email_on_failure", "email_on_retry", "sla", "trigger_rule", "on_failure_callback",
     "on_success_callback", "on_retry_callback", "on_execute_callback", "max_active_tis_per_dag",
-    "start_from_trigger", "project", "remote_target_path", "remote_target_path_conn_id",
+    "start_from_trigger", "project", "remote_target_path", "remote_target_path_conn_id", "gcp_conn_id",
 })
 
 

@@ -193,3 +193,22 @@ def dbt_profile(profile_config: ProfileConfig, target: Mapping[str, Any]) -> Ite
         path.write_text(yaml.safe_dump(profile, sort_keys=False))
         os.chmod(path, 0o600)
         yield profiles_dir, env
+
+
+def gcs_storage_options(extras: Mapping[str, Any]) -> dict[str, Any]:
+    """gcsfs options for a ``google_cloud_platform`` connection's extras (key, key file, anonymous or ADC)."""
+    options: dict[str, Any] = {}
+    if project := _extra(extras, "project"):
+        options["project"] = project
+    if endpoint := _extra(extras, "storage_api_endpoint"):
+        options["endpoint_url"] = endpoint
+    keyfile = _extra(extras, "keyfile_dict")
+    if str(_extra(extras, "anonymous")).lower() == "true":
+        options["token"] = "anon"
+    elif keyfile:
+        options["token"] = json.loads(keyfile) if isinstance(keyfile, str) else dict(keyfile)
+    elif key_path := _extra(extras, "key_path"):
+        options["token"] = key_path
+    else:
+        options["token"] = "google_default"
+    return options

@@ -22,8 +22,9 @@ from cosmos_async.project.load import load_project
 from cosmos_async.project.manifest import DbtNode, Manifest
 from cosmos_async.project.select import select_nodes
 
-# operator_args consumed by the dbt invocation rather than passed to BaseOperator.
-_DBT_ARGS = ("install_deps", "full_refresh", "vars", "env", "append_env")
+# operator_args consumed by the dbt invocation or the async tasks rather than passed to BaseOperator.
+_TOOLKIT_ARGS = ("install_deps", "full_refresh", "vars", "env", "append_env", "gcp_conn_id", "location", "project",
+                 "poll_interval", "start_from_trigger", "remote_target_path", "remote_target_path_conn_id")
 
 
 def asset_for(node: DbtNode) -> Asset | None:
@@ -53,6 +54,7 @@ class _Renderer:
         self.manifest: Manifest = load_project(self.project, self.render, self.profile, self.project_dir)
         self.selected = select_nodes(self.manifest, self.render.select, self.render.exclude)
         self.plans = plan_tasks(self.manifest, self.selected, self.render.test_behavior)
+        self.plan_by_key = {plan.key: plan for plan in self.plans}
 
     def dbt_kwargs(self) -> dict[str, Any]:
         args = self.operator_args
@@ -62,7 +64,7 @@ class _Renderer:
                 "env": {**self.project.env_vars, **(args.get("env") or {})}}
 
     def airflow_kwargs(self) -> dict[str, Any]:
-        return {k: v for k, v in self.operator_args.items() if k not in _DBT_ARGS}
+        return {k: v for k, v in self.operator_args.items() if k not in _TOOLKIT_ARGS}
 
     def outlets(self, plan: TaskPlan) -> list[Asset]:
         if not self.render.emit_datasets or plan.is_test:
@@ -72,10 +74,21 @@ class _Renderer:
 
     def build(self) -> dict[str, BaseOperator]:
         if self.execution.execution_mode == ExecutionMode.LOCAL:
-            make = self.local_operator
-        else:
-            raise ConfigurationError(f"{self.execution.execution_mode} is not implemented yet.")
-        return self.wire(make)
+            return self.wire(self.local_operator)
+        return self.build_async()
+
+    def require_project_dir(self) -> Path:
+        if self.project_dir is None:
+            raise ConfigurationError(f"{self.execution.execution_mode} needs ProjectConfig(dbt_project_path=...) "
+                                     "to run dbt.")
+        return self.project_dir
+
+    def local_kwargs(self, plan: TaskPlan) -> dict[str, Any]:
+        """What a LOCAL run of this plan's nodes needs (also the fallback of async tasks)."""
+        return {"project_dir": self.require_project_dir(), "profile_config": self.profile,
+                "command": plan.command,
+                "select": [node_selector(self.manifest.nodes[uid]) for uid in plan.node_ids],
+                **self.dbt_kwargs()}
 
     def wire(self, make: Callable[[TaskPlan], BaseOperator]) -> dict[str, BaseOperator]:
         tasks: dict[str, BaseOperator] = {}
@@ -96,13 +109,84 @@ class _Renderer:
     def local_operator(self, plan: TaskPlan) -> BaseOperator:
         from cosmos_async.operators.local import DbtLocalOperator
 
-        if self.project_dir is None:
-            raise ConfigurationError("ExecutionMode.LOCAL needs ProjectConfig(dbt_project_path=...) to run dbt.")
-        return DbtLocalOperator(
-            task_id=plan.task_id, project_dir=self.project_dir, profile_config=self.profile,
-            command=plan.command, select=[node_selector(self.manifest.nodes[uid]) for uid in plan.node_ids],
-            outlets=self.outlets(plan), **self.dbt_kwargs(), **self.airflow_kwargs(),
-        )
+        return DbtLocalOperator(task_id=plan.task_id, outlets=self.outlets(plan), **self.local_kwargs(plan),
+                                **self.airflow_kwargs())
+
+    def build_async(self) -> dict[str, BaseOperator]:
+        """setup → on-run-start → node tasks → on-run-end (when the project has such hooks) → teardown."""
+        from cosmos_async.operators.bigquery import DbtBigQueryAsyncOperator
+        from cosmos_async.operators.setup import DbtAsyncSetupOperator
+        from cosmos_async.operators.teardown import DbtAsyncTeardownOperator
+        from cosmos_async.remote import HOOK_IDS, RemoteTarget
+
+        args = self.operator_args
+        remote = RemoteTarget.from_config(args.get("remote_target_path"), args.get("remote_target_path_conn_id"))
+        settings = async_settings(self.profile, args)
+        node_airflow_kwargs = self.airflow_kwargs()
+        remote_kwargs = {"remote_target_path": remote.url, "remote_target_path_conn_id": remote.conn_id}
+
+        def node_task(task_id: str, nodes: list[dict[str, Any]], fallback: dict[str, Any] | None,
+                      **extra: Any) -> BaseOperator:
+            labels = {"dbt_project": self.manifest.project_name, "dbt_node": nodes[0]["name"]}
+            return DbtBigQueryAsyncOperator(task_id=task_id, nodes=nodes, local_fallback=fallback, labels=labels,
+                                            **settings, **remote_kwargs, **node_airflow_kwargs, **extra)
+
+        def make(plan: TaskPlan) -> BaseOperator:
+            nodes = [self.async_node(uid) for uid in plan.node_ids]
+            return node_task(plan.task_id, nodes, self.local_kwargs(plan), outlets=self.outlets(plan))
+
+        setup = DbtAsyncSetupOperator(
+            task_id="dbt_setup_async", project_dir=self.require_project_dir(), profile_config=self.profile,
+            node_ids=sorted({uid for plan in self.plans for uid in plan.node_ids}), select=self.render.select,
+            exclude=self.render.exclude, **remote_kwargs, **self.dbt_kwargs(), **node_airflow_kwargs,
+        ).as_setup()
+        start = node_task("dbt_on_run_start", [{"id": HOOK_IDS["on-run-start"], "kind": "hook",
+                                                "name": "on-run-start"}], None)
+        tasks = self.wire(make)
+        roots = [t for key, t in tasks.items() if not self.plan_by_key[key].upstream]
+        leaves = [t for t in tasks.values() if not t.downstream_list]
+        setup >> start >> roots
+        teardown = DbtAsyncTeardownOperator(task_id="dbt_teardown_async", **remote_kwargs)
+        last: list[BaseOperator] = leaves or [start]
+        if "on-run-end" in self.manifest.hooks:
+            end = node_task("dbt_on_run_end", [{"id": HOOK_IDS["on-run-end"], "kind": "hook",
+                                                "name": "on-run-end"}], None, trigger_rule="all_done")
+            last >> end
+            last = [end]
+        last >> teardown.as_teardown(setups=setup)
+        return {"dbt_setup_async": setup, "dbt_on_run_start": start, **tasks, "dbt_teardown_async": teardown}
+
+    def async_node(self, unique_id: str) -> dict[str, Any]:
+        node = self.manifest.nodes[unique_id]
+        entry = {"id": unique_id, "kind": node.resource_type, "name": node.label}
+        if node.resource_type == "test":
+            entry["severity"] = str(node.config.get("severity") or "error").lower()
+        return entry
+
+
+def async_settings(profile: ProfileConfig, operator_args: dict[str, Any]) -> dict[str, Any]:
+    """Connection, project, location and polling for AIRFLOW_ASYNC tasks: operator_args, then profile, then [cosmos]."""
+    from cosmos_async.config import cosmos_setting
+
+    mapping = profile.profile_mapping
+    profile_args = getattr(mapping, "profile_args", {}) or {}
+    conn_id = operator_args.get("gcp_conn_id") or getattr(mapping, "conn_id", None)
+    if not conn_id:
+        raise ConfigurationError("AIRFLOW_ASYNC needs a google_cloud_platform connection for the triggerer: use a "
+                                 "profile_mapping (its conn_id) or operator_args={'gcp_conn_id': ...}.")
+    start = operator_args.get("start_from_trigger")
+    if start is None:
+        start = str(cosmos_setting("start_from_trigger", "True")).lower() == "true"
+    return {
+        "gcp_conn_id": conn_id,
+        # dbt's execution_project bills the jobs to another project than the data's (astronomer-cosmos #1933).
+        "project": operator_args.get("project") or profile_args.get("execution_project")
+        or profile_args.get("project"),
+        "location": operator_args.get("location") or profile_args.get("location")
+        or cosmos_setting("default_location", "US"),
+        "poll_interval": float(operator_args.get("poll_interval") or cosmos_setting("poll_interval", "2.0")),
+        "start_from_trigger": bool(start),
+    }
 
 
 class DbtDag(DAG):

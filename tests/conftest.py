@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
 from collections.abc import Iterator
+
+# Airflow reads its configuration at import: give the test process its own home before anything imports it.
+os.environ["AIRFLOW_HOME"] = tempfile.mkdtemp(prefix="cosmos-async-test-airflow-")
+os.environ["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
 
 import pytest
 

@@ -35,17 +35,23 @@ class DbtLocalOperator(BaseOperator):
         self.install_deps = install_deps
         self.env = dict(env or {})
 
-    def dbt_args(self) -> list[str]:
-        args = [self.command, "--select", *self.select]
-        if self.indirect_selection:
-            args += ["--indirect-selection", self.indirect_selection]
-        if self.full_refresh and self.command in _FULL_REFRESH_COMMANDS:
-            args.append("--full-refresh")
-        return args
-
     def execute(self, context: Any) -> None:
-        from cosmos_async.dbt_invoke import dbt_workspace, invoke
+        run_dbt_command(self.project_dir, self.profile_config, self.command, self.select,
+                        indirect_selection=self.indirect_selection, full_refresh=self.full_refresh,
+                        dbt_vars=self.dbt_vars, install_deps=self.install_deps, env=self.env)
 
-        with dbt_workspace(Path(self.project_dir), self.profile_config, install_deps=self.install_deps,
-                           env=self.env) as workspace:
-            invoke(workspace, self.dbt_args(), self.dbt_vars)
+
+def run_dbt_command(project_dir: str | Path, profile_config: ProfileConfig, command: str, select: list[str], *,
+                    indirect_selection: str | None = None, full_refresh: bool = False,
+                    dbt_vars: dict[str, Any] | None = None, install_deps: bool = False,
+                    env: dict[str, str] | None = None) -> None:
+    """Run ``dbt <command> --select ...`` in-process; raises with dbt's error when it fails."""
+    from cosmos_async.dbt_invoke import dbt_workspace, invoke
+
+    args = [command, "--select", *select]
+    if indirect_selection:
+        args += ["--indirect-selection", indirect_selection]
+    if full_refresh and command in _FULL_REFRESH_COMMANDS:
+        args.append("--full-refresh")
+    with dbt_workspace(Path(project_dir), profile_config, install_deps=install_deps, env=env) as workspace:
+        invoke(workspace, args, dbt_vars)

@@ -67,13 +67,15 @@ class Manifest:
     dbt_version: str | None
     nodes: Mapping[str, DbtNode]
     children: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    # Which project-level hooks exist: a subset of {"on-run-start", "on-run-end"}.
+    hooks: frozenset[str] = frozenset()
 
     def parents(self, unique_id: str) -> tuple[str, ...]:
         return self.nodes[unique_id].depends_on
 
     @classmethod
     def from_nodes(cls, nodes: Iterable[DbtNode], project_name: str, adapter_type: str | None = None,
-                   dbt_version: str | None = None) -> Manifest:
+                   dbt_version: str | None = None, hooks: Iterable[str] = ()) -> Manifest:
         by_id = {n.unique_id: n for n in nodes}
         children: dict[str, list[str]] = {uid: [] for uid in by_id}
         for node in by_id.values():
@@ -81,7 +83,7 @@ class Manifest:
                 if parent in children:
                     children[parent].append(node.unique_id)
         return cls(project_name, adapter_type, dbt_version, MappingProxyType(by_id),
-                   MappingProxyType({k: tuple(v) for k, v in children.items()}))
+                   MappingProxyType({k: tuple(v) for k, v in children.items()}), frozenset(hooks))
 
 
 def _node(raw: Mapping[str, Any]) -> DbtNode:
@@ -130,7 +132,9 @@ def parse_manifest(data: Mapping[str, Any], origin: str = "manifest.json") -> Ma
     except (KeyError, TypeError, AttributeError) as exc:
         raise ManifestError(f"{origin} is corrupt: a node lacks {exc}; regenerate it with `dbt parse`.") from None
     project = metadata.get("project_name") or _guess_project(nodes)
-    return Manifest.from_nodes(nodes, project, metadata.get("adapter_type"), metadata.get("dbt_version"))
+    hooks = {hook for raw in data["nodes"].values() if raw.get("resource_type") == "operation"
+             for hook in ("on-run-start", "on-run-end") if hook in raw.get("unique_id", "")}
+    return Manifest.from_nodes(nodes, project, metadata.get("adapter_type"), metadata.get("dbt_version"), hooks)
 
 
 def _guess_project(nodes: list[DbtNode]) -> str:

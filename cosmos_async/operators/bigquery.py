@@ -1,0 +1,96 @@
+"""AIRFLOW_ASYNC per-node task: its captured script runs as a BigQuery job awaited in the triggerer.
+
+By default the task starts in the triggerer (``start_from_trigger``) and a success ends it there, so it never
+holds a worker slot. A failure resumes it on a worker just long enough to raise BigQuery's error (so retries and
+callbacks behave as for any task); a node the capture marked unsafe resumes on a worker and runs through dbt
+(LOCAL). With start-from-trigger off, and under ``airflow dags test`` / ``dag.test()``, ``execute`` defers to the
+same trigger.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from airflow.sdk import BaseOperator
+from airflow.triggers.base import StartTriggerArgs
+
+from cosmos_async.operators.links import JOB_LINK_KEY, BigQueryJobLink
+
+TRIGGER_CLASSPATH = "cosmos_async_triggers.bigquery.BigQueryNodeTrigger"
+
+
+class DbtBigQueryAsyncOperator(BaseOperator):
+    """Run one dbt node (or one node's tests) as BigQuery job(s) without holding a worker while they run."""
+
+    operator_extra_links = (BigQueryJobLink(),)
+    ui_color = "#c6e2ff"
+
+    def __init__(self, *, nodes: Sequence[dict[str, Any]], gcp_conn_id: str, remote_target_path: str,
+                 remote_target_path_conn_id: str | None, location: str, project: str | None = None,
+                 poll_interval: float = 2.0, start_from_trigger: bool = True,
+                 labels: dict[str, str] | None = None, local_fallback: dict[str, Any] | None = None,
+                 **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.nodes = [dict(n) for n in nodes]
+        self.gcp_conn_id = gcp_conn_id
+        self.remote_target_path = remote_target_path
+        self.remote_target_path_conn_id = remote_target_path_conn_id
+        self.location = location
+        self.project = project
+        self.poll_interval = poll_interval
+        self.labels = dict(labels or {})
+        self.local_fallback = local_fallback
+        self.start_from_trigger = start_from_trigger
+        if start_from_trigger:
+            self.start_trigger_args = StartTriggerArgs(
+                trigger_cls=TRIGGER_CLASSPATH, trigger_kwargs=self.trigger_kwargs(end_task=True),
+                next_method="execute_complete", next_kwargs=None, timeout=self.execution_timeout,
+            )
+
+    def trigger_kwargs(self, *, end_task: bool, run: dict[str, Any] | None = None) -> dict[str, Any]:
+        """JSON-able trigger arguments; ``run`` (dag/run/task ids) is None when the trigger reads its task instance."""
+        return {"nodes": self.nodes, "gcp_conn_id": self.gcp_conn_id,
+                "storage_conn_id": self.remote_target_path_conn_id, "remote_target_path": self.remote_target_path,
+                "project": self.project, "location": self.location, "poll_interval": self.poll_interval,
+                "labels": self.labels, "end_task": end_task, "run": run}
+
+    def execute(self, context: Any) -> None:
+        from cosmos_async_triggers.bigquery import BigQueryNodeTrigger
+
+        ti = context["ti"]
+        run = {"dag_id": ti.dag_id, "run_id": ti.run_id, "task_id": ti.task_id, "map_index": ti.map_index}
+        self.defer(trigger=BigQueryNodeTrigger(**self.trigger_kwargs(end_task=False, run=run)),
+                   method_name="execute_complete", timeout=self.execution_timeout)
+
+    def execute_complete(self, context: Any, event: dict[str, Any] | None = None) -> Any:
+        from airflow.exceptions import AirflowException
+
+        event = event or {}
+        status = event.get("status")
+        if status == "fallback":
+            return self._run_locally(event.get("reason", "the capture marked this node unsafe"))
+        for job in event.get("jobs", []):
+            self.log.info("BigQuery job %s: %s", job.get("job_id"), _describe(job))
+            if job.get("link"):
+                context["ti"].xcom_push(key=JOB_LINK_KEY, value=job["link"])
+        for warning in event.get("warnings", []):
+            self.log.warning("%s", warning)
+        if status != "success":
+            raise AirflowException(event.get("message") or f"BigQuery job ended with status {status!r}")
+        return event.get("jobs")
+
+    def _run_locally(self, reason: str) -> None:
+        from airflow.exceptions import AirflowException
+
+        from cosmos_async.operators.local import run_dbt_command
+
+        if not self.local_fallback:
+            raise AirflowException(f"this node cannot run as a BigQuery job ({reason}) and has no LOCAL fallback")
+        self.log.info("running through dbt on this worker (LOCAL) because %s", reason)
+        run_dbt_command(**self.local_fallback)
+
+
+def _describe(job: dict[str, Any]) -> str:
+    keys = ("state", "duration_s", "total_bytes_processed", "total_slot_ms", "num_dml_affected_rows", "cache_hit")
+    return ", ".join(f"{k}={job[k]}" for k in keys if job.get(k) is not None)

@@ -1,0 +1,60 @@
+"""The setup task of an AIRFLOW_ASYNC run: capture every node's statements once, upload them for this run."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from airflow.sdk import BaseOperator
+
+from cosmos_async.config import ProfileConfig
+
+
+class DbtAsyncSetupOperator(BaseOperator):
+    """Run dbt once against the recording endpoint and upload each node's script under the run's prefix."""
+
+    template_fields: Sequence[str] = ("dbt_vars", "env")
+    ui_color = "#d9ecff"
+
+    def __init__(self, *, project_dir: str | Path, profile_config: ProfileConfig, node_ids: Sequence[str],
+                 remote_target_path: str, remote_target_path_conn_id: str | None, select: Sequence[str] = (),
+                 exclude: Sequence[str] = (), dbt_vars: dict[str, Any] | None = None, full_refresh: bool = False,
+                 install_deps: bool = False, env: dict[str, str] | None = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.project_dir = str(project_dir)
+        self.profile_config = profile_config
+        self.node_ids = sorted(node_ids)
+        self.remote_target_path = remote_target_path
+        self.remote_target_path_conn_id = remote_target_path_conn_id
+        self.select = list(select)
+        self.exclude = list(exclude)
+        self.dbt_vars = dict(dbt_vars or {})
+        self.full_refresh = full_refresh
+        self.install_deps = install_deps
+        self.env = dict(env or {})
+
+    def execute(self, context: Any) -> dict[str, Any]:
+        from cosmos_async.capture import capture_project
+        from cosmos_async.remote import RemoteTarget, upload_capture
+
+        target = RemoteTarget.from_config(self.remote_target_path, self.remote_target_path_conn_id)
+        started = time.monotonic()
+        capture = capture_project(Path(self.project_dir), self.profile_config, select=self.select,
+                                  exclude=self.exclude, dbt_vars=self.dbt_vars, full_refresh=self.full_refresh,
+                                  install_deps=self.install_deps, env=self.env)
+        captured = time.monotonic()
+        dag_id, run_id = context["dag_run"].dag_id, context["run_id"]
+        index = upload_capture(target, dag_id, run_id, capture, set(self.node_ids))
+        uploaded = time.monotonic()
+        fallbacks = {uid: e["fallback"] for uid, e in index["nodes"].items() if e["fallback"]}
+        total = sum(e["bytes"] for e in index["nodes"].values())
+        self.log.info("captured %d nodes in %.2fs; uploaded %d files (%d bytes) to %s in %.2fs",
+                      len(self.node_ids), captured - started, len(index["nodes"]), total,
+                      target.run_prefix(dag_id, run_id), uploaded - captured)
+        for unique_id, reason in sorted(fallbacks.items()):
+            self.log.info("%s will run through dbt on a worker (LOCAL): %s", unique_id, reason)
+        return {"prefix": target.run_prefix(dag_id, run_id), "nodes": len(index["nodes"]),
+                "fallbacks": sorted(fallbacks), "capture_s": round(captured - started, 3),
+                "upload_s": round(uploaded - captured, 3)}

@@ -1,0 +1,148 @@
+"""The remote target path: one namespace per DAG run, uploaded with an index, deleted by teardown.
+
+fsspec does the I/O (gcsfs for ``gs://``, the local filesystem for ``file://``, ``memory://`` in one process).
+Paths come from :mod:`cosmos_async_triggers.layout`, shared with the triggers that read them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from cosmos_async_triggers.layout import index_path, node_relpath, run_prefix
+
+from cosmos_async.capture import Capture, NodeCapture
+from cosmos_async.config import cosmos_setting
+from cosmos_async.errors import ConfigurationError, CosmosAsyncError
+
+SUPPORTED_SCHEMES = ("gs", "gcs", "file", "memory")
+INDEX_VERSION = 1
+HOOK_IDS = {"on-run-start": "on_run_start", "on-run-end": "on_run_end"}
+
+
+class RemoteStorageError(CosmosAsyncError):
+    """The remote target path cannot be written, read or cleaned."""
+
+
+@dataclass(frozen=True)
+class RemoteTarget:
+    """The configured remote target path and the connection used to reach it."""
+
+    url: str
+    conn_id: str | None = None
+
+    @classmethod
+    def from_config(cls, url: str | None = None, conn_id: str | None = None) -> RemoteTarget:
+        """Resolve per-DAG overrides, then ``[cosmos] remote_target_path`` / ``remote_target_path_conn_id``."""
+        url = url or cosmos_setting("remote_target_path")
+        conn_id = conn_id or cosmos_setting("remote_target_path_conn_id")
+        if not url or not url.strip():
+            raise ConfigurationError(
+                "ExecutionMode.AIRFLOW_ASYNC needs a remote target path: set AIRFLOW__COSMOS__REMOTE_TARGET_PATH "
+                "(e.g. gs://my-bucket/cosmos-async) or operator_args={'remote_target_path': ...}."
+            )
+        scheme = url.split("://", 1)[0] if "://" in url else ""
+        if scheme not in SUPPORTED_SCHEMES:
+            raise ConfigurationError(
+                f"remote target path {url!r} has an unsupported scheme; use gs://, file:// or memory://."
+            )
+        if scheme in ("gs", "gcs") and not conn_id:
+            raise ConfigurationError(
+                "a gs:// remote target path needs a connection: set AIRFLOW__COSMOS__REMOTE_TARGET_PATH_CONN_ID "
+                "to a google_cloud_platform connection id."
+            )
+        return cls(url.strip(), conn_id or None)
+
+    def filesystem(self) -> tuple[Any, str]:
+        """(fsspec filesystem, root path inside it)."""
+        import fsspec
+
+        return fsspec.core.url_to_fs(self.url, **self.storage_options())
+
+    def storage_options(self) -> dict[str, Any]:
+        if self.url.startswith("file://"):
+            return {"auto_mkdir": True}
+        if not self.url.startswith(("gs://", "gcs://")):
+            return {}
+        from cosmos_async.profiles import connection_extras, gcs_storage_options
+
+        return gcs_storage_options(connection_extras(self.conn_id))
+
+    def run_prefix(self, dag_id: str, run_id: str) -> str:
+        return run_prefix(self.url, dag_id, run_id)
+
+
+def _strip_scheme(fs: Any, url: str) -> str:
+    return fs._strip_protocol(url)
+
+
+def upload_capture(target: RemoteTarget, dag_id: str, run_id: str, capture: Capture,
+                   wanted: set[str]) -> dict[str, Any]:
+    """Upload each wanted node's script and the hooks, then the index (last: its presence means complete)."""
+    fs, _ = _filesystem(target)
+    prefix = target.run_prefix(dag_id, run_id)
+    files: dict[str, bytes] = {}
+    entries: dict[str, dict[str, Any]] = {}
+
+    def add(key: str, node: NodeCapture) -> None:
+        data = node.script().encode()
+        rel = node_relpath(key)
+        files[_strip_scheme(fs, f"{prefix}/{rel}")] = data
+        entries[key] = {"path": rel, "sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data),
+                        "statements": len(node.statements), "location": node.location, "fallback": node.fallback}
+
+    for unique_id in sorted(wanted):
+        node = capture.nodes.get(unique_id)
+        if node is None:
+            node = NodeCapture(fallback="dbt did not run this node during capture (disabled or not selected)")
+        add(unique_id, node)
+    add(HOOK_IDS["on-run-start"], capture.on_run_start)
+    add(HOOK_IDS["on-run-end"], capture.on_run_end)
+    index = {"version": INDEX_VERSION, "dag_id": dag_id, "run_id": run_id, "created_at": time.time(),
+             "nodes": entries}
+    try:
+        fs.pipe(files)
+        fs.pipe_file(_strip_scheme(fs, index_path(prefix)), json.dumps(index, indent=1).encode())
+    except Exception as exc:
+        raise RemoteStorageError(f"cannot write the run's SQL under {prefix}: {type(exc).__name__}: {exc}. Check "
+                                 "that the bucket/path exists and the connection may write to it.") from exc
+    return index
+
+
+def _filesystem(target: RemoteTarget) -> tuple[Any, str]:
+    try:
+        return target.filesystem()
+    except ConfigurationError:
+        raise
+    except Exception as exc:
+        raise RemoteStorageError(f"cannot open the remote target path {target.url}: {type(exc).__name__}: {exc}") \
+            from exc
+
+
+def delete_run(target: RemoteTarget, dag_id: str, run_id: str) -> int:
+    """Delete this run's prefix and nothing else; return how many files were removed."""
+    fs, _ = _filesystem(target)
+    prefix = _strip_scheme(fs, target.run_prefix(dag_id, run_id))
+    root = _strip_scheme(fs, target.url).rstrip("/")
+    if not prefix.startswith(root + "/") or prefix.count("/") < root.count("/") + 2:
+        raise RemoteStorageError(f"refusing to delete {prefix}: it is not a run prefix under {root}")
+    if not fs.exists(prefix):
+        return 0
+    files = fs.find(prefix)
+    fs.rm(prefix, recursive=True)
+    return len(files)
+
+
+def read_index(target: RemoteTarget, dag_id: str, run_id: str) -> Mapping[str, Any]:
+    """The run's index (used by worker-side fallbacks and tests)."""
+    fs, _ = _filesystem(target)
+    path = _strip_scheme(fs, index_path(target.run_prefix(dag_id, run_id)))
+    try:
+        return json.loads(fs.cat_file(path))
+    except FileNotFoundError:
+        raise RemoteStorageError(f"no index at {path}: the setup task has not run for this DAG run (clear the "
+                                 "task together with its setup task).") from None

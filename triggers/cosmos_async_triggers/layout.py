@@ -1,0 +1,51 @@
+"""Where a run's files live under the remote target path, and how jobs are named.
+
+Shared by the setup task (which writes), the triggers (which read) and teardown (which deletes), so the
+three can never disagree. Every name that comes from a user (DAG id, run id, node id) is encoded into one
+safe path segment: no separator, no ``..``, distinct inputs give distinct segments.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+
+INDEX_NAME = "index.json"
+_SAFE = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]*")
+_UNSAFE_CHAR = re.compile(r"[^A-Za-z0-9._-]")
+_JOB_UNSAFE = re.compile(r"[^A-Za-z0-9_]")
+
+
+def segment(value: str) -> str:
+    """Encode ``value`` as a single path segment (``~XX`` escapes, injective)."""
+    if not value:
+        raise ValueError("an empty name cannot be a path segment")
+    if _SAFE.fullmatch(value):
+        return value
+    encoded = _UNSAFE_CHAR.sub(lambda m: "".join(f"~{b:02X}" for b in m.group().encode()), value)
+    # A leading dot would make '.' or '..' or a hidden file: escape it too.
+    return "~2E" + encoded[1:] if encoded.startswith(".") else encoded
+
+
+def run_prefix(remote_root: str, dag_id: str, run_id: str) -> str:
+    """The run's own namespace: ``{remote_root}/{dag_id}/{run_id}``."""
+    root = remote_root.rstrip("/")
+    if not root:
+        raise ValueError("remote target path is empty")
+    return f"{root}/{segment(dag_id)}/{segment(run_id)}"
+
+
+def index_path(prefix: str) -> str:
+    return f"{prefix}/{INDEX_NAME}"
+
+
+def node_relpath(unique_id: str) -> str:
+    """Path of a node's SQL relative to the run prefix."""
+    return f"nodes/{segment(unique_id)}.sql"
+
+
+def job_id_base(dag_id: str, task_id: str, run_id: str, map_index: int = -1) -> str:
+    """A BigQuery job id unique to (dag, task, run, map index), readable by its task id prefix."""
+    digest = hashlib.sha256(f"{dag_id}\x00{task_id}\x00{run_id}\x00{map_index}".encode()).hexdigest()[:24]
+    readable = _JOB_UNSAFE.sub("_", task_id)[:80]
+    return f"cosmos_async_{readable}_{digest}"
