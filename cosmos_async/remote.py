@@ -130,10 +130,17 @@ def delete_run(target: RemoteTarget, dag_id: str, run_id: str) -> int:
     root = _strip_scheme(fs, target.url).rstrip("/")
     if not prefix.startswith(root + "/") or prefix.count("/") < root.count("/") + 2:
         raise RemoteStorageError(f"refusing to delete {prefix}: it is not a run prefix under {root}")
-    if not fs.exists(prefix):
+    try:
+        files = [f for f in fs.find(prefix) if f.startswith(prefix + "/")]
+        if files:
+            # Delete the listed files rather than a recursive rm: exactly what this run wrote, nothing more.
+            fs.rm(files)
+        if fs.exists(prefix):
+            fs.rm(prefix, recursive=True)  # local filesystems keep the emptied directories
+    except FileNotFoundError:
         return 0
-    files = fs.find(prefix)
-    fs.rm(prefix, recursive=True)
+    except Exception as exc:
+        raise RemoteStorageError(f"cannot delete {prefix}: {type(exc).__name__}: {exc}") from exc
     return len(files)
 
 
