@@ -6,11 +6,11 @@ import hashlib
 import json
 
 import pytest
+from cosmos_async_triggers.layout import run_prefix, segment
 
 from cosmos_async.capture import Capture, NodeCapture
 from cosmos_async.errors import ConfigurationError
 from cosmos_async.remote import RemoteStorageError, RemoteTarget, delete_run, read_index, upload_capture
-from cosmos_async_triggers.layout import run_prefix, segment
 
 HOSTILE = ["../../etc/passwd", "a/b", "..", ".", "~x", "run id with spaces", "manual__2026-11-25T00:00:00+00:00"]
 
