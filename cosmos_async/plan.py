@@ -63,22 +63,23 @@ def _task_ancestors(manifest: Manifest, node_id: str, has_task: set[str]) -> lis
 
 
 def _topological(manifest: Manifest, ids: set[str]) -> list[str]:
+    """``ids`` in dependency order; the walk goes through every ancestor so edges via ephemerals count."""
     order: list[str] = []
-    state: dict[str, int] = {}
+    seen: set[str] = set()
     for start in sorted(ids):
         stack = [(start, False)]
         while stack:
             node_id, done = stack.pop()
             if done:
-                state[node_id] = 2
-                order.append(node_id)
+                if node_id in ids:
+                    order.append(node_id)
                 continue
-            if state.get(node_id):
+            if node_id in seen:
                 continue
-            state[node_id] = 1
+            seen.add(node_id)
             stack.append((node_id, True))
             stack.extend((p, False) for p in sorted(manifest.nodes[node_id].depends_on, reverse=True)
-                         if p in ids and not state.get(p))
+                         if p in manifest.nodes and p not in seen)
     return order
 
 
