@@ -54,7 +54,12 @@ class _BigQueryProfileMapping:
         endpoint = _extra(extras, "bigquery_api_endpoint")
         if endpoint:
             target["api_endpoint"] = endpoint
-        target.update(self.credentials(extras))
+        if str(_extra(extras, "anonymous")).lower() == "true":
+            # Emulators accept any bearer token; dbt-bigquery needs one to skip its credential lookup. Honoured by
+            # every mapping so one DAG runs on the emulator or on Google by changing only the connection.
+            target.update({"method": "oauth-secrets", "token": "anonymous"})
+        else:
+            target.update(self.credentials(extras))
         target.update(self.profile_args)
         return target
 
@@ -94,14 +99,11 @@ class GoogleCloudServiceAccountFileProfileMapping(_BigQueryProfileMapping):
 
 
 class GoogleCloudOauthProfileMapping(_BigQueryProfileMapping):
-    """Application Default Credentials; with the ``anonymous`` extra (emulators) a placeholder token."""
+    """Application Default Credentials (gcloud login, workload identity, metadata server)."""
 
     dbt_method = "oauth"
 
     def credentials(self, extras: Mapping[str, Any]) -> dict[str, Any]:
-        if str(_extra(extras, "anonymous")).lower() == "true":
-            # Emulators accept any bearer token; dbt-bigquery needs one to skip the ADC lookup.
-            return {"method": "oauth-secrets", "token": "anonymous"}
         return {}
 
 

@@ -34,6 +34,11 @@ OPTIONS: dict[str, tuple[str, str, str | None, str | None]] = {
         "How many SQL files the setup task uploads at once.",
         "integer", None, "32",
     ),
+    "cache_dir": (
+        "Directory where the manifests produced by `dbt ls` (projects rendered without manifest_path) are cached "
+        "by project checksum. Empty means a cosmos_async_cache folder in the system temp directory.",
+        "string", "/tmp/cosmos_async_cache", "",
+    ),
     "default_location": (
         "BigQuery location used when neither operator_args nor the profile give one.",
         "string", None, "US",
@@ -47,6 +52,7 @@ def get_provider_info() -> dict[str, Any]:
         "package-name": "cosmos-async",
         "name": "cosmos-async",
         "description": "Run dbt models on BigQuery from Airflow without holding worker slots.",
+        "extra-links": ["cosmos_async.operators.links.BigQueryJobLink"],
         "config": {
             SECTION: {
                 "description": "cosmos-async settings (shared with astronomer-cosmos where names coincide).",

@@ -1,0 +1,73 @@
+"""Real-looking service-account keys and a local OAuth token endpoint that accepts them.
+
+The key is a freshly generated RSA key: google-auth signs a real JWT with it and posts it to ``token_uri``,
+which points at :class:`TokenEndpoint` on 127.0.0.1 instead of oauth2.googleapis.com. That exercises the
+production credential path (keyfile_dict → signed assertion → bearer token) with no Google account, and gives
+the secret-scanning tests key material worth looking for.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+ISSUED_TOKEN_PREFIX = "ya29.local-token-"
+
+
+class TokenEndpoint:
+    """An OAuth token endpoint that answers every JWT-bearer grant with a fresh access token."""
+
+    def __init__(self) -> None:
+        self.grants = 0
+        owner = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                owner.grants += 1
+                body = json.dumps({"access_token": f"{ISSUED_TOKEN_PREFIX}{owner.grants}", "expires_in": 3600,
+                                   "token_type": "Bearer"}).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self._server.server_address[1]}/token"
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+
+def service_account_key(token_uri: str, project: str = "demo-proj") -> dict[str, str]:
+    """A service-account key file's content with a newly generated private key."""
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                            serialization.NoEncryption()).decode()
+    return {
+        "type": "service_account",
+        "project_id": project,
+        "private_key_id": "0123456789abcdef0123456789abcdef01234567",
+        "private_key": pem,
+        "client_email": f"dbt-runner@{project}.iam.gserviceaccount.com",
+        "client_id": "100000000000000000001",
+        "token_uri": token_uri,
+    }
+
+
+def secret_fragments(key: dict[str, str]) -> list[str]:
+    """Substrings whose presence anywhere outside the connection means the key leaked."""
+    body = [line for line in key["private_key"].splitlines() if line and not line.startswith("-----")]
+    # Any full line of the PEM body is unmistakable; also look for the JSON-escaped form of the key.
+    return [key["private_key_id"], *body[1:4], json.dumps(key["private_key"])[1:60], ISSUED_TOKEN_PREFIX]
