@@ -61,11 +61,10 @@ print(elapsed, len(ns["dag"].task_dict), resource.getrusage(resource.RUSAGE_SELF
 
 
 def floor_plans(manifest: Path, tests: str) -> list[tuple]:
-    from cosmos_async.project.select import select_nodes
-
     from cosmos_async.config import TestBehavior
     from cosmos_async.plan import plan_tasks
     from cosmos_async.project.manifest import load_manifest
+    from cosmos_async.project.select import select_nodes
 
     graph = load_manifest(manifest)
     plans = plan_tasks(graph, select_nodes(graph, [], []), TestBehavior[tests])

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from airflow.sdk import BaseOperatorLink, XCom
+from airflow.sdk import BaseOperatorLink
+from airflow.sdk.bases.xcom import BaseXCom
 
 JOB_LINK_KEY = "bigquery_job_link"
 
@@ -19,5 +20,5 @@ class BigQueryJobLink(BaseOperatorLink):
         return JOB_LINK_KEY
 
     def get_link(self, operator: Any, *, ti_key: Any) -> str:
-        url = XCom.get_value(ti_key=ti_key, key=JOB_LINK_KEY)
+        url = BaseXCom.get_value(ti_key=ti_key, key=JOB_LINK_KEY)
         return url or ""

@@ -1,0 +1,376 @@
+"""The trigger that runs a task's captured dbt node scripts as BigQuery jobs and awaits them in the triggerer.
+
+Job ids are deterministic per (DAG, task, run, map index, node, attempt), so a trigger that restarts (triggerer
+restart, redistribution) finds the job its predecessor submitted instead of running the SQL a second time:
+
+* attempt N answers 404 → submit attempt N (a 409 "duplicate" from a racing insert attaches to that job);
+* attempt N is PENDING/RUNNING → wait for it;
+* attempt N is DONE without error → the node already succeeded, nothing is re-run;
+* attempt N is DONE with an error, or was created before this run's index (an earlier setup of the same
+  run, i.e. the DAG run was cleared) → look at attempt N+1.
+
+The BigQuery job is cancelled only from :meth:`on_kill`. Airflow 3.3 cancels a trigger's asyncio task both on
+triggerer shutdown (no message) and when the trigger leaves this triggerer's assignment (cancel message
+``__airflow_user_action__``, then ``on_kill``). The latter covers user actions (mark failed/success, clear:
+the trigger row is deleted) but also a trigger taken over by another triggerer after a late heartbeat, so
+``on_kill`` first asks for the task's state and leaves the job running while the task is still deferred.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+from airflow.triggers.base import BaseTrigger, TaskSuccessEvent, TriggerEvent
+
+from cosmos_async_triggers import rest
+from cosmos_async_triggers.auth import GcpAuthError, GcpConnection, get_connection, get_token
+from cosmos_async_triggers.layout import job_id_base
+from cosmos_async_triggers.storage import RemoteReadError, read_index, read_node_sql
+
+CLASSPATH = "cosmos_async_triggers.bigquery.BigQueryNodeTrigger"
+# Same key as cosmos_async.operators.links.JOB_LINK_KEY (not imported: this package must stay light).
+JOB_LINK_KEY = "bigquery_job_link"
+MAX_ATTEMPTS = 100
+_CANCEL_RETRY = rest.RetryPolicy(attempts=3, max_total_sleep_s=5.0)
+_LABEL_UNSAFE = re.compile(r"[^a-z0-9_-]")
+
+
+class NodeRunError(Exception):
+    """The node cannot be run as configured (missing index entry, no project, …); the message says why."""
+
+
+@dataclass
+class _JobRef:
+    project: str
+    job_id: str
+    location: str | None
+
+
+def bq_label(value: str) -> str:
+    """A BigQuery label value: lowercase, [a-z0-9_-], at most 63 characters."""
+    return _LABEL_UNSAFE.sub("_", str(value).lower())[:63]
+
+
+def bq_label_key(value: str) -> str:
+    """A BigQuery label key: like a value, but non-empty and starting with a letter."""
+    key = bq_label(value)
+    return key if key[:1].isalpha() else f"l_{key}"[:63]
+
+
+class BigQueryNodeTrigger(BaseTrigger):
+    """Submit (or reattach to) one BigQuery job per node and report the outcome as a dbt run would."""
+
+    def __init__(self, *, nodes: list[dict[str, Any]], gcp_conn_id: str, storage_conn_id: str | None,
+                 remote_target_path: str, project: str | None, location: str | None, poll_interval: float = 2.0,
+                 labels: dict[str, str] | None = None, end_task: bool = False,
+                 run: dict[str, Any] | None = None) -> None:
+        super().__init__()
+        self.nodes = [dict(n) for n in nodes]
+        self.gcp_conn_id = gcp_conn_id
+        self.storage_conn_id = storage_conn_id
+        self.remote_target_path = remote_target_path
+        self.project = project
+        self.location = location
+        self.poll_interval = float(poll_interval)
+        self.labels = dict(labels or {})
+        self.end_task = bool(end_task)
+        self.run_info = dict(run) if run else None
+        self._gcp: GcpConnection | None = None
+        self._active: _JobRef | None = None  # the job on_kill must cancel
+
+    def serialize(self) -> tuple[str, dict[str, Any]]:
+        return CLASSPATH, {
+            "nodes": self.nodes, "gcp_conn_id": self.gcp_conn_id, "storage_conn_id": self.storage_conn_id,
+            "remote_target_path": self.remote_target_path, "project": self.project, "location": self.location,
+            "poll_interval": self.poll_interval, "labels": self.labels, "end_task": self.end_task,
+            "run": self.run_info,
+        }
+
+    # ---- events -------------------------------------------------------------------------------------------
+
+    async def run(self) -> AsyncIterator[TriggerEvent]:
+        jobs: list[dict[str, Any]] = []
+        warnings: list[str] = []
+        try:
+            payload = await self._run_nodes(jobs, warnings)
+        except (NodeRunError, RemoteReadError, GcpAuthError, rest.BigQueryApiError) as exc:
+            payload = {"status": "failed", "message": str(exc), "jobs": jobs, "warnings": warnings}
+        except Exception as exc:  # an event with the cause beats a trigger crash with a traceback only
+            self.log.exception("BigQuery trigger failed unexpectedly")
+            payload = {"status": "failed", "message": f"{type(exc).__name__}: {exc}", "jobs": jobs,
+                       "warnings": warnings}
+        for warning in payload.get("warnings", []):
+            self.log.warning("%s", warning)
+        if payload["status"] == "success" and self.end_task:
+            xcoms: dict[str, Any] = {"return_value": payload["jobs"]}
+            links = [j["link"] for j in payload["jobs"] if j.get("link")]
+            if links:
+                xcoms[JOB_LINK_KEY] = links[-1]
+            yield TaskSuccessEvent(xcoms=xcoms)
+        else:
+            yield TriggerEvent(payload)
+
+    async def on_kill(self) -> None:
+        """The user stopped the task: cancel the job in flight (Airflow does not call this on restarts)."""
+        ref = self._active
+        if ref is None or self._gcp is None:
+            return
+        if await self._task_still_deferred():
+            # Airflow 3.3 also calls on_kill for a trigger that merely left this triggerer (its heartbeat was
+            # late and another triggerer took it over): the task waits on, and the new trigger reattaches.
+            self.log.info("task is still deferred: BigQuery job %s moved with its trigger, not cancelling",
+                          ref.job_id)
+            return
+        try:
+            await rest.request_json("POST", f"{self._jobs_url(ref.project)}/{ref.job_id}/cancel",
+                                    token=await get_token(self._gcp), params=_loc(ref.location),
+                                    retry=_CANCEL_RETRY)
+            self.log.info("cancelled BigQuery job %s", ref.job_id)
+        except rest.BigQueryApiError as exc:
+            if exc.status != 404:  # 404: the insert never reached BigQuery, nothing to cancel
+                self.log.warning("could not cancel BigQuery job %s: %s", ref.job_id, exc)
+
+    async def _task_still_deferred(self) -> bool:
+        """Ask the triggerer's supervisor for this task's state; False when unknown (then cancel, as documented)."""
+        try:
+            from airflow.sdk.execution_time import task_runner
+            from airflow.sdk.execution_time.comms import GetTaskStates
+
+            comms = getattr(task_runner, "SUPERVISOR_COMMS", None)
+            if comms is None or not hasattr(comms, "asend"):
+                return False
+            ids = self._run_ids()
+            map_index = -1 if ids.get("map_index") is None else int(ids["map_index"])
+            msg = GetTaskStates(dag_id=ids["dag_id"], task_ids=[ids["task_id"]], run_ids=[ids["run_id"]],
+                                map_index=map_index)
+            result = await asyncio.wait_for(comms.asend(msg), timeout=5)
+            key = ids["task_id"] if map_index < 0 else f"{ids['task_id']}_{map_index}"
+            state = (result.task_states.get(ids["run_id"]) or {}).get(key)
+            return str(getattr(state, "value", state)) == "deferred"
+        except Exception:
+            return False
+
+    # ---- the nodes ----------------------------------------------------------------------------------------
+
+    def _run_ids(self) -> dict[str, Any]:
+        if self.run_info:
+            return self.run_info
+        ti = self.task_instance
+        if ti is None:
+            raise NodeRunError("the trigger has neither 'run' ids nor a task instance (Airflow sets one on "
+                               "triggers it runs); pass run={'dag_id', 'run_id', 'task_id', 'map_index'}")
+        return {"dag_id": ti.dag_id, "run_id": ti.run_id, "task_id": ti.task_id,
+                "map_index": getattr(ti, "map_index", -1)}
+
+    async def _run_nodes(self, jobs: list[dict[str, Any]], warnings: list[str]) -> dict[str, Any]:
+        ids = self._run_ids()
+        dag_id, run_id, task_id = ids["dag_id"], ids["run_id"], ids["task_id"]
+        map_index = -1 if ids.get("map_index") is None else int(ids["map_index"])
+        gcp = self._gcp = await get_connection(self.gcp_conn_id)
+        storage_conn = gcp
+        if self.remote_target_path.startswith(("gs://", "gcs://")) and self.storage_conn_id not in (
+                None, self.gcp_conn_id):
+            storage_conn = await get_connection(self.storage_conn_id)  # type: ignore[arg-type]
+
+        async def storage_token() -> str | None:
+            return await get_token(storage_conn)
+
+        prefix, index = await read_index(self.remote_target_path, dag_id, run_id, conn=storage_conn,
+                                         token_for=storage_token)
+        entries = []
+        for node in self.nodes:
+            entry = index["nodes"].get(node["id"])
+            if entry is None:
+                raise NodeRunError(f"the run's index has no entry for {node['id']}: the setup task captured "
+                                   "another selection of nodes; re-run the setup task with this task.")
+            entries.append(entry)
+        # Decide on a LOCAL fallback before submitting anything, so no node runs twice.
+        for node, entry in zip(self.nodes, entries, strict=True):
+            if entry.get("fallback"):
+                return {"status": "fallback", "reason": f"{node['id']}: {entry['fallback']}"}
+        # Verify every script first: a tampered or missing file must not leave half the task submitted.
+        scripts = [await read_node_sql(prefix, node["id"], entry, conn=storage_conn, token_for=storage_token)
+                   for node, entry in zip(self.nodes, entries, strict=True)]
+        project = self.project or gcp.project
+        if not project:
+            raise NodeRunError(f"no BigQuery project: set the operator's 'project' or the 'project' extra of "
+                               f"connection {self.gcp_conn_id!r}")
+        created_after_ms = float(index.get("created_at") or 0) * 1000
+        stem = job_id_base(dag_id, task_id, run_id, map_index)
+        base_labels = {bq_label_key(k): bq_label(v) for k, v in self.labels.items()}
+        base_labels.update(airflow_dag=bq_label(dag_id), airflow_task=bq_label(task_id),
+                           airflow_run=bq_label(run_id))
+
+        for i, (node, entry, sql) in enumerate(zip(self.nodes, entries, scripts, strict=True)):
+            if not sql.strip():
+                continue  # e.g. no on-run-end hooks: nothing to run
+            location = entry.get("location") or self.location
+            labels = {**base_labels, "dbt_node": bq_label(node["id"])}
+            job = await self._run_job(project, location, f"{stem}_{i}", sql, labels, created_after_ms)
+            jobs.append(_summary(job, location))
+            error = job.get("status", {}).get("errorResult")
+            if error:
+                return {"status": "failed", "message": _error_message(node, job, error), "jobs": jobs,
+                        "warnings": warnings}
+            if node.get("kind") == "test":
+                failure = await self._judge_test(node, job, location, warnings)
+                if failure:
+                    return {"status": "failed", "message": failure, "jobs": jobs, "warnings": warnings}
+        return {"status": "success", "message": f"{len(jobs)} BigQuery job(s) succeeded", "jobs": jobs,
+                "warnings": warnings}
+
+    # ---- one job --------------------------------------------------------------------------------------------
+
+    def _jobs_url(self, project: str) -> str:
+        assert self._gcp is not None
+        return f"{self._gcp.bigquery_endpoint}/bigquery/v2/projects/{project}/jobs"
+
+    async def _token(self) -> str | None:
+        assert self._gcp is not None
+        return await get_token(self._gcp)
+
+    async def _get_job(self, ref: _JobRef) -> dict[str, Any] | None:
+        try:
+            return await rest.request_json("GET", f"{self._jobs_url(ref.project)}/{ref.job_id}",
+                                           token=await self._token(), params=_loc(ref.location))
+        except rest.BigQueryApiError as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+    async def _run_job(self, project: str, location: str | None, stem: str, sql: str, labels: dict[str, str],
+                       created_after_ms: float) -> dict[str, Any]:
+        """Find or submit this node's job (see the module docstring) and wait until it is DONE."""
+        for attempt in range(MAX_ATTEMPTS):
+            ref = _JobRef(project, f"{stem}_{attempt}", location)
+            job = await self._get_job(ref)
+            if job is None:
+                self._active = ref  # set before the insert: a kill during the request still cancels it
+                job = await self._insert(ref, sql, labels)
+                return await self._wait(ref, job)
+            stale = _created_ms(job) < created_after_ms
+            if _state(job) != "DONE":
+                self.log.info("reattaching to BigQuery job %s (%s)", ref.job_id, _state(job))
+                self._active = ref
+                job = await self._wait(ref, job)
+                if not stale:
+                    return job
+            elif not stale and not job.get("status", {}).get("errorResult"):
+                self.log.info("BigQuery job %s already succeeded; not running the SQL again", ref.job_id)
+                return job
+            # A failed attempt, or one from an earlier setup of this run: the next attempt number is ours.
+        raise NodeRunError(f"{MAX_ATTEMPTS} attempts of {stem}_N exist already; clear the DAG run to start over")
+
+    async def _insert(self, ref: _JobRef, sql: str, labels: dict[str, str]) -> dict[str, Any]:
+        job_ref: dict[str, Any] = {"projectId": ref.project, "jobId": ref.job_id}
+        if ref.location:
+            job_ref["location"] = ref.location
+        body = {"jobReference": job_ref,
+                "configuration": {"labels": labels, "query": {"query": sql, "useLegacySql": False}}}
+        try:
+            job = await rest.request_json("POST", self._jobs_url(ref.project), token=await self._token(), json=body)
+            self.log.info("submitted BigQuery job %s", ref.job_id)
+            return job
+        except rest.BigQueryApiError as exc:
+            if exc.status != 409:
+                raise
+        # Duplicate: an earlier request of ours (retried after a lost answer) or a twin trigger created it.
+        self.log.info("BigQuery job %s exists already; attaching to it", ref.job_id)
+        job = await self._get_job(ref)
+        if job is None:
+            raise NodeRunError(f"BigQuery answered 409 for job {ref.job_id} but jobs.get cannot find it")
+        return job
+
+    async def _wait(self, ref: _JobRef, job: dict[str, Any]) -> dict[str, Any]:
+        interval = max(self.poll_interval, 0.01)
+        ceiling = max(interval, min(interval * 4, 30.0))
+        while _state(job) != "DONE":
+            await asyncio.sleep(interval)
+            interval = min(interval * 1.25, ceiling)  # mild backoff: long jobs need fewer polls
+            polled = await self._get_job(ref)
+            if polled is None:
+                raise NodeRunError(f"BigQuery job {ref.job_id} disappeared while running (404 on jobs.get)")
+            job = polled
+        self._active = None
+        return job
+
+    async def _judge_test(self, node: dict[str, Any], job: dict[str, Any], location: str | None,
+                          warnings: list[str]) -> str | None:
+        """dbt's verdict from the test query's row (failures, should_warn, should_error); a message if it fails."""
+        ref = job["jobReference"]
+        url = self._jobs_url(ref["projectId"]).replace("/jobs", "/queries") + f"/{ref['jobId']}"
+        result = await rest.request_json("GET", url, token=await self._token(),
+                                         params={**_loc(ref.get("location") or location), "maxResults": 2})
+        names = [f.get("name", "").lower() for f in result.get("schema", {}).get("fields", [])]
+        rows = result.get("rows") or []
+        name = node.get("name") or node["id"]
+        if "failures" not in names or len(rows) != 1:
+            return (f"test {name}: the query returned {len(rows)} row(s) with columns {names}; expected one row "
+                    "with failures, should_warn, should_error (dbt's test query)")
+        row = dict(zip(names, (cell.get("v") for cell in rows[0].get("f", [])), strict=False))
+        failures = int(float(row.get("failures") or 0))
+        should_warn, should_error = _true(row.get("should_warn")), _true(row.get("should_error"))
+        plural = "" if failures == 1 else "s"
+        if str(node.get("severity") or "error").lower() == "error" and should_error:
+            return f"Failure in test {name} ({node['id']}): got {failures} result{plural}"
+        if should_warn:
+            warnings.append(f"Warning in test {name} ({node['id']}): got {failures} result{plural}")
+        return None
+
+
+def _loc(location: str | None) -> dict[str, str]:
+    return {"location": location} if location else {}
+
+
+def _true(value: Any) -> bool:
+    return str(value).lower() == "true"
+
+
+def _state(job: dict[str, Any]) -> str:
+    return str(job.get("status", {}).get("state") or "PENDING")
+
+
+def _created_ms(job: dict[str, Any]) -> float:
+    try:
+        return float(job.get("statistics", {}).get("creationTime") or 0)
+    except (TypeError, ValueError):
+        return 0.0
+
+
+def _int(value: Any) -> int | None:
+    try:
+        return int(value) if value is not None else None
+    except (TypeError, ValueError):
+        return None
+
+
+def _summary(job: dict[str, Any], location: str | None) -> dict[str, Any]:
+    """What the task logs and returns for one job (JSON-able, no SQL)."""
+    ref = job.get("jobReference", {})
+    stats = job.get("statistics", {})
+    query = stats.get("query", {})
+    project, job_id = ref.get("projectId", ""), ref.get("jobId", "")
+    loc = ref.get("location") or location or "US"
+    start, end = _int(stats.get("startTime")), _int(stats.get("endTime"))
+    return {
+        "job_id": job_id,
+        "link": f"https://console.cloud.google.com/bigquery?project={project}&j=bq:{loc}:{job_id}&page=queryresults",
+        "state": _state(job),
+        "duration_s": round((end - start) / 1000, 3) if start and end else None,
+        "total_bytes_processed": _int(query.get("totalBytesProcessed")),
+        "total_slot_ms": _int(stats.get("totalSlotMs") or query.get("totalSlotMs")),
+        "num_dml_affected_rows": _int(query.get("numDmlAffectedRows")),
+        "cache_hit": query.get("cacheHit"),
+    }
+
+
+def _error_message(node: dict[str, Any], job: dict[str, Any], error: dict[str, Any]) -> str:
+    """BigQuery's own message, with its reason and location, as dbt would print it."""
+    details = ", ".join(f"{k}: {error[k]}" for k in ("reason", "location") if error.get(k))
+    return (f"{node.get('kind', 'node')} {node['id']} failed in BigQuery job {job['jobReference']['jobId']}: "
+            f"{error.get('message', 'unknown error')}" + (f" ({details})" if details else ""))
+
