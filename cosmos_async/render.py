@@ -149,9 +149,11 @@ class _Renderer:
         teardown = DbtAsyncTeardownOperator(task_id="dbt_teardown_async", **remote_kwargs)
         last: list[BaseOperator] = leaves or [start]
         if "on-run-end" in self.manifest.hooks:
+            # dbt runs on-run-end whatever the models did. As a teardown it runs after failures too, yet a failed
+            # model still fails the DAG run (Airflow leaves teardowns out of the run's state).
             end = node_task("dbt_on_run_end", [{"id": HOOK_IDS["on-run-end"], "kind": "hook",
-                                                "name": "on-run-end"}], None, trigger_rule="all_done")
-            last >> end
+                                                "name": "on-run-end"}], None)
+            last >> end.as_teardown(setups=setup)
             last = [end]
         last >> teardown.as_teardown(setups=setup)
         return {"dbt_setup_async": setup, "dbt_on_run_start": start, **tasks, "dbt_teardown_async": teardown}

@@ -12,6 +12,7 @@ os.environ["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
 
 import pytest
 
+from tests.support.credentials import TokenEndpoint
 from tests.support.emulators import Emulator, start_bigquery, start_gcs
 
 
@@ -27,3 +28,11 @@ def gcs_emulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Emulator]
     emulator = start_gcs(tmp_path_factory.mktemp("gcs"))
     yield emulator
     emulator.stop()
+
+
+@pytest.fixture(scope="session")
+def token_endpoint() -> Iterator[TokenEndpoint]:
+    """A local OAuth token endpoint: service-account keys made by :func:`service_account_key` sign real JWTs."""
+    endpoint = TokenEndpoint()
+    yield endpoint
+    endpoint.stop()

@@ -24,3 +24,34 @@ def dbt_build(project: Path, *, seeds_only: bool = False) -> None:
 def table_rows(client: bigquery.Client, dataset: str, table: str) -> list[tuple]:
     rows = client.query(f"select * from `{client.project}.{dataset}.{table}`").result()
     return sorted(tuple(r.values()) for r in rows)
+
+
+SNAPSHOT_META = ("dbt_scd_id", "dbt_updated_at", "dbt_valid_from", "dbt_valid_to")
+
+
+def built_tables(client: bigquery.Client, dataset: str) -> dict[str, list[tuple]]:
+    """Every table and view dbt built for ``dataset`` (custom schemas are ``<dataset>_<name>``), comparable
+    across runs: bookkeeping that carries the time of the run is left out."""
+    tables = {}
+    for ds in client.list_datasets():
+        if ds.dataset_id == dataset or ds.dataset_id.startswith(dataset + "_"):
+            for table in client.list_tables(ds.dataset_id):
+                suffix = ds.dataset_id[len(dataset):]
+                tables[f"{suffix}.{table.table_id}"] = _comparable_rows(client, ds.dataset_id, table.table_id)
+    return tables
+
+
+def _comparable_rows(client: bigquery.Client, dataset: str, table: str) -> list[tuple]:
+    relation = f"`{client.project}.{dataset}.{table}`"
+    if table == "run_audit":
+        # Hooks append one timestamped row each time they fire, and LOCAL fires the project hooks once per task
+        # (each task is one dbt invocation): compare which hooks fired, not how often or when.
+        rows = client.query(f"select distinct event, node_name from {relation}").result()
+        return sorted(tuple(r.values()) for r in rows)
+    schema = client.get_table(f"{client.project}.{dataset}.{table}").schema
+    if any(field.name in SNAPSHOT_META for field in schema):
+        # Snapshot bookkeeping columns carry timestamps of the run: compare the data columns only.
+        columns = ", ".join(f"`{f.name}`" for f in schema if f.name not in SNAPSHOT_META)
+        rows = client.query(f"select {columns} from {relation}").result()
+        return sorted(tuple(r.values()) for r in rows)
+    return table_rows(client, dataset, table)

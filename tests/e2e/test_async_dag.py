@@ -1,0 +1,173 @@
+"""AIRFLOW_ASYNC end to end on real Airflow processes, the BigQuery emulator and the GCS emulator.
+
+The example DAG (dev/dags/corner_shop.py) runs unchanged; a second DAG file written by the test adds two
+variants of it: one with a broken model, one with start-from-trigger turned off (the worker path).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import gcsfs
+import pytest
+from google.api_core.client_options import ClientOptions
+from google.auth.credentials import AnonymousCredentials
+from google.cloud import bigquery
+
+from tests.support.airflow import AirflowStack
+from tests.support.credentials import secret_fragments, service_account_key
+from tests.support.dbt_oracle import built_tables, dbt_build
+
+REPO = Path(__file__).resolve().parents[2]
+DAGS = REPO / "dev" / "dags"
+DATASET = "async_e2e"
+REMOTE_ROOT = "runs"
+
+VARIANTS = '''"""Variants of the example DAG for the end-to-end tests (airflow DAG file)."""
+from datetime import datetime
+from pathlib import Path
+
+from corner_shop import profile_config, project_config
+from cosmos_async import DbtDag, ExecutionConfig, ExecutionMode, ProfileConfig, ProjectConfig
+from cosmos_async import GoogleCloudServiceAccountDictProfileMapping
+
+BROKEN = Path(__file__).parent / "broken_project"
+common = dict(schedule=None, start_date=datetime(2026, 1, 1), catchup=False,
+              execution_config=ExecutionConfig(execution_mode=ExecutionMode.AIRFLOW_ASYNC))
+
+corner_shop_worker = DbtDag(dag_id="corner_shop_worker", project_config=project_config,
+                            profile_config=profile_config, operator_args={"start_from_trigger": False}, **common)
+corner_shop_broken = DbtDag(
+    dag_id="corner_shop_broken",
+    project_config=ProjectConfig(dbt_project_path=BROKEN, manifest_path=BROKEN / "manifest.json"),
+    profile_config=ProfileConfig(profile_name="corner_shop", target_name="dev",
+                                 profile_mapping=GoogleCloudServiceAccountDictProfileMapping(
+                                     conn_id="gcp_conn", profile_args={"dataset": "async_broken"})),
+    **common)
+'''
+
+
+@pytest.fixture(scope="module")
+def key(token_endpoint) -> dict:
+    return service_account_key(token_endpoint.url)
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory, bigquery_emulator, gcs_emulator, key) -> Iterator[AirflowStack]:
+    dags = tmp_path_factory.mktemp("dags")
+    shutil.copytree(DAGS, dags, dirs_exist_ok=True, ignore=shutil.ignore_patterns("__pycache__", "target", "logs"))
+    broken = dags / "broken_project"
+    shutil.copytree(DAGS / "dbt" / "corner_shop", broken, ignore=shutil.ignore_patterns("target", "logs"))
+    (broken / "models" / "staging" / "stg_orders.sql").write_text(
+        "select order_id, no_such_column from {{ ref('raw_orders') }}\n")
+    (dags / "corner_shop_variants.py").write_text(VARIANTS)
+    conn = {"conn_type": "google_cloud_platform",
+            "extra": {"project": "demo-proj", "keyfile_dict": json.dumps(key),
+                      "bigquery_api_endpoint": bigquery_emulator.endpoint,
+                      "storage_api_endpoint": gcs_emulator.endpoint}}
+    bucket = gcs_emulator.extra["bucket"]
+    env = {"AIRFLOW_CONN_GCP_CONN": json.dumps(conn), "CORNER_SHOP_DATASET": DATASET,
+           "AIRFLOW__COSMOS__REMOTE_TARGET_PATH": f"gs://{bucket}/{REMOTE_ROOT}",
+           "AIRFLOW__COSMOS__REMOTE_TARGET_PATH_CONN_ID": "gcp_conn",
+           "AIRFLOW__COSMOS__POLL_INTERVAL": "0.5",
+           "PYTHONPATH": str(REPO)}
+    with AirflowStack(tmp_path_factory.mktemp("airflow"), dags, env=env, parallelism=4) as af:
+        for dag_id in ("corner_shop", "corner_shop_worker", "corner_shop_broken"):
+            af.wait_for_dag(dag_id, timeout=120)
+        yield af
+
+
+@pytest.fixture(scope="module")
+def client(bigquery_emulator) -> bigquery.Client:
+    return bigquery.Client(project="demo-proj", credentials=AnonymousCredentials(),
+                           client_options=ClientOptions(api_endpoint=bigquery_emulator.endpoint))
+
+
+@pytest.fixture(scope="module")
+def gcs(gcs_emulator) -> gcsfs.GCSFileSystem:
+    return gcsfs.GCSFileSystem(project="demo-proj", token="anon", endpoint_url=gcs_emulator.endpoint)
+
+
+def _remote_files(gcs: gcsfs.GCSFileSystem, bucket: str, dag_id: str) -> list[str]:
+    gcs.invalidate_cache()
+    try:
+        return gcs.find(f"{bucket}/{REMOTE_ROOT}/{dag_id}")
+    except FileNotFoundError:
+        return []
+
+
+def _states(af: AirflowStack, dag_id: str, run_id: str) -> dict[str, str]:
+    return {ti["task_id"]: ti["state"] for ti in af.task_instances(dag_id, run_id)}
+
+
+def test_async_run_builds_tables_without_worker_slots_and_cleans_up(
+        stack: AirflowStack, client, gcs, gcs_emulator, bigquery_emulator, key, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    run_id = stack.trigger("corner_shop")
+    assert stack.wait_for_run("corner_shop", run_id, timeout=300) == "success", _states(stack, "corner_shop", run_id)
+    states = _states(stack, "corner_shop", run_id)
+    assert set(states.values()) == {"success"}, states
+
+    monkeypatch.setenv("BIGQUERY_API_ENDPOINT", bigquery_emulator.endpoint)
+    monkeypatch.setenv("BIGQUERY_DATASET", "async_oracle")
+    oracle = tmp_path / "oracle"
+    shutil.copytree(DAGS / "dbt" / "corner_shop", oracle)
+    dbt_build(oracle)
+    assert built_tables(client, DATASET) == built_tables(client, "async_oracle")
+
+    slots = stack.worker_seconds("corner_shop", run_id)
+    model_tasks = [t for t in states if t.endswith("run") and "dbt_" not in t]
+    assert model_tasks and all(slots[t] == 0.0 for t in model_tasks), slots
+    assert slots["dbt_setup_async"] > 0
+
+    assert _remote_files(gcs, gcs_emulator.extra["bucket"], "corner_shop") == []
+    xcom = stack.xcom("corner_shop", run_id, "dbt_setup_async")
+    texts = [json.dumps(xcom)] + [stack.task_log("corner_shop", run_id, t) for t in states]
+    leaked = [f for f in secret_fragments(key) for text in texts if f in text]
+    assert not leaked, f"key material in logs or XCom: {leaked}"
+
+
+def test_worker_path_gives_the_same_result(stack: AirflowStack, client) -> None:
+    run_id = stack.trigger("corner_shop_worker")
+    assert stack.wait_for_run("corner_shop_worker", run_id, timeout=300) == "success", \
+        _states(stack, "corner_shop_worker", run_id)
+    slots = stack.worker_seconds("corner_shop_worker", run_id)
+    assert all(seconds > 0 for seconds in slots.values()), (slots, stack.task_log("corner_shop_worker", run_id,
+                                                                                   "stg_customers.run"))
+
+
+def test_broken_model_fails_with_bigquery_message_and_teardown_still_cleans(stack: AirflowStack, gcs,
+                                                                         gcs_emulator) -> None:
+    run_id = stack.trigger("corner_shop_broken")
+    state = stack.wait_for_run("corner_shop_broken", run_id, timeout=300)
+    assert state == "failed", stack.task_log("corner_shop_broken", run_id, "stg_orders.run")
+    states = _states(stack, "corner_shop_broken", run_id)
+    assert states["stg_orders.run"] == "failed", states
+    assert states["orders.run"] == "upstream_failed", states
+    assert states["stg_customers.run"] == "success", states
+    assert states["dbt_teardown_async"] == "success", states
+    assert "no_such_column" in stack.task_log("corner_shop_broken", run_id, "stg_orders.run", try_number=1)
+    assert _remote_files(gcs, gcs_emulator.extra["bucket"], "corner_shop_broken") == []
+
+
+def test_concurrent_runs_keep_their_own_files_and_a_cleared_model_reruns(stack: AirflowStack, gcs,
+                                                                          gcs_emulator) -> None:
+    """astronomer-cosmos #1613 (runs deleting each other's SQL) and #2066 (a model cannot re-run after teardown)."""
+    first, second = stack.trigger("corner_shop"), stack.trigger("corner_shop")
+    for run_id in (first, second):
+        assert stack.wait_for_run("corner_shop", run_id, timeout=300) == "success", \
+            _states(stack, "corner_shop", run_id)
+
+    cleared = {ti["task_id"] for ti in stack.clear_task("corner_shop", first, ["daily_revenue.run"])}
+    # Airflow clears a task's setup and teardowns with it: the SQL is uploaded again before the model runs.
+    assert {"dbt_setup_async", "daily_revenue.run", "dbt_teardown_async"} <= cleared, cleared
+    assert stack.wait_for_run("corner_shop", first, timeout=300) == "success", _states(stack, "corner_shop", first)
+    rerun = {ti["task_id"]: ti for ti in stack.task_instances("corner_shop", first)}["daily_revenue.run"]
+    assert (rerun["state"], rerun["try_number"]) == ("success", 2)
+    jobs = stack.xcom("corner_shop", first, "daily_revenue.run")
+    # The first try's job is older than the new upload: the re-run submits a new attempt instead of reusing it.
+    assert jobs and jobs[0]["job_id"].endswith("_1"), jobs
+    assert _remote_files(gcs, gcs_emulator.extra["bucket"], "corner_shop") == []

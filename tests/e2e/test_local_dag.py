@@ -1,0 +1,111 @@
+"""The example DAG in LOCAL mode under ``airflow dags test``, on the BigQuery emulator, with a service-account key.
+
+Each task runs dbt on the worker with the profile mapped from the Airflow connection. The tables it builds
+must equal what a plain ``dbt build`` of the same project builds; a broken model must fail with BigQuery's
+message and leave its dependents upstream_failed; the key must not show up in any log.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from google.api_core.client_options import ClientOptions
+from google.auth.credentials import AnonymousCredentials
+from google.cloud import bigquery
+
+from tests.support.credentials import secret_fragments, service_account_key
+from tests.support.dbt_oracle import built_tables, dbt_build
+
+REPO = Path(__file__).resolve().parents[2]
+DAGS = REPO / "dev" / "dags"
+PROJECT = DAGS / "dbt" / "corner_shop"
+AIRFLOW = Path(sys.executable).with_name("airflow")
+
+
+@pytest.fixture(scope="module")
+def client(bigquery_emulator) -> bigquery.Client:
+    return bigquery.Client(project="demo-proj", credentials=AnonymousCredentials(),
+                           client_options=ClientOptions(api_endpoint=bigquery_emulator.endpoint))
+
+
+def _airflow_env(home: Path, dags: Path, emulator_endpoint: str, key: dict, dataset: str) -> dict[str, str]:
+    conn = {"conn_type": "google_cloud_platform",
+            "extra": {"project": "demo-proj", "keyfile_dict": json.dumps(key),
+                      "bigquery_api_endpoint": emulator_endpoint}}
+    return {**os.environ, "AIRFLOW_HOME": str(home), "AIRFLOW__CORE__DAGS_FOLDER": str(dags),
+            "AIRFLOW__CORE__LOAD_EXAMPLES": "False", "AIRFLOW_CONN_GCP_CONN": json.dumps(conn),
+            # The async DAG in the same file is parsed too; it only needs a remote path to be valid.
+            "AIRFLOW__COSMOS__REMOTE_TARGET_PATH": f"file://{home}/remote",
+            "CORNER_SHOP_DATASET": dataset}
+
+
+def _dags_test(home: Path, dags: Path, env: dict[str, str]) -> subprocess.CompletedProcess:
+    home.mkdir(parents=True, exist_ok=True)
+    subprocess.run([str(AIRFLOW), "db", "migrate"], env=env, check=True, capture_output=True)
+    return subprocess.run([str(AIRFLOW), "dags", "test", "corner_shop_local"], env=env, capture_output=True,
+                          text=True, timeout=600)
+
+
+def _states(home: Path) -> dict[str, str]:
+    with sqlite3.connect(home / "airflow.db") as db:
+        rows = db.execute("select task_id, state from task_instance where dag_id = 'corner_shop_local'")
+        return dict(rows.fetchall())
+
+
+def _logs(home: Path) -> str:
+    return "\n".join(p.read_text(errors="replace") for p in (home / "logs").rglob("*") if p.is_file())
+
+
+def test_local_dag_builds_what_dbt_build_builds(tmp_path: Path, bigquery_emulator, client, token_endpoint,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    key = service_account_key(token_endpoint.url)
+    home = tmp_path / "airflow"
+    env = _airflow_env(home, DAGS, bigquery_emulator.endpoint, key, "local_e2e")
+    result = _dags_test(home, DAGS, env)
+    states = _states(home)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert states and set(states.values()) == {"success"}, states
+    assert "customers.run" in states and "daily_revenue.run" in states
+
+    monkeypatch.setenv("BIGQUERY_API_ENDPOINT", bigquery_emulator.endpoint)
+    monkeypatch.setenv("BIGQUERY_DATASET", "local_oracle")
+    oracle_project = tmp_path / "oracle"
+    shutil.copytree(PROJECT, oracle_project)
+    dbt_build(oracle_project)
+
+    built, expected = built_tables(client, "local_e2e"), built_tables(client, "local_oracle")
+    assert expected and built == expected
+    assert {("pre-hook", "customers"), ("post-hook", "customers"), ("on-run-end", "project")} <= set(
+        built[".run_audit"])
+    assert token_endpoint.grants > 0, "dbt never used the service-account key"
+
+    leaked = [f for f in secret_fragments(key) if f in _logs(home) + result.stdout + result.stderr]
+    assert not leaked, f"key material in task logs: {leaked}"
+    project_files = "\n".join(p.read_text(errors="replace") for p in PROJECT.rglob("*") if p.is_file())
+    assert not [f for f in secret_fragments(key) if f in project_files]
+
+
+def test_broken_model_fails_with_warehouse_message_and_dependents_upstream_failed(
+        tmp_path: Path, bigquery_emulator, token_endpoint) -> None:
+    dags = tmp_path / "dags"
+    shutil.copytree(DAGS, dags, ignore=shutil.ignore_patterns("target", "logs", "__pycache__"))
+    broken = dags / "dbt" / "corner_shop" / "models" / "staging" / "stg_orders.sql"
+    broken.write_text("select order_id, no_such_column from {{ ref('raw_orders') }}\n")
+    home = tmp_path / "airflow"
+    env = _airflow_env(home, dags, bigquery_emulator.endpoint, service_account_key(token_endpoint.url), "broken")
+    result = _dags_test(home, dags, env)
+    states = _states(home)
+
+    assert result.returncode != 0
+    assert states["stg_orders.run"] == "failed", states
+    assert states["orders.run"] == "upstream_failed", states
+    assert states["stg_customers.run"] == "success", states
+    # `airflow dags test` runs the tasks in its own process and prints their logs.
+    assert "no_such_column" in _logs(home) + result.stdout + result.stderr, "the task log lacks BigQuery's error"
