@@ -7,12 +7,17 @@ request between ``NodeStart`` and ``NodeFinished`` belongs to that node). No dbt
 The endpoint forwards reads to the real API (dataset/table metadata, SELECT queries a macro runs for
 introspection), so dbt compiles against the warehouse as it is. Writes — DDL, DML, scripts, dataset creation,
 and every query of a test node — are recorded and answered with a finished job that returned no rows (tests:
-zero failures), so dbt moves on as if they had run. Requests the toolkit cannot replay as SQL (load and copy
-jobs, table patches, deletes) are answered as if done too, and mark the node for LOCAL execution.
+zero failures), so dbt moves on as if they had run. A seed's CSV upload (a load job over the upload endpoint,
+resumable or multipart) is recorded as a load step — the job configuration and the uploaded bytes — in order
+with the node's statements, and a table delete becomes a ``DROP``. Requests the toolkit still cannot replay
+(copy jobs and load jobs from URIs, table/dataset patches, dataset deletes) are answered as if done too, and
+mark the node for LOCAL execution.
 """
 
 from __future__ import annotations
 
+import email.parser
+import email.policy
 import json
 import re
 import threading
@@ -35,6 +40,10 @@ ON_RUN_END = "on-run-end"
 _JOBS = re.compile(r"^/bigquery/v2/projects/(?P<project>[^/]+)/jobs/?$")
 _JOB = re.compile(r"^/bigquery/v2/projects/(?P<project>[^/]+)/(?:jobs|queries)/(?P<job>[^/]+)(?:/cancel)?$")
 _DATASETS = re.compile(r"^/bigquery/v2/projects/(?P<project>[^/]+)/datasets/?$")
+_TABLE = re.compile(r"^/bigquery/v2/projects/(?P<project>[^/]+)/datasets/(?P<dataset>[^/]+)/tables/(?P<table>[^/]+)$")
+_UPLOAD_JOBS = re.compile(r"^/upload/bigquery/v2/projects/(?P<project>[^/]+)/jobs/?$")
+_CONTENT_RANGE = re.compile(r"bytes (?:\d+-(?P<last>\d+)|\*)/(?P<total>\d+|\*)")
+_DROP_KIND = {"VIEW": "VIEW", "MATERIALIZED_VIEW": "MATERIALIZED VIEW", "EXTERNAL": "EXTERNAL TABLE"}
 _COMMENTS_AND_STRINGS = re.compile(
     r"/\*.*?\*/|--[^\n]*|#[^\n]*|'(?:\\.|[^'\\])*'|\"(?:\\.|[^\"\\])*\"|`[^`]*`", re.S
 )
@@ -51,6 +60,15 @@ class CaptureError(CosmosAsyncError):
 
 
 @dataclass
+class LoadCapture:
+    """One load job dbt-bigquery ran with an upload (a seed): its configuration and the uploaded bytes."""
+
+    configuration: dict[str, Any]  # the job's ``configuration`` exactly as sent (``load`` holds the table/schema)
+    data: bytes
+    after: int  # how many of the node's statements dbt ran before this load
+
+
+@dataclass
 class NodeCapture:
     """What one node (or one hook phase) would execute."""
 
@@ -59,10 +77,24 @@ class NodeCapture:
     fallback: str | None = None
     # BigQuery location of the recorded jobs (from dbt's job reference), when known.
     location: str | None = None
+    loads: list[LoadCapture] = field(default_factory=list)
 
     def script(self) -> str:
-        """The statements as one BigQuery multi-statement job."""
+        """The statements as one BigQuery multi-statement job (loads left out: see :meth:`steps`)."""
         return "\n".join(_as_script_statement(s) for s in self.statements)
+
+    def steps(self) -> list[list[str] | LoadCapture]:
+        """The node in dbt's order: runs of statements (one script each) and the loads between them."""
+        steps: list[list[str] | LoadCapture] = []
+        start = 0
+        for load in sorted(self.loads, key=lambda x: x.after):
+            if load.after > start:
+                steps.append(self.statements[start:load.after])
+            steps.append(load)
+            start = load.after
+        if start < len(self.statements) or not steps:
+            steps.append(self.statements[start:])
+        return steps
 
 
 @dataclass
@@ -139,6 +171,12 @@ class _Recorder:
             target = self.target()
             target.statements.append(sql)
             target.location = target.location or location
+
+    def record_load(self, job: Mapping[str, Any], data: bytes) -> None:
+        with self.lock:
+            target = self.target()
+            target.loads.append(LoadCapture(dict(job.get("configuration") or {}), data, len(target.statements)))
+            target.location = target.location or (job.get("jobReference") or {}).get("location")
 
     def fall_back(self, reason: str) -> None:
         with self.lock:
@@ -217,23 +255,57 @@ def _handler(recorder: _Recorder) -> type[BaseHTTPRequestHandler]:
                 return self._forward(body)
             if path.startswith("/upload/"):
                 return self._upload(path, body)
+            if self.command == "DELETE" and (m := _TABLE.match(path)):
+                return self._drop_table(m["project"], m["dataset"], m["table"])
             recorder.fall_back(f"dbt-bigquery changes the warehouse through the API ({self.command} {path})")
             return self._send(200, json.loads(body or b"{}") if self.command != "DELETE" else b"")
 
         def _upload(self, path: str, body: bytes) -> None:
-            recorder.fall_back("dbt-bigquery loads this node's data with a load job (seed)")
-            if "uploadType=resumable" in self.path and self.command == "POST":
-                # Start of a resumable upload: hand out a session URL on this endpoint; the data PUT ends it.
+            if (m := _UPLOAD_JOBS.match(path)) and self.command == "POST":
+                recorder.project = m["project"]
+                if "uploadType=multipart" in self.path:
+                    job, data = _parse_multipart(self.headers.get("Content-Type", ""), body)
+                    return self._end_upload(job, data)
+                # Start of a resumable upload: hand out a session URL on this endpoint; the PUTs bring the data.
                 session = uuid.uuid4().hex
-                recorder.uploads[session] = json.loads(body or b"{}")
+                recorder.uploads[session] = {"job": json.loads(body or b"{}"), "data": bytearray()}
                 host, port = self.server.server_address[:2]
                 self.send_response(200)
                 self.send_header("Location", f"http://{host}:{port}/upload/session/{session}")
                 self.send_header("Content-Length", "0")
                 self.end_headers()
                 return None
-            job = recorder.uploads.pop(path.rsplit("/", 1)[-1], {})
+            upload = recorder.uploads.get(path.rsplit("/", 1)[-1])
+            if upload is None:
+                return self._send(404, {"error": {"code": 404, "message": f"no upload session at {path}"}})
+            upload["data"] += body
+            m = _CONTENT_RANGE.fullmatch((self.headers.get("Content-Range") or "").strip())
+            if m and (m["total"] == "*" or len(upload["data"]) < int(m["total"])):
+                # More chunks to come: tell the client how much arrived (resumable protocol's 308).
+                self.send_response(308)
+                if upload["data"]:
+                    self.send_header("Range", f"bytes=0-{len(upload['data']) - 1}")
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return None
+            recorder.uploads.pop(path.rsplit("/", 1)[-1], None)
+            return self._end_upload(upload["job"], bytes(upload["data"]))
+
+        def _end_upload(self, job: dict[str, Any], data: bytes) -> None:
+            if "load" in (job.get("configuration") or {}):
+                recorder.record_load(job, data)
+            else:
+                recorder.fall_back("dbt-bigquery uploads data for a job that is not a load job")
             return self._send(200, recorder.fake_job(recorder.project, job, "LOAD"))
+
+        def _drop_table(self, project: str, dataset: str, table: str) -> None:
+            # tables.delete drops tables and views alike; SQL needs the kind, so ask the warehouse (a read).
+            resp = recorder.http.get(f"{recorder.upstream}/bigquery/v2/projects/{project}/datasets/{dataset}"
+                                     f"/tables/{table}", headers={k: v for k, v in self.headers.items()
+                                                                  if k.lower() == "authorization"}, timeout=300)
+            kind = _DROP_KIND.get(resp.json().get("type", "TABLE"), "TABLE") if resp.ok else "TABLE"
+            recorder.record(f"DROP {kind} IF EXISTS `{project}`.`{dataset}`.`{table}`", None)
+            return self._send(200, b"")
 
         def _insert_job(self, project: str, raw: bytes) -> None:
             body = json.loads(raw or b"{}")
@@ -265,6 +337,16 @@ def _handler(recorder: _Recorder) -> type[BaseHTTPRequestHandler]:
         do_POST = do_PUT = do_PATCH = do_DELETE = do_HEAD = do_GET
 
     return Handler
+
+
+def _parse_multipart(content_type: str, body: bytes) -> tuple[dict[str, Any], bytes]:
+    """(job resource, media bytes) of a ``multipart/related`` upload: JSON part first, data second."""
+    message = email.parser.BytesParser(policy=email.policy.default).parsebytes(
+        f"Content-Type: {content_type}\r\n\r\n".encode() + body)
+    parts = list(message.iter_parts()) if message.is_multipart() else []
+    if len(parts) != 2:
+        raise CaptureError(f"dbt-bigquery sent a multipart upload with {len(parts)} parts; expected 2")
+    return json.loads(parts[0].get_payload(decode=True) or b"{}"), parts[1].get_payload(decode=True) or b""
 
 
 @contextmanager

@@ -199,3 +199,11 @@ def cosmos_setting(name: str, default: str | None = None) -> str | None:
     from airflow.sdk import conf
 
     return conf.get("cosmos", name, fallback=default)
+
+
+def cache_dir() -> Path:
+    """``[cosmos] cache_dir``, or a ``cosmos_async_cache`` directory under the system temp dir."""
+    import tempfile
+
+    configured = cosmos_setting("cache_dir")
+    return Path(configured) if configured else Path(tempfile.gettempdir()) / "cosmos_async_cache"

@@ -13,14 +13,17 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from cosmos_async_triggers.layout import index_path, node_relpath, run_prefix
+from cosmos_async_triggers.layout import index_path, node_relpath, run_prefix, step_relpath
 
-from cosmos_async.capture import Capture, NodeCapture
+from cosmos_async.capture import Capture, LoadCapture, NodeCapture
 from cosmos_async.config import cosmos_setting
 from cosmos_async.errors import ConfigurationError, CosmosAsyncError
 
 SUPPORTED_SCHEMES = ("gs", "gcs", "file", "memory")
+# Version 1: one script per node. Version 2 adds entries with "steps" (scripts and load jobs, see upload_capture);
+# an index without such entries stays version 1, so triggerers of either version read it.
 INDEX_VERSION = 1
+STEPS_INDEX_VERSION = 2
 HOOK_IDS = {"on-run-start": "on_run_start", "on-run-end": "on_run_end"}
 
 
@@ -82,18 +85,36 @@ def _strip_scheme(fs: Any, url: str) -> str:
 
 def upload_capture(target: RemoteTarget, dag_id: str, run_id: str, capture: Capture,
                    wanted: set[str]) -> dict[str, Any]:
-    """Upload each wanted node's script and the hooks, then the index (last: its presence means complete)."""
+    """Upload each wanted node's files and the hooks, then the index (last: its presence means complete).
+
+    A node without loads is one script: its entry has ``path``/``sha256``. A node with loads (a seed) has
+    ``steps`` instead, in dbt's order: ``{"kind": "query", "path", "sha256", ...}`` for a script and
+    ``{"kind": "load", "configuration", "path", "sha256", ...}`` for a load job whose data is the file at path.
+    """
     fs, _ = _filesystem(target)
     prefix = target.run_prefix(dag_id, run_id)
     files: dict[str, bytes] = {}
     entries: dict[str, dict[str, Any]] = {}
 
-    def add(key: str, node: NodeCapture) -> None:
-        data = node.script().encode()
-        rel = node_relpath(key)
+    def put(rel: str, data: bytes) -> dict[str, Any]:
         files[_strip_scheme(fs, f"{prefix}/{rel}")] = data
-        entries[key] = {"path": rel, "sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data),
-                        "statements": len(node.statements), "location": node.location, "fallback": node.fallback}
+        return {"path": rel, "sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
+
+    def add(key: str, node: NodeCapture) -> None:
+        entry: dict[str, Any] = {"statements": len(node.statements), "location": node.location,
+                                 "fallback": node.fallback}
+        if not node.loads:
+            entries[key] = {**put(node_relpath(key), node.script().encode()), **entry}
+            return
+        steps = []
+        for i, step in enumerate(node.steps()):
+            if isinstance(step, LoadCapture):
+                steps.append({"kind": "load", "configuration": step.configuration,
+                              **put(step_relpath(key, i, "csv"), step.data)})
+            else:
+                script = NodeCapture(step).script().encode()
+                steps.append({"kind": "query", "statements": len(step), **put(step_relpath(key, i, "sql"), script)})
+        entries[key] = {**entry, "steps": steps}
 
     for unique_id in sorted(wanted):
         node = capture.nodes.get(unique_id)
@@ -102,7 +123,8 @@ def upload_capture(target: RemoteTarget, dag_id: str, run_id: str, capture: Capt
         add(unique_id, node)
     add(HOOK_IDS["on-run-start"], capture.on_run_start)
     add(HOOK_IDS["on-run-end"], capture.on_run_end)
-    index = {"version": INDEX_VERSION, "dag_id": dag_id, "run_id": run_id, "created_at": time.time(),
+    version = STEPS_INDEX_VERSION if any("steps" in e for e in entries.values()) else INDEX_VERSION
+    index = {"version": version, "dag_id": dag_id, "run_id": run_id, "created_at": time.time(),
              "nodes": entries}
     try:
         if getattr(fs, "async_impl", False):

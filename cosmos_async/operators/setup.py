@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -10,6 +11,7 @@ from typing import Any
 from airflow.sdk import BaseOperator
 
 from cosmos_async.config import ProfileConfig
+from cosmos_async.errors import ConfigurationError
 
 
 class DbtAsyncSetupOperator(BaseOperator):
@@ -21,7 +23,11 @@ class DbtAsyncSetupOperator(BaseOperator):
     def __init__(self, *, project_dir: str | Path, profile_config: ProfileConfig, node_ids: Sequence[str],
                  remote_target_path: str, remote_target_path_conn_id: str | None, select: Sequence[str] = (),
                  exclude: Sequence[str] = (), dbt_vars: dict[str, Any] | None = None, full_refresh: bool = False,
-                 install_deps: bool = False, env: dict[str, str] | None = None, **kwargs: Any) -> None:
+                 install_deps: bool = False, env: dict[str, str] | None = None,
+                 py_requirements: Sequence[str] = (), use_venv: bool | None = None, **kwargs: Any) -> None:
+        """``py_requirements``: ExecutionConfig.async_py_requirements, installed into a cached virtualenv when
+        dbt is not importable here. ``use_venv``: True forces the virtualenv, False forbids it, None decides by
+        whether dbt is installed."""
         super().__init__(**kwargs)
         self.project_dir = str(project_dir)
         self.profile_config = profile_config
@@ -34,16 +40,47 @@ class DbtAsyncSetupOperator(BaseOperator):
         self.full_refresh = full_refresh
         self.install_deps = install_deps
         self.env = dict(env or {})
+        self.py_requirements = list(py_requirements)
+        self.use_venv = use_venv
+
+    def _venv(self) -> Path | None:
+        """The dbt virtualenv to capture in, or None to capture in this process."""
+        wanted = self.use_venv if self.use_venv is not None else importlib.util.find_spec("dbt") is None
+        if not wanted:
+            return None
+        if not self.py_requirements:
+            raise ConfigurationError(
+                "dbt is not installed in the Airflow environment of the setup task: install dbt-bigquery there, or "
+                "set ExecutionConfig(async_py_requirements=['dbt-bigquery==<version>']) so the setup task builds "
+                "a virtualenv with it."
+            )
+        from cosmos_async.dbt_venv import ensure_venv
+
+        started = time.monotonic()
+        venv = ensure_venv(self.py_requirements)
+        self.log.info("dbt virtualenv for %s ready at %s in %.2fs", self.py_requirements, venv,
+                      time.monotonic() - started)
+        return venv
+
+    def _capture(self) -> Any:
+        options: dict[str, Any] = {"select": self.select, "exclude": self.exclude, "dbt_vars": self.dbt_vars,
+                                   "full_refresh": self.full_refresh, "install_deps": self.install_deps,
+                                   "env": self.env}
+        venv = self._venv()
+        if venv is None:
+            from cosmos_async.capture import capture_project
+
+            return capture_project(Path(self.project_dir), self.profile_config, **options)
+        from cosmos_async.capture_cli import capture_in_venv
+
+        return capture_in_venv(venv, Path(self.project_dir), self.profile_config, log=self.log, **options)
 
     def execute(self, context: Any) -> dict[str, Any]:
-        from cosmos_async.capture import capture_project
         from cosmos_async.remote import RemoteTarget, upload_capture
 
         target = RemoteTarget.from_config(self.remote_target_path, self.remote_target_path_conn_id)
         started = time.monotonic()
-        capture = capture_project(Path(self.project_dir), self.profile_config, select=self.select,
-                                  exclude=self.exclude, dbt_vars=self.dbt_vars, full_refresh=self.full_refresh,
-                                  install_deps=self.install_deps, env=self.env)
+        capture = self._capture()
         captured = time.monotonic()
         dag_id, run_id = context["dag_run"].dag_id, context["run_id"]
         index = upload_capture(target, dag_id, run_id, capture, set(self.node_ids))

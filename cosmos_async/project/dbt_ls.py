@@ -10,13 +10,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from collections.abc import Mapping
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from cosmos_async.config import ProfileConfig, cosmos_setting
+from cosmos_async.config import ProfileConfig, cache_dir
 from cosmos_async.project.manifest import Manifest, load_manifest
 
 # Directories dbt writes or downloads into: their content never changes the project's graph definition.
@@ -51,12 +50,6 @@ def _dbt_version() -> str:
         return "absent"
 
 
-def cache_dir() -> Path:
-    """``[cosmos] cache_dir``, or a directory under the system temp dir."""
-    configured = cosmos_setting("cache_dir")
-    return Path(configured) if configured else Path(tempfile.gettempdir()) / "cosmos_async_cache"
-
-
 def load_with_dbt_ls(project_dir: Path, profile: ProfileConfig, *, dbt_vars: Mapping[str, Any] | None = None,
                      env: Mapping[str, str] | None = None, install_deps: bool = False) -> Manifest:
     """The project's graph from a cached ``dbt ls`` manifest, running dbt only when the project changed."""
@@ -64,7 +57,7 @@ def load_with_dbt_ls(project_dir: Path, profile: ProfileConfig, *, dbt_vars: Map
     key = project_checksum(Path(project_dir), profile, dbt_vars, env)
     cached = cache_dir() / f"manifest-{key}.json"
     if cached.is_file():
-        return load_manifest(cached)
+        return load_manifest(cached, cache=cache_dir())
 
     from cosmos_async.dbt_invoke import dbt_workspace, invoke
 

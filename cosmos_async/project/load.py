@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from cosmos_async.config import LoadMode, ProfileConfig, ProjectConfig, RenderConfig
+from cosmos_async.config import LoadMode, ProfileConfig, ProjectConfig, RenderConfig, cache_dir
 from cosmos_async.errors import ConfigurationError
 from cosmos_async.project.manifest import Manifest, load_manifest
 
@@ -19,7 +19,7 @@ def load_project(project: ProjectConfig, render: RenderConfig, profile: ProfileC
     if method == LoadMode.DBT_MANIFEST:
         if project.manifest_path is None:
             raise ConfigurationError("LoadMode.DBT_MANIFEST needs ProjectConfig(manifest_path=...).")
-        return load_manifest(project.manifest_path)
+        return load_manifest(project.manifest_path, cache=cache_dir())
     if project_dir is None:
         raise ConfigurationError("LoadMode.DBT_LS needs ProjectConfig(dbt_project_path=...).")
     if profile is None:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,6 +16,10 @@ from cosmos_async.errors import ManifestError
 # Manifest schema versions this parser has been checked against (dbt-core 1.6 → 1.11 write v10-v12).
 SUPPORTED_SCHEMA_VERSIONS = frozenset({10, 11, 12})
 RUNNABLE_TYPES = frozenset({"model", "seed", "snapshot", "test"})
+_NODE_KEYS = ("package_name", "original_file_path", "fqn", "tags", "database", "schema", "alias", "identifier",
+              "version", "attached_node", "source_name")
+# Bump when the cached graph's shape changes, so older cache files are ignored.
+_GRAPH_FORMAT = 1
 
 
 @dataclass(frozen=True)
@@ -110,6 +116,11 @@ def _node(raw: Mapping[str, Any]) -> DbtNode:
 
 def parse_manifest(data: Mapping[str, Any], origin: str = "manifest.json") -> Manifest:
     """Build the graph from a manifest dict; raise :class:`ManifestError` naming what is wrong."""
+    return _from_graph(_graph(data, origin), origin)
+
+
+def _graph(data: Mapping[str, Any], origin: str) -> dict[str, Any]:
+    """The part of a manifest the graph needs, as plain JSON (also what the parse cache stores)."""
     if not isinstance(data, Mapping) or "nodes" not in data or "metadata" not in data:
         raise ManifestError(f"{origin} is not a dbt manifest (no 'metadata'/'nodes'); regenerate it: `dbt parse`.")
     metadata = data["metadata"]
@@ -128,13 +139,32 @@ def parse_manifest(data: Mapping[str, Any], origin: str = "manifest.json") -> Ma
         )
     try:
         raw_nodes = list(data["nodes"].values()) + list((data.get("sources") or {}).values())
-        nodes = [_node(raw) for raw in raw_nodes if raw.get("resource_type") in RUNNABLE_TYPES | {"source"}]
+        nodes = [_compact(raw) for raw in raw_nodes if raw.get("resource_type") in RUNNABLE_TYPES | {"source"}]
+        hooks = sorted({hook for raw in data["nodes"].values() if raw.get("resource_type") == "operation"
+                        for hook in ("on-run-start", "on-run-end") if hook in raw.get("unique_id", "")})
     except (KeyError, TypeError, AttributeError) as exc:
         raise ManifestError(f"{origin} is corrupt: a node lacks {exc}; regenerate it with `dbt parse`.") from None
-    project = metadata.get("project_name") or _guess_project(nodes)
-    hooks = {hook for raw in data["nodes"].values() if raw.get("resource_type") == "operation"
-             for hook in ("on-run-start", "on-run-end") if hook in raw.get("unique_id", "")}
-    return Manifest.from_nodes(nodes, project, metadata.get("adapter_type"), metadata.get("dbt_version"), hooks)
+    return {"format": _GRAPH_FORMAT, "project_name": metadata.get("project_name"),
+            "adapter_type": metadata.get("adapter_type"), "dbt_version": metadata.get("dbt_version"),
+            "hooks": hooks, "nodes": nodes}
+
+
+def _compact(raw: Mapping[str, Any]) -> dict[str, Any]:
+    node = {key: raw[key] for key in _NODE_KEYS if raw.get(key) is not None}
+    node["unique_id"], node["resource_type"], node["name"] = raw["unique_id"], raw["resource_type"], raw["name"]
+    # Unset config keys are most of a node's bytes and never match a selector.
+    node["config"] = {k: v for k, v in (raw.get("config") or {}).items() if v is not None}
+    node["depends_on"] = {"nodes": list((raw.get("depends_on") or {}).get("nodes") or ())}
+    return node
+
+
+def _from_graph(graph: Mapping[str, Any], origin: str) -> Manifest:
+    try:
+        nodes = [_node(raw) for raw in graph["nodes"]]
+    except (KeyError, TypeError, AttributeError) as exc:
+        raise ManifestError(f"{origin} is corrupt: a node lacks {exc}; regenerate it with `dbt parse`.") from None
+    project = graph.get("project_name") or _guess_project(nodes)
+    return Manifest.from_nodes(nodes, project, graph.get("adapter_type"), graph.get("dbt_version"), graph["hooks"])
 
 
 def _guess_project(nodes: list[DbtNode]) -> str:
@@ -142,9 +172,22 @@ def _guess_project(nodes: list[DbtNode]) -> str:
     return next(iter(packages)) if len(packages) == 1 else ""
 
 
-def load_manifest(path: str | Path) -> Manifest:
-    """Read and parse a manifest.json file."""
+def load_manifest(path: str | Path, cache: Path | None = None) -> Manifest:
+    """Read and parse a manifest.json file.
+
+    With ``cache`` (a directory), the graph part is kept there keyed by the file's path, size and mtime: the
+    dag-processor re-parses DAG files every few seconds, and a large manifest costs more to decode than the
+    rest of rendering.
+    """
     path = Path(path)
+    cached = _cached_graph_path(path, cache) if cache is not None else None
+    if cached is not None and cached.is_file():
+        try:
+            graph = json.loads(cached.read_bytes())
+            if graph.get("format") == _GRAPH_FORMAT:
+                return _from_graph(graph, str(path))
+        except (OSError, ValueError, ManifestError):
+            pass  # unreadable or stale cache entry: parse the manifest again
     try:
         with path.open("rb") as fh:
             data = json.load(fh)
@@ -154,4 +197,26 @@ def load_manifest(path: str | Path) -> Manifest:
     except (OSError, ValueError) as exc:
         raise ManifestError(f"manifest at {path} cannot be read as JSON ({exc}); regenerate it with `dbt parse`.") \
             from None
-    return parse_manifest(data, str(path))
+    graph = _graph(data, str(path))
+    if cached is not None:
+        _write_atomically(cached, json.dumps(graph, separators=(",", ":")).encode())
+    return _from_graph(graph, str(path))
+
+
+def _cached_graph_path(path: Path, cache: Path) -> Path | None:
+    try:
+        stat = path.stat()
+    except OSError:
+        return None
+    key = hashlib.sha256(f"{path.resolve()}\0{stat.st_size}\0{stat.st_mtime_ns}".encode()).hexdigest()[:32]
+    return cache / f"graph-{key}.json"
+
+
+def _write_atomically(target: Path, data: bytes) -> None:
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        partial = target.with_suffix(f".{os.getpid()}.tmp")
+        partial.write_bytes(data)
+        partial.replace(target)
+    except OSError:
+        pass  # a read-only or full cache directory only costs speed

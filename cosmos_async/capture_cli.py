@@ -1,0 +1,229 @@
+"""Run the capture in another Python (the dbt virtualenv) and bring the :class:`Capture` back.
+
+Parent: :func:`capture_in_venv` resolves the dbt target where Airflow is (connections), writes a request file
+without secrets, and starts ``<venv python> -m cosmos_async.capture_cli request.json result.json`` with this
+package's source on PYTHONPATH. Secret values travel only in the child's environment, under the same
+``COSMOS_ASYNC_SECRET_*`` names the in-process profile uses; the request's target refers to them by
+``env_var()``. Child: :func:`main` rebuilds the profile, runs :func:`capture_project` and writes the result.
+
+The Capture crosses as JSON built from the dataclasses' own fields, so fields added to NodeCapture later
+cross without changes here as long as their values are JSON types, dataclasses or containers of them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import subprocess
+import sys
+import tempfile
+import traceback
+import types
+import typing
+from collections import deque
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from cosmos_async.capture import Capture, CaptureError, capture_project
+from cosmos_async.config import ProfileConfig
+from cosmos_async.errors import CosmosAsyncError
+
+_SECRET_REF = "{{ env_var('COSMOS_ASYNC_SECRET_"
+# Inherited variables that would make the venv's Python load another environment's packages.
+_DROPPED_ENV = ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV", "PYTHONSTARTUP")
+_TAIL_LINES = 30
+
+
+# -- Capture <-> JSON ------------------------------------------------------------------------------------------
+def encode(value: Any, where: str = "capture") -> Any:
+    """JSON-ready form of a Capture (or any of its parts); raise naming the first field JSON cannot hold."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: encode(getattr(value, f.name), f"{where}.{f.name}") for f in dataclasses.fields(value)}
+    if isinstance(value, Mapping):
+        if not all(isinstance(k, str) for k in value):
+            raise CaptureError(f"{where} has non-string keys; the capture cannot cross to the setup task as JSON.")
+        return {k: encode(v, f"{where}[{k!r}]") for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [encode(v, f"{where}[{i}]") for i, v in enumerate(value)]
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return value
+    raise CaptureError(f"{where} is a {type(value).__name__}, which is not JSON-serializable: the capture cannot "
+                       "cross from the dbt virtualenv; store it as str/int/float/bool/list/dict or a dataclass.")
+
+
+def decode(kind: Any, value: Any) -> Any:
+    """Rebuild a value of type ``kind`` (a dataclass, container, optional or JSON type) from :func:`encode`."""
+    if dataclasses.is_dataclass(kind) and isinstance(kind, type):
+        hints = typing.get_type_hints(kind)
+        fields = dataclasses.fields(kind)
+        built = kind(**{f.name: decode(hints[f.name], value[f.name]) for f in fields if f.init and f.name in value})
+        for f in fields:
+            if not f.init and f.name in value:
+                setattr(built, f.name, decode(hints[f.name], value[f.name]))
+        return built
+    origin, args = typing.get_origin(kind), typing.get_args(kind)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        options = [a for a in args if a is not type(None)]
+        return decode(options[0], value) if len(options) == 1 else value
+    if origin in (list, tuple, set, frozenset, Sequence):
+        item = args[0] if args else Any
+        items = [decode(item, v) for v in value]
+        return origin(items) if origin in (tuple, set, frozenset) else items
+    if origin in (dict, Mapping):
+        item = args[1] if len(args) == 2 else Any
+        return {k: decode(item, v) for k, v in value.items()}
+    return value
+
+
+# -- parent side -----------------------------------------------------------------------------------------------
+def _escape_templates(value: Any) -> Any:
+    """Keep already-rendered values literal when the child renders the profile again (``{{`` in a value)."""
+    if isinstance(value, dict):
+        return {k: _escape_templates(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_escape_templates(v) for v in value]
+    if isinstance(value, str) and "{" in value and not value.startswith(_SECRET_REF):
+        return "{% raw %}" + value + "{% endraw %}"
+    return value
+
+
+def build_request(project_dir: Path, profile_config: ProfileConfig, *, select: Sequence[str] = (),
+                  exclude: Sequence[str] = (), dbt_vars: Mapping[str, Any] | None = None,
+                  full_refresh: bool = False, install_deps: bool = False,
+                  env: Mapping[str, str] | None = None) -> tuple[dict[str, Any], dict[str, str]]:
+    """(request without secrets, environment for the child holding the secrets and ``env``)."""
+    from cosmos_async.profiles import resolve_target, split_secrets
+
+    safe, secret_env = split_secrets(resolve_target(profile_config))
+    request = {"project_dir": str(project_dir), "profile_name": profile_config.profile_name,
+               "target_name": profile_config.target_name, "target": _escape_templates(safe),
+               "select": list(select), "exclude": list(exclude), "vars": dict(dbt_vars or {}),
+               "full_refresh": full_refresh, "install_deps": install_deps,
+               # Values of ``env`` may be secrets too: only their names go in the file.
+               "env_keys": sorted(env or {})}
+    return request, {**dict(env or {}), **secret_env}
+
+
+def _source_path(root: Path) -> Path:
+    """A directory holding only this package, for the child's PYTHONPATH.
+
+    Not the directory this package sits in: that may be the Airflow environment's site-packages, whose
+    packages would shadow the venv's.
+    """
+    package = Path(__file__).resolve().parent
+    path = root / "src"
+    path.mkdir()
+    try:
+        (path / package.name).symlink_to(package, target_is_directory=True)
+    except OSError:  # no symlinks (some Windows setups)
+        import shutil
+
+        shutil.copytree(package, path / package.name, ignore=shutil.ignore_patterns("__pycache__"))
+    return path
+
+
+def capture_in_venv(venv: Path, project_dir: Path, profile_config: ProfileConfig, *, select: Sequence[str] = (),
+                    exclude: Sequence[str] = (), dbt_vars: Mapping[str, Any] | None = None,
+                    full_refresh: bool = False, install_deps: bool = False, env: Mapping[str, str] | None = None,
+                    log: logging.Logger | None = None) -> Capture:
+    """:func:`capture_project` run by the virtualenv's Python; dbt's output goes to ``log`` line by line."""
+    from cosmos_async.dbt_venv import venv_python
+
+    log = log or logging.getLogger(__name__)
+    request, child_secrets = build_request(project_dir, profile_config, select=select, exclude=exclude,
+                                           dbt_vars=dbt_vars, full_refresh=full_refresh,
+                                           install_deps=install_deps, env=env)
+    with tempfile.TemporaryDirectory(prefix="cosmos-async-capture-") as tmp:
+        work = Path(tmp)
+        request_path, result_path = work / "request.json", work / "result.json"
+        request_path.write_text(json.dumps(request))
+        child_env = {k: v for k, v in os.environ.items() if k not in _DROPPED_ENV}
+        child_env.update(child_secrets)
+        child_env.update(PYTHONPATH=str(_source_path(work)), PYTHONUNBUFFERED="1")
+        command = [str(venv_python(venv)), "-m", "cosmos_async.capture_cli", str(request_path), str(result_path)]
+        tail: deque[str] = deque(maxlen=_TAIL_LINES)
+        process = subprocess.Popen(command, cwd=work, env=child_env, stdin=subprocess.DEVNULL,
+                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace")
+        try:
+            assert process.stdout is not None
+            for line in process.stdout:
+                tail.append(line.rstrip())
+                log.info("%s", line.rstrip())
+            code = process.wait()
+        finally:
+            if process.poll() is None:  # the task was killed or timed out: do not leave dbt running
+                process.kill()
+                process.wait()
+        try:
+            result = json.loads(result_path.read_text())
+        except (OSError, ValueError):
+            lines = "\n".join(tail)
+            raise CaptureError(f"the capture in the dbt virtualenv {venv} exited with {code} without a result; "
+                               f"last lines:\n{lines}") from None
+    if "error" in result:
+        raise _child_error(result["error"], venv)
+    return decode(Capture, result["capture"])
+
+
+def _child_error(error: Mapping[str, str], venv: Path) -> Exception:
+    """The child's exception as the same cosmos-async class when it is one (ConfigurationError stays one)."""
+    module, _, name = error.get("type", "").rpartition(".")
+    message = error.get("message", "")
+    if module.startswith("cosmos_async"):
+        try:
+            import importlib
+
+            cls = getattr(importlib.import_module(module), name)
+            if isinstance(cls, type) and issubclass(cls, CosmosAsyncError):
+                return cls(message)
+        except Exception:  # fall through to the generic error
+            pass
+    return CaptureError(f"the capture in the dbt virtualenv {venv} failed: {error.get('type')}: {message}")
+
+
+# -- child side ------------------------------------------------------------------------------------------------
+def run_request(request: Mapping[str, Any]) -> Capture:
+    """Run :func:`capture_project` for a request written by :func:`build_request`."""
+    with tempfile.TemporaryDirectory(prefix="cosmos-async-profile-") as tmp:
+        path = Path(tmp) / "profiles.yml"
+        outputs = {request["target_name"]: request["target"]}
+        path.write_text(yaml.safe_dump({request["profile_name"]: {"target": request["target_name"],
+                                                                   "outputs": outputs}}, sort_keys=False))
+        os.chmod(path, 0o600)
+        profile = ProfileConfig(profile_name=request["profile_name"], target_name=request["target_name"],
+                                profiles_yml_filepath=path)
+        env = {k: os.environ[k] for k in request["env_keys"] if k in os.environ}
+        return capture_project(Path(request["project_dir"]), profile, select=request["select"],
+                               exclude=request["exclude"], dbt_vars=request["vars"],
+                               full_refresh=request["full_refresh"], install_deps=request["install_deps"], env=env)
+
+
+def main(argv: Sequence[str]) -> int:
+    """``python -m cosmos_async.capture_cli request.json result.json``; exit 1 with the error in the result."""
+    if len(argv) != 2:
+        print("usage: python -m cosmos_async.capture_cli <request.json> <result.json>", file=sys.stderr)
+        return 2
+    request_path, result_path = Path(argv[0]), Path(argv[1])
+    try:
+        payload: dict[str, Any] = {"capture": encode(run_request(json.loads(request_path.read_text())))}
+        code = 0
+    except BaseException as exc:  # dbt may raise SystemExit; the parent needs the message whatever it is
+        traceback.print_exc()
+        kind = type(exc)
+        payload = {"error": {"type": f"{kind.__module__}.{kind.__qualname__}", "message": str(exc)}}
+        code = 1
+    partial = result_path.with_suffix(".partial")
+    partial.write_text(json.dumps(payload))
+    partial.replace(result_path)  # the parent never reads half a file
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
