@@ -173,8 +173,14 @@ class _Recorder:
             target.location = target.location or location
 
     def record_load(self, job: Mapping[str, Any], data: bytes) -> None:
+        from cosmos_async_triggers.load import MAX_MULTIPART_BYTES
+
         with self.lock:
             target = self.target()
+            if len(data) > MAX_MULTIPART_BYTES:
+                # The trigger uploads in one request held in memory; dbt uploads big files in chunks itself.
+                target.fallback = target.fallback or (f"its load job uploads {len(data)} bytes, more than the "
+                                                      f"{MAX_MULTIPART_BYTES} a trigger uploads")
             target.loads.append(LoadCapture(dict(job.get("configuration") or {}), data, len(target.statements)))
             target.location = target.location or (job.get("jobReference") or {}).get("location")
 

@@ -103,7 +103,7 @@ def upload_capture(target: RemoteTarget, dag_id: str, run_id: str, capture: Capt
     def add(key: str, node: NodeCapture) -> None:
         entry: dict[str, Any] = {"statements": len(node.statements), "location": node.location,
                                  "fallback": node.fallback}
-        if not node.loads:
+        if not node.loads or node.fallback:  # a fallback runs through dbt: its data need not be uploaded
             entries[key] = {**put(node_relpath(key), node.script().encode()), **entry}
             return
         steps = []
@@ -114,7 +114,8 @@ def upload_capture(target: RemoteTarget, dag_id: str, run_id: str, capture: Capt
             else:
                 script = NodeCapture(step).script().encode()
                 steps.append({"kind": "query", "statements": len(step), **put(step_relpath(key, i, "sql"), script)})
-        entries[key] = {**entry, "steps": steps}
+        # "bytes" totals the steps: readers that sum entry sizes (the setup task's log) keep working.
+        entries[key] = {**entry, "bytes": sum(s["bytes"] for s in steps), "steps": steps}
 
     for unique_id in sorted(wanted):
         node = capture.nodes.get(unique_id)

@@ -61,8 +61,9 @@ def test_capture_writes_nothing_and_records_each_node(synthetic, client: bigquer
     assert any("create schema if not exists" in s.lower() for s in capture.on_run_start.statements)
     tests = [uid for uid in capture.nodes if uid.startswith("test.")]
     assert tests and all("failures" in capture.nodes[t].script() for t in tests)
-    # Seeds are loaded with a load job, which the toolkit runs through dbt instead.
-    assert "load job" in capture.nodes["seed.synthetic.source_rows"].fallback
+    # Seeds are loaded with a load job: recorded (configuration and CSV bytes), no LOCAL fallback.
+    seed = capture.nodes["seed.synthetic.source_rows"]
+    assert seed.fallback is None and len(seed.loads) == 1 and seed.loads[0].data.startswith(b"id,amount\n")
 
 
 def test_captured_scripts_build_the_same_tables_as_dbt(synthetic, client: bigquery.Client, tmp_path: Path) -> None:

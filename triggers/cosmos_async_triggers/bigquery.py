@@ -1,6 +1,10 @@
 """The trigger that runs a task's captured dbt node scripts as BigQuery jobs and awaits them in the triggerer.
 
-Job ids are deterministic per (DAG, task, run, map index, node, attempt), so a trigger that restarts (triggerer
+A node is one script (a query job), or, for a seed, steps in dbt's order: scripts and load jobs whose CSV is
+uploaded with the jobs.insert request (:mod:`cosmos_async_triggers.load`). Every job, query or load, follows the
+same lifecycle below.
+
+Job ids are deterministic per (DAG, task, run, map index, node, step, attempt), so a trigger that restarts (triggerer
 restart, redistribution) finds the job its predecessor submitted instead of running the SQL a second time:
 
 * attempt N answers 404 → submit attempt N (a 409 "duplicate" from a racing insert attaches to that job);
@@ -26,10 +30,10 @@ from typing import Any
 
 from airflow.triggers.base import BaseTrigger, TaskSuccessEvent, TriggerEvent
 
-from cosmos_async_triggers import rest
+from cosmos_async_triggers import load, rest
 from cosmos_async_triggers.auth import GcpAuthError, GcpConnection, get_connection, get_token
 from cosmos_async_triggers.layout import job_id_base
-from cosmos_async_triggers.storage import RemoteReadError, read_index, read_node_sql
+from cosmos_async_triggers.storage import RemoteReadError, Step, read_index, read_node_steps
 
 CLASSPATH = "cosmos_async_triggers.bigquery.BigQueryNodeTrigger"
 # Same key as cosmos_async.operators.links.JOB_LINK_KEY (not imported: this package must stay light).
@@ -192,9 +196,14 @@ class BigQueryNodeTrigger(BaseTrigger):
         for node, entry in zip(self.nodes, entries, strict=True):
             if entry.get("fallback"):
                 return {"status": "fallback", "reason": f"{node['id']}: {entry['fallback']}"}
-        # Verify every script first: a tampered or missing file must not leave half the task submitted.
-        scripts = [await read_node_sql(prefix, node["id"], entry, conn=storage_conn, token_for=storage_token)
-                   for node, entry in zip(self.nodes, entries, strict=True)]
+        # Verify every script and data file first: a tampered or missing file must not leave half the task submitted.
+        plans = [await read_node_steps(prefix, node["id"], entry, conn=storage_conn, token_for=storage_token)
+                 for node, entry in zip(self.nodes, entries, strict=True)]
+        for node, steps in zip(self.nodes, plans, strict=True):
+            size = max((len(s.data) for s in steps if s.kind == "load"), default=0)
+            if size > load.MAX_MULTIPART_BYTES:  # refuse before any step (e.g. the seed's DROP) has run
+                raise NodeRunError(f"{node['id']}: its load data has {size} bytes, more than the "
+                                   f"{load.MAX_MULTIPART_BYTES} a trigger uploads")
         project = self.project or gcp.project
         if not project:
             raise NodeRunError(f"no BigQuery project: set the operator's 'project' or the 'project' extra of "
@@ -205,18 +214,22 @@ class BigQueryNodeTrigger(BaseTrigger):
         base_labels.update(airflow_dag=bq_label(dag_id), airflow_task=bq_label(task_id),
                            airflow_run=bq_label(run_id))
 
-        for i, (node, entry, sql) in enumerate(zip(self.nodes, entries, scripts, strict=True)):
-            if not sql.strip():
-                continue  # e.g. no on-run-end hooks: nothing to run
+        for i, (node, entry, steps) in enumerate(zip(self.nodes, entries, plans, strict=True)):
             location = entry.get("location") or self.location
             labels = {**base_labels, "dbt_node": bq_label(node["id"])}
-            job = await self._run_job(project, location, f"{stem}_{i}", sql, labels, created_after_ms)
-            jobs.append(_summary(job, location))
-            error = job.get("status", {}).get("errorResult")
-            if error:
-                return {"status": "failed", "message": _error_message(node, job, error), "jobs": jobs,
-                        "warnings": warnings}
-            if node.get("kind") == "test":
+            job: dict[str, Any] | None = None
+            for j, step in enumerate(steps):
+                if step.kind == "query" and not step.sql.strip():
+                    continue  # e.g. no on-run-end hooks: nothing to run
+                # A one-script node keeps the job ids it always had; steps get their own.
+                job_stem = f"{stem}_{i}" if "steps" not in entry else f"{stem}_{i}_s{j}"
+                job = await self._run_job(project, location, job_stem, step, labels, created_after_ms)
+                jobs.append(_summary(job, location))
+                error = job.get("status", {}).get("errorResult")
+                if error:
+                    return {"status": "failed", "message": _error_message(node, job, error), "jobs": jobs,
+                            "warnings": warnings}
+            if node.get("kind") == "test" and job is not None:
                 failure = await self._judge_test(node, job, location, warnings)
                 if failure:
                     return {"status": "failed", "message": failure, "jobs": jobs, "warnings": warnings}
@@ -242,7 +255,7 @@ class BigQueryNodeTrigger(BaseTrigger):
                 return None
             raise
 
-    async def _run_job(self, project: str, location: str | None, stem: str, sql: str, labels: dict[str, str],
+    async def _run_job(self, project: str, location: str | None, stem: str, step: Step, labels: dict[str, str],
                        created_after_ms: float) -> dict[str, Any]:
         """Find or submit this node's job (see the module docstring) and wait until it is DONE."""
         for attempt in range(MAX_ATTEMPTS):
@@ -250,7 +263,13 @@ class BigQueryNodeTrigger(BaseTrigger):
             job = await self._get_job(ref)
             if job is None:
                 self._active = ref  # set before the insert: a kill during the request still cancels it
-                job = await self._insert(ref, sql, labels)
+                job = await self._insert(ref, step, labels)
+                returned = job.get("jobReference", {}).get("jobId")
+                if returned and returned != ref.job_id:
+                    # BigQuery keeps the id we send; the BigQuery emulator names upload jobs itself. Follow the
+                    # job we got (a restarted trigger cannot find it by its deterministic id and re-runs the step).
+                    self.log.warning("BigQuery named job %s %s; following that job", ref.job_id, returned)
+                    ref = self._active = _JobRef(project, returned, job["jobReference"].get("location") or location)
                 return await self._wait(ref, job)
             stale = _created_ms(job) < created_after_ms
             if _state(job) != "DONE":
@@ -265,15 +284,24 @@ class BigQueryNodeTrigger(BaseTrigger):
             # A failed attempt, or one from an earlier setup of this run: the next attempt number is ours.
         raise NodeRunError(f"{MAX_ATTEMPTS} attempts of {stem}_N exist already; clear the DAG run to start over")
 
-    async def _insert(self, ref: _JobRef, sql: str, labels: dict[str, str]) -> dict[str, Any]:
+    async def _insert(self, ref: _JobRef, step: Step, labels: dict[str, str]) -> dict[str, Any]:
         job_ref: dict[str, Any] = {"projectId": ref.project, "jobId": ref.job_id}
         if ref.location:
             job_ref["location"] = ref.location
-        body = {"jobReference": job_ref,
-                "configuration": {"labels": labels, "query": {"query": sql, "useLegacySql": False}}}
         try:
-            job = await rest.request_json("POST", self._jobs_url(ref.project), token=await self._token(), json=body)
-            self.log.info("submitted BigQuery job %s", ref.job_id)
+            if step.kind == "load":
+                # The configuration dbt-bigquery sent (destination, schema, CSV options), with our labels added.
+                config = {**step.configuration, "labels": {**(step.configuration.get("labels") or {}), **labels}}
+                assert self._gcp is not None
+                job = await load.insert_with_data(load.upload_url(self._gcp.bigquery_endpoint, ref.project),
+                                                  {"jobReference": job_ref, "configuration": config}, step.data,
+                                                  token=await self._token())
+            else:
+                body = {"jobReference": job_ref,
+                        "configuration": {"labels": labels, "query": {"query": step.sql, "useLegacySql": False}}}
+                job = await rest.request_json("POST", self._jobs_url(ref.project), token=await self._token(),
+                                              json=body)
+            self.log.info("submitted BigQuery %s job %s", step.kind, ref.job_id)
             return job
         except rest.BigQueryApiError as exc:
             if exc.status != 409:
@@ -356,7 +384,9 @@ def _summary(job: dict[str, Any], location: str | None) -> dict[str, Any]:
     project, job_id = ref.get("projectId", ""), ref.get("jobId", "")
     loc = ref.get("location") or location or "US"
     start, end = _int(stats.get("startTime")), _int(stats.get("endTime"))
+    extra = {"output_rows": _int(stats["load"].get("outputRows"))} if isinstance(stats.get("load"), dict) else {}
     return {
+        **extra,
         "job_id": job_id,
         "link": f"https://console.cloud.google.com/bigquery?project={project}&j=bq:{loc}:{job_id}&page=queryresults",
         "state": _state(job),

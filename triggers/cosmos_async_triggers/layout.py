@@ -44,6 +44,15 @@ def node_relpath(unique_id: str) -> str:
     return f"nodes/{segment(unique_id)}.sql"
 
 
+def step_relpath(unique_id: str, step: int, extension: str) -> str:
+    """Path of step ``step`` of a node that runs in several steps (a script, or a load job's data).
+
+    ``~s`` never occurs in a segment (escapes are ``~`` and two hex digits), so these never collide with
+    :func:`node_relpath` of another node.
+    """
+    return f"nodes/{segment(unique_id)}~s{step}.{extension}"
+
+
 def job_id_base(dag_id: str, task_id: str, run_id: str, map_index: int = -1) -> str:
     """A BigQuery job id unique to (dag, task, run, map index), readable by its task id prefix."""
     digest = hashlib.sha256(f"{dag_id}\x00{task_id}\x00{run_id}\x00{map_index}".encode()).hexdigest()[:24]

@@ -1,7 +1,8 @@
 """Read a run's index and node scripts from the remote target path (``gs://`` or ``file://``).
 
-The setup task wrote them (see :mod:`cosmos_async_triggers.layout`); every script is checked against the
-sha256 recorded in the index, so a trigger never submits SQL other than what setup captured.
+The setup task wrote them (see :mod:`cosmos_async_triggers.layout`); every script and every load job's data
+file is checked against the sha256 recorded in the index, so a trigger never submits SQL or data other than
+what setup captured.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import asyncio
 import hashlib
 import json
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -19,6 +21,8 @@ from cosmos_async_triggers.auth import GcpConnection
 from cosmos_async_triggers.layout import index_path, run_prefix
 
 INDEX_VERSION = 1
+# Version 2 adds node entries with "steps" (scripts and load jobs); every version-1 index is also valid here.
+SUPPORTED_VERSIONS = (1, 2)
 _RERUN = "re-run the setup task (clear it together with this task) so it uploads the run's SQL again"
 
 
@@ -85,17 +89,29 @@ async def read_index(remote_target_path: str, dag_id: str, run_id: str, *, conn:
         index = json.loads(data)
     except ValueError:
         raise RemoteReadError(f"{url} is not valid JSON; {_RERUN}.") from None
-    if not isinstance(index, dict) or index.get("version") != INDEX_VERSION or not isinstance(index.get("nodes"), dict):
-        raise RemoteReadError(f"{url} is not a version-{INDEX_VERSION} cosmos-async index; {_RERUN} with the same "
+    if (not isinstance(index, dict) or index.get("version") not in SUPPORTED_VERSIONS
+            or not isinstance(index.get("nodes"), dict)):
+        versions = " or ".join(map(str, SUPPORTED_VERSIONS))
+        raise RemoteReadError(f"{url} is not a cosmos-async index of version {versions}; {_RERUN} with the same "
                               "cosmos-async version as the triggerer.")
     if (index.get("dag_id"), index.get("run_id")) != (dag_id, run_id):
         raise RemoteReadError(f"{url} belongs to {index.get('dag_id')}/{index.get('run_id')}, not {dag_id}/{run_id}")
     return prefix, index
 
 
-async def read_node_sql(prefix: str, node_id: str, entry: dict[str, Any], *, conn: GcpConnection | None,
-                        token_for: Callable[[], Awaitable[str | None]]) -> str:
-    """A node's script, verified against the index's sha256."""
+@dataclass
+class Step:
+    """One job of a node: a script (``query``) or a load job of ``data`` with ``configuration`` (``load``)."""
+
+    kind: str
+    sql: str = ""
+    configuration: dict[str, Any] = field(default_factory=dict)
+    data: bytes = b""
+
+
+async def _read_verified(prefix: str, node_id: str, entry: dict[str, Any], what: str, *, conn: GcpConnection | None,
+                         token_for: Callable[[], Awaitable[str | None]]) -> bytes:
+    """The file at ``entry['path']``, verified against ``entry['sha256']``."""
     rel = entry.get("path")
     if not isinstance(rel, str) or not rel or rel.startswith("/") or ".." in rel.split("/"):
         raise RemoteReadError(f"index entry for {node_id} has no valid 'path' ({rel!r}); {_RERUN}.")
@@ -103,9 +119,38 @@ async def read_node_sql(prefix: str, node_id: str, entry: dict[str, Any], *, con
     try:
         data = await read_bytes(url, conn=conn, token_for=token_for)
     except RemoteNotFound:
-        raise RemoteReadError(f"the SQL of {node_id} is missing at {url}; {_RERUN}.") from None
+        raise RemoteReadError(f"the {what} of {node_id} is missing at {url}; {_RERUN}.") from None
     digest = hashlib.sha256(data).hexdigest()
     if digest != entry.get("sha256"):
-        raise RemoteReadError(f"the SQL of {node_id} at {url} does not match the index (sha256 {digest[:12]}…, "
+        raise RemoteReadError(f"the {what} of {node_id} at {url} does not match the index (sha256 {digest[:12]}…, "
                               f"expected {str(entry.get('sha256'))[:12]}…): it was changed after setup; {_RERUN}.")
+    return data
+
+
+async def read_node_sql(prefix: str, node_id: str, entry: dict[str, Any], *, conn: GcpConnection | None,
+                        token_for: Callable[[], Awaitable[str | None]]) -> str:
+    """A one-script node's script, verified against the index's sha256."""
+    data = await _read_verified(prefix, node_id, entry, "SQL", conn=conn, token_for=token_for)
     return data.decode("utf-8")
+
+
+async def read_node_steps(prefix: str, node_id: str, entry: dict[str, Any], *, conn: GcpConnection | None,
+                          token_for: Callable[[], Awaitable[str | None]]) -> list[Step]:
+    """A node's jobs in order, every file verified; an entry without ``steps`` is one script."""
+    if "steps" not in entry:
+        return [Step("query", sql=await read_node_sql(prefix, node_id, entry, conn=conn, token_for=token_for))]
+    if not isinstance(entry["steps"], list):
+        raise RemoteReadError(f"index entry for {node_id} has invalid 'steps'; {_RERUN}.")
+    steps = []
+    for step in entry["steps"]:
+        kind = step.get("kind") if isinstance(step, dict) else None
+        if kind == "query":
+            data = await _read_verified(prefix, node_id, step, "SQL", conn=conn, token_for=token_for)
+            steps.append(Step("query", sql=data.decode("utf-8")))
+        elif kind == "load" and isinstance(step.get("configuration"), dict) and "load" in step["configuration"]:
+            data = await _read_verified(prefix, node_id, step, "load data", conn=conn, token_for=token_for)
+            steps.append(Step("load", configuration=step["configuration"], data=data))
+        else:
+            raise RemoteReadError(f"index entry for {node_id} has a step this triggerer cannot run ({kind!r}); "
+                                  f"{_RERUN} with the same cosmos-async version as the triggerer.")
+    return steps
