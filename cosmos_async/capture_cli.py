@@ -7,15 +7,19 @@ package's source on PYTHONPATH. Secret values travel only in the child's environ
 ``env_var()``. Child: :func:`main` rebuilds the profile, runs :func:`capture_project` and writes the result.
 
 The Capture crosses as JSON built from the dataclasses' own fields, so fields added to NodeCapture later
-cross without changes here as long as their values are JSON types, dataclasses or containers of them.
+cross without changes here as long as their values are JSON types, bytes (as base64), dataclasses or containers
+of them.
 """
 
 from __future__ import annotations
 
+import base64
+import contextlib
 import dataclasses
 import json
 import logging
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -52,8 +56,10 @@ def encode(value: Any, where: str = "capture") -> Any:
         return [encode(v, f"{where}[{i}]") for i, v in enumerate(value)]
     if value is None or isinstance(value, (str, int, float, bool)):
         return value
+    if isinstance(value, (bytes, bytearray)):  # a seed's uploaded CSV; decode() turns it back by the field's type
+        return base64.b64encode(value).decode("ascii")
     raise CaptureError(f"{where} is a {type(value).__name__}, which is not JSON-serializable: the capture cannot "
-                       "cross from the dbt virtualenv; store it as str/int/float/bool/list/dict or a dataclass.")
+                       "cross from the dbt virtualenv; store it as str/int/float/bool/bytes/list/dict or a dataclass.")
 
 
 def decode(kind: Any, value: Any) -> Any:
@@ -66,6 +72,8 @@ def decode(kind: Any, value: Any) -> Any:
             if not f.init and f.name in value:
                 setattr(built, f.name, decode(hints[f.name], value[f.name]))
         return built
+    if kind in (bytes, bytearray) and isinstance(value, str):
+        return kind(base64.b64decode(value))
     origin, args = typing.get_origin(kind), typing.get_args(kind)
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
@@ -102,7 +110,8 @@ def build_request(project_dir: Path, profile_config: ProfileConfig, *, select: S
     from cosmos_async.profiles import resolve_target, split_secrets
 
     safe, secret_env = split_secrets(resolve_target(profile_config))
-    request = {"project_dir": str(project_dir), "profile_name": profile_config.profile_name,
+    # Absolute: the child runs in its own working directory, so that directory is all ``-m`` adds to sys.path.
+    request = {"project_dir": str(Path(project_dir).resolve()), "profile_name": profile_config.profile_name,
                "target_name": profile_config.target_name, "target": _escape_templates(safe),
                "select": list(select), "exclude": list(exclude), "vars": dict(dbt_vars or {}),
                "full_refresh": full_refresh, "install_deps": install_deps,
@@ -119,12 +128,11 @@ def _source_path(root: Path) -> Path:
     """
     package = Path(__file__).resolve().parent
     path = root / "src"
+    shutil.rmtree(path, ignore_errors=True)
     path.mkdir()
     try:
         (path / package.name).symlink_to(package, target_is_directory=True)
     except OSError:  # no symlinks (some Windows setups)
-        import shutil
-
         shutil.copytree(package, path / package.name, ignore=shutil.ignore_patterns("__pycache__"))
     return path
 
@@ -132,21 +140,31 @@ def _source_path(root: Path) -> Path:
 def capture_in_venv(venv: Path, project_dir: Path, profile_config: ProfileConfig, *, select: Sequence[str] = (),
                     exclude: Sequence[str] = (), dbt_vars: Mapping[str, Any] | None = None,
                     full_refresh: bool = False, install_deps: bool = False, env: Mapping[str, str] | None = None,
-                    log: logging.Logger | None = None) -> Capture:
-    """:func:`capture_project` run by the virtualenv's Python; dbt's output goes to ``log`` line by line."""
+                    log: logging.Logger | None = None, workdir: Path | None = None) -> Capture:
+    """:func:`capture_project` run by the virtualenv's Python; dbt's output goes to ``log`` line by line.
+
+    ``workdir`` keeps the request and result files there (to inspect them); by default they live in a private
+    temporary directory removed afterwards.
+    """
     from cosmos_async.dbt_venv import venv_python
 
     log = log or logging.getLogger(__name__)
     request, child_secrets = build_request(project_dir, profile_config, select=select, exclude=exclude,
                                            dbt_vars=dbt_vars, full_refresh=full_refresh,
                                            install_deps=install_deps, env=env)
-    with tempfile.TemporaryDirectory(prefix="cosmos-async-capture-") as tmp:
-        work = Path(tmp)
+    with contextlib.ExitStack() as stack:
+        if workdir is None:
+            work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="cosmos-async-capture-")))
+        else:
+            work = Path(workdir)
+            work.mkdir(parents=True, exist_ok=True)
         request_path, result_path = work / "request.json", work / "result.json"
         request_path.write_text(json.dumps(request))
+        result_path.unlink(missing_ok=True)  # a kept workdir must not hand back an earlier run's result
         child_env = {k: v for k, v in os.environ.items() if k not in _DROPPED_ENV}
         child_env.update(child_secrets)
         child_env.update(PYTHONPATH=str(_source_path(work)), PYTHONUNBUFFERED="1")
+        child_env.setdefault("DBT_USE_COLORS", "false")  # the lines go to a log file, not a terminal
         command = [str(venv_python(venv)), "-m", "cosmos_async.capture_cli", str(request_path), str(result_path)]
         tail: deque[str] = deque(maxlen=_TAIL_LINES)
         process = subprocess.Popen(command, cwd=work, env=child_env, stdin=subprocess.DEVNULL,

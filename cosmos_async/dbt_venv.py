@@ -49,8 +49,8 @@ def venv_python(venv: Path) -> Path:
 
 
 def default_root() -> Path:
-    """``[cosmos] cache_dir``/venvs: shared with the dbt ls cache so one setting moves both."""
-    from cosmos_async.project.dbt_ls import cache_dir
+    """``[cosmos] cache_dir``/venvs: next to the manifest caches, so one setting moves them all."""
+    from cosmos_async.config import cache_dir
 
     return cache_dir() / "venvs"
 

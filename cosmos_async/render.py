@@ -138,7 +138,8 @@ class _Renderer:
         setup = DbtAsyncSetupOperator(
             task_id="dbt_setup_async", project_dir=self.require_project_dir(), profile_config=self.profile,
             node_ids=sorted({uid for plan in self.plans for uid in plan.node_ids}), select=self.render.select,
-            exclude=self.render.exclude, **remote_kwargs, **self.dbt_kwargs(), **node_airflow_kwargs,
+            exclude=self.render.exclude, py_requirements=self.execution.async_py_requirements, **remote_kwargs,
+            **self.dbt_kwargs(), **node_airflow_kwargs,
         ).as_setup()
         start = node_task("dbt_on_run_start", [{"id": HOOK_IDS["on-run-start"], "kind": "hook",
                                                 "name": "on-run-start"}], None)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import time
 from collections.abc import Sequence
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +13,21 @@ from airflow.sdk import BaseOperator
 
 from cosmos_async.config import ProfileConfig
 from cosmos_async.errors import ConfigurationError
+
+
+def dbt_installed() -> bool:
+    """True when dbt-core and dbt-bigquery can be imported here.
+
+    Not just ``find_spec("dbt")``: ``dbt`` is a namespace package that dbt-common or dbt-adapters alone provide.
+    """
+    if importlib.util.find_spec("dbt") is None:
+        return False
+    try:
+        metadata.version("dbt-core")
+        metadata.version("dbt-bigquery")
+    except metadata.PackageNotFoundError:
+        return False
+    return True
 
 
 class DbtAsyncSetupOperator(BaseOperator):
@@ -45,7 +61,7 @@ class DbtAsyncSetupOperator(BaseOperator):
 
     def _venv(self) -> Path | None:
         """The dbt virtualenv to capture in, or None to capture in this process."""
-        wanted = self.use_venv if self.use_venv is not None else importlib.util.find_spec("dbt") is None
+        wanted = self.use_venv if self.use_venv is not None else not dbt_installed()
         if not wanted:
             return None
         if not self.py_requirements:
