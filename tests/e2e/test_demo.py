@@ -48,7 +48,10 @@ def _leftovers(home: Path, recorded: list[list[float]]) -> list[str]:
         except psutil.NoSuchProcess:
             pass
     marker = str(home)
+    me = psutil.Process()
     for proc in psutil.process_iter():
+        if proc.pid == me.pid:
+            continue
         try:
             env = proc.environ()
             if marker in env.get("AIRFLOW_HOME", "") or marker in env.get("HOME", "") or marker in " ".join(

@@ -1,0 +1,1 @@
+"""Developer tooling: the embedded demo (``python -m dev.demo``), example DAGs and scripts."""
