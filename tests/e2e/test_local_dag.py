@@ -33,6 +33,16 @@ AIRFLOW = Path(sys.executable).with_name("airflow")
 def client(bigquery_emulator) -> bigquery.Client:
     return bigquery.Client(project="demo-proj", credentials=AnonymousCredentials(),
                            client_options=ClientOptions(api_endpoint=bigquery_emulator.endpoint))
+BROKEN_DAG = """
+\"\"\"A subset of the example airflow DAG: the seeds it needs, a model that fails, one that does not.\"\"\"
+from corner_shop import corner_shop_local, profile_config, project_config
+from cosmos_async import DbtDag, ExecutionConfig, ExecutionMode, RenderConfig
+
+corner_shop_broken = DbtDag(dag_id="corner_shop_broken", project_config=project_config,
+                            profile_config=profile_config, start_date=corner_shop_local.start_date, schedule=None,
+                            execution_config=ExecutionConfig(execution_mode=ExecutionMode.LOCAL),
+                            render_config=RenderConfig(select=["+stg_orders", "+stg_customers", "orders"]))
+"""
 
 
 def _airflow_env(home: Path, dags: Path, emulator_endpoint: str, key: dict, dataset: str) -> dict[str, str]:
@@ -46,16 +56,16 @@ def _airflow_env(home: Path, dags: Path, emulator_endpoint: str, key: dict, data
             "CORNER_SHOP_DATASET": dataset}
 
 
-def _dags_test(home: Path, dags: Path, env: dict[str, str]) -> subprocess.CompletedProcess:
+def _dags_test(home: Path, env: dict[str, str], dag_id: str = "corner_shop_local") -> subprocess.CompletedProcess:
     home.mkdir(parents=True, exist_ok=True)
     subprocess.run([str(AIRFLOW), "db", "migrate"], env=env, check=True, capture_output=True)
-    return subprocess.run([str(AIRFLOW), "dags", "test", "corner_shop_local"], env=env, capture_output=True,
-                          text=True, timeout=600)
+    return subprocess.run([str(AIRFLOW), "dags", "test", dag_id], env=env, capture_output=True, text=True,
+                          timeout=600)
 
 
-def _states(home: Path) -> dict[str, str]:
+def _states(home: Path, dag_id: str = "corner_shop_local") -> dict[str, str]:
     with sqlite3.connect(home / "airflow.db") as db:
-        rows = db.execute("select task_id, state from task_instance where dag_id = 'corner_shop_local'")
+        rows = db.execute("select task_id, state from task_instance where dag_id = ?", (dag_id,))
         return dict(rows.fetchall())
 
 
@@ -68,7 +78,7 @@ def test_local_dag_builds_what_dbt_build_builds(tmp_path: Path, bigquery_emulato
     key = service_account_key(token_endpoint.url)
     home = tmp_path / "airflow"
     env = _airflow_env(home, DAGS, bigquery_emulator.endpoint, key, "local_e2e")
-    result = _dags_test(home, DAGS, env)
+    result = _dags_test(home, env)
     states = _states(home)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert states and set(states.values()) == {"success"}, states
@@ -98,10 +108,11 @@ def test_broken_model_fails_with_warehouse_message_and_dependents_upstream_faile
     shutil.copytree(DAGS, dags, ignore=shutil.ignore_patterns("target", "logs", "__pycache__"))
     broken = dags / "dbt" / "corner_shop" / "models" / "staging" / "stg_orders.sql"
     broken.write_text("select order_id, no_such_column from {{ ref('raw_orders') }}\n")
+    (dags / "corner_shop_broken.py").write_text(BROKEN_DAG)
     home = tmp_path / "airflow"
     env = _airflow_env(home, dags, bigquery_emulator.endpoint, service_account_key(token_endpoint.url), "broken")
-    result = _dags_test(home, dags, env)
-    states = _states(home)
+    result = _dags_test(home, env, "corner_shop_broken")
+    states = _states(home, "corner_shop_broken")
 
     assert result.returncode != 0
     assert states["stg_orders.run"] == "failed", states
