@@ -19,7 +19,7 @@ RUNNABLE_TYPES = frozenset({"model", "seed", "snapshot", "test"})
 _NODE_KEYS = ("package_name", "original_file_path", "fqn", "tags", "database", "schema", "alias", "identifier",
               "version", "attached_node", "source_name")
 # Bump when the cached graph's shape changes, so older cache files are ignored.
-_GRAPH_FORMAT = 1
+_GRAPH_FORMAT = 2
 
 
 @dataclass(frozen=True)
@@ -152,8 +152,8 @@ def _graph(data: Mapping[str, Any], origin: str) -> dict[str, Any]:
 def _compact(raw: Mapping[str, Any]) -> dict[str, Any]:
     node = {key: raw[key] for key in _NODE_KEYS if raw.get(key) is not None}
     node["unique_id"], node["resource_type"], node["name"] = raw["unique_id"], raw["resource_type"], raw["name"]
-    # Unset config keys are most of a node's bytes and never match a selector.
-    node["config"] = {k: v for k, v in (raw.get("config") or {}).items() if v is not None}
+    # Unset and empty config keys are most of a node's bytes and never match a selector.
+    node["config"] = {k: v for k, v in (raw.get("config") or {}).items() if v is not None and v != {} and v != []}
     node["depends_on"] = {"nodes": list((raw.get("depends_on") or {}).get("nodes") or ())}
     return node
 
