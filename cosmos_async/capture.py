@@ -41,6 +41,7 @@ _JOBS = re.compile(r"^/bigquery/v2/projects/(?P<project>[^/]+)/jobs/?$")
 _JOB = re.compile(r"^/bigquery/v2/projects/(?P<project>[^/]+)/(?:jobs|queries)/(?P<job>[^/]+)(?:/cancel)?$")
 _DATASETS = re.compile(r"^/bigquery/v2/projects/(?P<project>[^/]+)/datasets/?$")
 _TABLE = re.compile(r"^/bigquery/v2/projects/(?P<project>[^/]+)/datasets/(?P<dataset>[^/]+)/tables/(?P<table>[^/]+)$")
+_TABLE = re.compile(r"^/bigquery/v2/projects/(?P<project>[^/]+)/datasets/(?P<dataset>[^/]+)/tables/(?P<table>[^/]+)$")
 _UPLOAD_JOBS = re.compile(r"^/upload/bigquery/v2/projects/(?P<project>[^/]+)/jobs/?$")
 _CONTENT_RANGE = re.compile(r"bytes (?:\d+-(?P<last>\d+)|\*)/(?P<total>\d+|\*)")
 _DROP_KIND = {"VIEW": "VIEW", "MATERIALIZED_VIEW": "MATERIALIZED VIEW", "EXTERNAL": "EXTERNAL TABLE"}
@@ -184,6 +185,13 @@ class _Recorder:
             target.loads.append(LoadCapture(dict(job.get("configuration") or {}), data, len(target.statements)))
             target.location = target.location or (job.get("jobReference") or {}).get("location")
 
+    def created_here(self, table: str) -> bool:
+        """Whether a statement recorded for the current node creates ``table``."""
+        pattern = re.compile(rf"create\s+(?:or\s+replace\s+)?(?:temp(?:orary)?\s+)?table\s+[^(]*?`?{re.escape(table)}`?"
+                             r"[\s(]", re.IGNORECASE)
+        with self.lock:
+            return any(pattern.search(sql) for sql in self.target().statements)
+
     def fall_back(self, reason: str) -> None:
         with self.lock:
             target = self.target()
@@ -238,10 +246,16 @@ def _handler(recorder: _Recorder) -> type[BaseHTTPRequestHandler]:
             self.end_headers()
             self.wfile.write(data)
 
-        def _forward(self, body: bytes) -> None:
+        def _forward(self, body: bytes, table: re.Match | None = None) -> None:
             headers = {k: v for k, v in self.headers.items() if k.lower() not in ("host", "content-length")}
             resp = recorder.http.request(self.command, recorder.upstream + self.path, data=body or None,
                                          headers=headers, timeout=300)
+            if table is not None and resp.status_code == 404 and recorder.created_here(table["table"]):
+                # dbt reads the columns of a relation this node creates (a snapshot's staging table, an
+                # incremental's temp table with on_schema_change): it does not exist yet, because recorded
+                # statements are not executed, so what dbt generates from it would be wrong.
+                recorder.fall_back(f"dbt reads the columns of {table['dataset']}.{table['table']}, which this "
+                                   "node creates itself")
             self._send(resp.status_code, resp.content, {"Content-Type": resp.headers.get("Content-Type", "")})
 
         def _handle(self) -> None:
@@ -258,7 +272,7 @@ def _handler(recorder: _Recorder) -> type[BaseHTTPRequestHandler]:
                     return self._send(200, recorder.query_results(m["job"]))
                 return self._send(200, recorder.fake_jobs[m["job"]]["job"])
             if self.command in ("GET", "HEAD"):
-                return self._forward(body)
+                return self._forward(body, _TABLE.match(path))
             if path.startswith("/upload/"):
                 return self._upload(path, body)
             if self.command == "DELETE" and (m := _TABLE.match(path)):

@@ -105,6 +105,13 @@ def _states(af: AirflowStack, dag_id: str, run_id: str) -> dict[str, str]:
     return {ti["task_id"]: ti["state"] for ti in af.task_instances(dag_id, run_id)}
 
 
+def _failures(af: AirflowStack, dag_id: str, run_id: str) -> str:
+    """The states and the logs of failed tasks, for assertion messages."""
+    states = _states(af, dag_id, run_id)
+    logs = [af.task_log(dag_id, run_id, task)[-3000:] for task, state in states.items() if state == "failed"]
+    return "\n".join([str(states), *logs])
+
+
 def test_async_run_builds_tables_without_worker_slots_and_cleans_up(
         stack: AirflowStack, client, gcs, gcs_emulator, bigquery_emulator, key, tmp_path: Path,
         monkeypatch: pytest.MonkeyPatch) -> None:
@@ -161,7 +168,7 @@ def test_concurrent_runs_keep_their_own_files_and_a_cleared_model_reruns(stack: 
     first, second = stack.trigger("corner_shop"), stack.trigger("corner_shop")
     for run_id in (first, second):
         assert stack.wait_for_run("corner_shop", run_id, timeout=300) == "success", \
-            _states(stack, "corner_shop", run_id)
+            _failures(stack, "corner_shop", run_id)
 
     cleared = {ti["task_id"] for ti in stack.clear_task("corner_shop", first, ["daily_revenue.run"])}
     # Airflow clears a task's setup and teardowns with it: the SQL is uploaded again before the model runs.

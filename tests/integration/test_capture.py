@@ -95,3 +95,24 @@ def test_second_run_of_incremental_model_merges(synthetic, client: bigquery.Clie
     assert "merge into" in script and "create or replace table" not in script
     full = capture_project(project, _profile(project), full_refresh=True)
     assert "create or replace table" in full.nodes[incremental].script().lower()
+
+
+def test_snapshot_merge_reading_its_own_staging_table_falls_back(tmp_path: Path, bigquery_emulator,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """A snapshot's second run merges from a staging table it creates; its columns cannot be read before the
+    statements run, so the node must run through dbt rather than as a script with an empty column list."""
+    import shutil
+
+    from tests.support.dbt_oracle import dbt_build
+
+    project = tmp_path / "corner_shop"
+    shutil.copytree(Path(__file__).resolve().parents[2] / "dev" / "dags" / "dbt" / "corner_shop", project)
+    monkeypatch.setenv("BIGQUERY_API_ENDPOINT", bigquery_emulator.endpoint)
+    monkeypatch.setenv("BIGQUERY_DATASET", "cap_snapshot_rerun")
+    dbt_build(project)  # the snapshot table exists: the next run merges
+    profile = ProfileConfig(profile_name="corner_shop", target_name="dev",
+                            profiles_yml_filepath=project / "profiles.yml")
+    capture = capture_project(project, profile, select=["+customers_snapshot"])
+    snapshot = capture.nodes["snapshot.corner_shop.customers_snapshot"]
+    assert snapshot.fallback and "creates itself" in snapshot.fallback
+    assert capture.nodes["model.corner_shop.stg_customers"].fallback is None
