@@ -1,4 +1,4 @@
-"""Write benchmark results to bench/results/<date>-<machine>-<name>.json with the run's environment."""
+"""Write benchmark results: bench/results/<date>-<machine>[-<name>].json with the run's environment."""
 
 from __future__ import annotations
 
@@ -12,6 +12,14 @@ from pathlib import Path
 RESULTS = Path(__file__).parent / "results"
 
 
+def machine() -> str:
+    return platform.node() or "host"
+
+
+def stem(name: str = "") -> str:
+    return f"{datetime.date.today().isoformat()}-{machine()}" + (f"-{name}" if name else "")
+
+
 def environment() -> dict:
     from importlib.metadata import version
 
@@ -19,14 +27,14 @@ def environment() -> dict:
         "python": sys.version.split()[0],
         "machine": platform.machine(),
         "cpus": os.cpu_count(),
-        "bytecode": "no .pyc writes" if sys.dont_write_bytecode else "pyc allowed",
+        "load_average": [round(x, 2) for x in os.getloadavg()],
+        "bytecode": "samples run with PYTHONDONTWRITEBYTECODE unset after an untimed warm-up (.pyc compiled)",
         "versions": {p: version(p) for p in ("apache-airflow", "dbt-core", "dbt-bigquery")},
     }
 
 
 def write_results(name: str, rows: list) -> Path:
     RESULTS.mkdir(exist_ok=True)
-    stamp = datetime.date.today().isoformat()
-    path = RESULTS / f"{stamp}-{platform.node() or 'host'}-{name}.json"
+    path = RESULTS / f"{stem(name)}.json"
     path.write_text(json.dumps({"benchmark": name, "environment": environment(), "rows": rows}, indent=2))
     return path

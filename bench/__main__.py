@@ -1,0 +1,136 @@
+"""Benchmarks side by side with astronomer-cosmos and dbt: ``python -m bench quick`` or ``python -m bench full``.
+
+quick: minutes, small sizes, few repeats (a CI smoke test: it never fails on timing, only when a benchmark
+cannot run at all). full: every size. Both write bench/results/<date>-<machine>.json and .md (and a .png chart
+when matplotlib is available in the bench env). A section that cannot run is recorded, not dropped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import subprocess
+import time
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from bench import envs, parse, report, setup_time, triggerer
+from bench.results import RESULTS, environment, machine, stem
+
+WORKDIR = Path("/tmp/cosmos-async-bench")
+
+NOTES = [
+    "Parse: fresh interpreter per sample; one untimed warm-up run per DAG file compiles the libraries' .pyc "
+    "(PYTHONDONTWRITEBYTECODE unset); the DAG file itself is compiled on every sample, as the dag-processor does. "
+    "Peak RSS is the whole probe process (Airflow SDK included).",
+    "Parse without a manifest: 'ours_dbt_ls_cold' empties our cache dir before every sample; 'cosmos_dbt_ls' runs "
+    "with AIRFLOW__COSMOS__ENABLE_CACHE_DBT_LS=False because Cosmos keeps that cache in Airflow Variables (the "
+    "metadata DB), which a standalone parse has not got.",
+    "Setup: ours = capture_project + upload_capture in a fresh process (dbt build with 1 thread against a "
+    "recording endpoint, statements of models, seeds and tests; 'fallbacks' = nodes left to dbt on a worker); "
+    "plain dbt compile renders SQL only, 8 threads. Both do a full parse (no partial parse). Cosmos's own "
+    "SetupAsyncOperator was not timed.",
+    "Triggerer: the lifecycle proxy (tests/support/bq_lifecycle_proxy.py) is used as a latency server that "
+    "holds each job RUNNING for the stated hold; it runs in its own process on the same 2-CPU machine, so at "
+    "large N it and the emulator compete with the measured process for CPU (wall/hold then includes their "
+    "queueing). Ours includes reading the index + script from file:// and the insert; Google's trigger only "
+    "waits (its operator inserts on a worker). Each uses its default poll interval. RSS per 1000 at N=100 "
+    "is dominated by one-time costs (lazy imports, the HTTP session), so read the largest N.",
+    "Figures 4-5: one timed run per DAG after one untimed warm-up run (slow on this machine: say so when "
+    "quoting). The BigQuery emulator finishes every job at insert, so the Airflow figures are orchestration "
+    "overhead, not warehouse time. 'median scheduling gap' = a task's start minus its last upstream's end "
+    "(task-instance timestamps; the emulator's job timestamps are not BigQuery's). A corner_shop run that "
+    "reads 'failed' failed in its snapshot task only when the snapshot already existed in the dataset (the "
+    "captured MERGE had an empty column list, `INSERT () VALUES ()`); the other tasks' slot-seconds count.",
+    "Not measured: Cosmos AIRFLOW_ASYNC on a real Airflow stack (figures 4-5) and Cosmos's own setup task; "
+    "BigQuery itself (no credentials here).",
+]
+
+
+def _section(doc: dict, key: str, fn: Callable[[], Any]) -> None:
+    """Run one section (rows append under ``key``); write the results files after it, so a run cut short keeps
+    what it measured."""
+    print(f"== {key}", flush=True)
+    try:
+        doc["sections"].setdefault(key, []).extend(fn())
+    except Exception as exc:
+        traceback.print_exc()
+        doc["section_errors"][key] = f"{type(exc).__name__}: {exc}"[-600:]
+    doc["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
+    write(doc)
+
+
+# (section, what it runs); a section may appear twice (the slowest sizes last).
+TIERS: dict[str, list[tuple[str, Callable[[], list]]]] = {
+    "quick": [
+        ("parse", lambda: parse.run([10], 1, WORKDIR / "parse")),
+        ("setup", lambda: setup_time.run([10], 1, WORKDIR / "setup", warmup=False)),
+        ("triggerer", lambda: triggerer.run([100], 3.0, WORKDIR / "triggerer", [100])),
+    ],
+    "full": [
+        ("parse", lambda: parse.run([10, 100, 1000], 5, WORKDIR / "parse", dbt_ls_models=[100], dbt_ls_runs=3)),
+        ("setup", lambda: setup_time.run([10, 100], 3, WORKDIR / "setup")),
+        ("triggerer", lambda: triggerer.run([100, 1000, 5000], 30.0, WORKDIR / "triggerer", [100, 1000])),
+        ("airflow", lambda: _airflow("full")),
+        ("parse", lambda: parse.run([5000], 3, WORKDIR / "parse", cosmos_runs=1)),
+    ],
+}
+
+
+def _airflow(tier: str) -> list:
+    from bench import airflow_runs
+
+    return airflow_runs.run(tier, WORKDIR / "airflow")
+
+
+def write(doc: dict) -> Path:
+    """<date>-<machine>.json/.md/.png for the full tier; the quick tier adds '-quick' so it never overwrites them."""
+    RESULTS.mkdir(exist_ok=True)
+    path = RESULTS / f"{stem('' if doc['tier'] == 'full' else doc['tier'])}.json"
+    path.write_text(json.dumps(doc, indent=2))
+    png = path.with_suffix(".png")
+    doc.pop("chart", None)
+    doc.pop("chart_error", None)
+    if envs.PYTHON.exists() and doc["cosmos_env"].get("matplotlib", {}).get("ok") and "parse" in doc["sections"]:
+        proc = subprocess.run([str(envs.PYTHON), "-m", "bench.chart", str(path), str(png)], cwd=envs.ROOT,
+                              capture_output=True, text=True)
+        if proc.returncode == 0:
+            doc["chart"] = png.name
+        else:
+            doc["chart_error"] = f"chart not drawn: {proc.stderr.strip().splitlines()[-1:]}"
+    else:
+        doc["chart_error"] = "chart not drawn: matplotlib is not installed in bench/.venv-cosmos"
+    path.write_text(json.dumps(doc, indent=2))
+    path.with_suffix(".md").write_text(report.render(doc))
+    return path
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("tier", choices=sorted(TIERS))
+    parser.add_argument("--only", nargs="*", help="run only these sections")
+    args = parser.parse_args()
+    started = time.monotonic()
+    os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
+    cosmos_env: dict[str, Any] = {}
+    try:
+        cosmos_env = envs.build()
+    except Exception as exc:  # no bench env: the Cosmos rows record why
+        cosmos_env = {"error": f"{type(exc).__name__}: {exc}"}
+    doc: dict[str, Any] = {"tier": args.tier, "date": datetime.date.today().isoformat(), "machine": machine(),
+                           "environment": environment(), "cosmos_env": cosmos_env, "sections": {},
+                           "section_errors": {}, "notes": list(NOTES)}
+    for key, fn in TIERS[args.tier]:
+        if not args.only or key in args.only:
+            _section(doc, key, fn)
+            doc["elapsed_s"] = round(time.monotonic() - started, 1)
+    path = write(doc)
+    print(f"results: {path} and {path.with_suffix('.md')}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,112 @@
+"""Render the combined results (a dict of sections) as the markdown report bench/results/<date>-<machine>.md."""
+
+from __future__ import annotations
+
+from typing import Any
+
+ANCHORS = """## Anchors — published elsewhere, NOT measured here
+
+| Source | Figure |
+|---|---|
+| Cosmos docs (async execution mode), 129-model project | `dbt run` 13 s; Cosmos LOCAL 11 s; Cosmos AIRFLOW_ASYNC 7 s |
+| Cosmos docs (async execution mode) | remote SQL upload (one file at a time) ~500 s vs via XCom ~2 s |
+| Cosmos watcher-mode post, fhir-dbt-analytics | one `dbt run` ~5 min 30 s vs one dbt call per model ~32 min |
+"""
+
+
+def _s(value: Any, unit: str = "s") -> str:
+    return "-" if value is None else f"{value:.3f} {unit}" if isinstance(value, float) else f"{value} {unit}"
+
+
+def _err(v: dict) -> str:
+    lines = [line for line in v["error"].strip().splitlines() if line.strip()]
+    return "FAILED: " + (lines[-1] if lines else "?").replace("|", "\\|")[:200]
+
+
+def parse_table(rows: list[dict]) -> list[str]:
+    out = ["## 1. DAG parse time (fresh interpreter per sample, warm .pyc; Airflow SDK imported before the clock)",
+           "", "| models | variant | median | peak RSS (process) | tasks | x floor | runs | heavy imports |",
+           "|---:|---|---:|---:|---:|---:|---:|---|"]
+    for row in rows:
+        for name, v in row["variants"].items():
+            if "error" in v:
+                out.append(f"| {row['models']} | {name} | {_err(v)} | | | | | |")
+                continue
+            ratio = row["ratio_vs_floor"].get(name)
+            out.append(f"| {row['models']} | {name} | {v['median_s']:.3f} s | {v['peak_rss_mb']} MB | {v['tasks']} "
+                       f"| {'-' if ratio is None else f'{ratio}x'} | {v['runs']} | {v['heavy_imports'] or '-'} |")
+    return out
+
+
+def setup_table(rows: list[dict]) -> list[str]:
+    out = ["## 2. Setup: our capture + upload vs plain `dbt compile` (BigQuery emulator; fresh process per sample)",
+           "", "| models | variant | median wall | capture | upload | files (fallbacks) | x dbt compile | runs |",
+           "|---:|---|---:|---:|---:|---|---:|---:|"]
+    for row in rows:
+        for name, v in row["variants"].items():
+            if "error" in v:
+                out.append(f"| {row['models']} | {name} | {_err(v)} | | | | | |")
+                continue
+            ratio = row["ratio_vs_dbt_compile"].get(name)
+            files = f"{v['files']} ({v['fallbacks']})" if "files" in v else "-"
+            out.append(f"| {row['models']} | {name} | {v['median_s']:.2f} s | {_s(v.get('median_capture_s'))} | "
+                       f"{_s(v.get('median_upload_s'))} | {files} | {'-' if ratio is None else f'{ratio}x'} | "
+                       f"{v['runs']} |")
+    return out
+
+
+def triggerer_table(rows: list[dict]) -> list[str]:
+    out = ["## 3. Triggerer capacity: N concurrent job waits in one asyncio process (latency server holds each "
+           "job RUNNING)", "", "| trigger | N | hold | poll | wall | wall/hold | CPU | CPU s per 1000 | "
+           "RSS before | peak RSS | RSS MB per 1000 | events |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+           "---:|---|"]
+    for r in rows:
+        if "error" in r:
+            out.append(f"| {r['trigger']} | {r['n']} | {r['hold_s']} s | {r['poll_interval_s']} s | {_err(r)} "
+                       "| | | | | | | |")
+            continue
+        events = ", ".join(f"{k}: {v}" for k, v in r["events"].items()).replace("|", "\\|")
+        out.append(f"| {r['trigger']} | {r['n']} | {r['hold_s']} s | {r['poll_interval_s']} s | {r['wall_s']} s | "
+                   f"{r['wall_over_hold']}x | {r['cpu_s']} s | {r['cpu_s_per_1000']} | {r['rss_before_mb']} MB | "
+                   f"{r['peak_rss_mb']} MB | {r['rss_mb_per_1000']} | {events} |")
+    return out
+
+
+def airflow_table(rows: list[dict]) -> list[str]:
+    out = ["## 4/5. Real Airflow runs (AirflowStack: scheduler, dag-processor, triggerer, api-server; LocalExecutor, "
+           "SQLite)", "", "| figure | variant | DAG | runs | wall per run | worker slot-s total | worker slot-s per "
+           "model | median scheduling gap | state |", "|---|---|---|---:|---:|---:|---:|---:|---|"]
+    for r in rows:
+        if "error" in r:
+            out.append(f"| {r['figure']} | {r['variant']} | {r.get('dag', '')} | | {_err(r)} | | | | |")
+            continue
+        out.append(f"| {r['figure']} | {r['variant']} | {r['dag']} | {r['runs']} | {_s(r.get('wall_s'))} | "
+                   f"{_s(r.get('worker_s'))} | {_s(r.get('worker_s_per_model'))} | {_s(r.get('median_gap_s'))} | "
+                   f"{r.get('state', '')} |")
+    return out
+
+
+def render(doc: dict[str, Any]) -> str:
+    env, cosmos = doc["environment"], doc.get("cosmos_env", {})
+    lines = [f"# Benchmarks — {doc['tier']} tier, {doc['date']} on `{doc['machine']}`", "",
+             f"Python {env['python']}, {env['cpus']} CPUs, load average at start {env['load_average']} and at end "
+             f"{doc.get('load_average_end')} (a shared machine: other jobs ran alongside; treat small differences as "
+             f"noise). Ours: {env['versions']}. Cosmos bench env (bench/.venv-cosmos): {cosmos.get('versions')}.",
+             f"Bytecode: {env['bytecode']}. Total bench time {doc.get('elapsed_s')} s.", ""]
+    sections = doc["sections"]
+    if "parse" in sections:
+        lines += [*parse_table(sections["parse"]), ""]
+    if "setup" in sections:
+        lines += [*setup_table(sections["setup"]), ""]
+    if "triggerer" in sections:
+        lines += [*triggerer_table(sections["triggerer"]), ""]
+    if sections.get("airflow"):
+        lines += [*airflow_table(sections["airflow"]), ""]
+    for key, message in doc.get("section_errors", {}).items():
+        lines += [f"**{key}: could not run** — `{message}`", ""]
+    lines += [ANCHORS, "## Notes and what was not measured", "", *[f"- {n}" for n in doc.get("notes", [])], ""]
+    if doc.get("chart_error"):
+        lines += [f"- {doc['chart_error']}", ""]
+    if doc.get("chart"):
+        lines += [f"![parse time]({doc['chart']})", ""]
+    return "\n".join(lines)
