@@ -174,7 +174,8 @@ class _Recorder:
             target.location = target.location or location
 
     def record_load(self, job: Mapping[str, Any], data: bytes) -> None:
-        from cosmos_async_triggers.load import MAX_MULTIPART_BYTES
+        # layout, not load: the capture may run in a virtualenv without aiohttp (async_py_requirements).
+        from cosmos_async_triggers.layout import MAX_MULTIPART_BYTES
 
         with self.lock:
             target = self.target()

@@ -121,19 +121,22 @@ def build_request(project_dir: Path, profile_config: ProfileConfig, *, select: S
 
 
 def _source_path(root: Path) -> Path:
-    """A directory holding only this package, for the child's PYTHONPATH.
+    """A directory holding only this package and the triggers package (the capture uses its layout and load
+    limits), for the child's PYTHONPATH.
 
-    Not the directory this package sits in: that may be the Airflow environment's site-packages, whose
+    Not the directory these packages sit in: that may be the Airflow environment's site-packages, whose
     packages would shadow the venv's.
     """
-    package = Path(__file__).resolve().parent
+    import cosmos_async_triggers
+
     path = root / "src"
     shutil.rmtree(path, ignore_errors=True)
     path.mkdir()
-    try:
-        (path / package.name).symlink_to(package, target_is_directory=True)
-    except OSError:  # no symlinks (some Windows setups)
-        shutil.copytree(package, path / package.name, ignore=shutil.ignore_patterns("__pycache__"))
+    for package in (Path(__file__).resolve().parent, Path(cosmos_async_triggers.__file__).resolve().parent):
+        try:
+            (path / package.name).symlink_to(package, target_is_directory=True)
+        except OSError:  # no symlinks (some Windows setups)
+            shutil.copytree(package, path / package.name, ignore=shutil.ignore_patterns("__pycache__"))
     return path
 
 

@@ -39,8 +39,11 @@ common = dict(schedule=None, start_date=datetime(2026, 1, 1), catchup=False,
               execution_config=ExecutionConfig(execution_mode=ExecutionMode.AIRFLOW_ASYNC))
 
 # Subsets keep the suite short: what these runs show does not need every node.
+# The worker path, with the run's files on file:// instead of the bucket.
+LOCAL_REMOTE = "file://" + str(Path(__file__).parent / "remote")
 corner_shop_worker = DbtDag(dag_id="corner_shop_worker", project_config=project_config,
-                            profile_config=profile_config, operator_args={"start_from_trigger": False},
+                            profile_config=profile_config,
+                            operator_args={"start_from_trigger": False, "remote_target_path": LOCAL_REMOTE},
                             render_config=RenderConfig(select=["+orders"]), **common)
 corner_shop_broken = DbtDag(
     dag_id="corner_shop_broken",
@@ -139,13 +142,15 @@ def test_async_run_builds_tables_without_worker_slots_and_cleans_up(
     assert not leaked, f"key material in logs or XCom: {leaked}"
 
 
-def test_worker_path_gives_the_same_result(stack: AirflowStack, client) -> None:
+def test_worker_path_on_file_remote_holds_workers_and_cleans_up(stack: AirflowStack) -> None:
     run_id = stack.trigger("corner_shop_worker")
     assert stack.wait_for_run("corner_shop_worker", run_id, timeout=300) == "success", \
         _states(stack, "corner_shop_worker", run_id)
     slots = stack.worker_seconds("corner_shop_worker", run_id)
     assert all(seconds > 0 for seconds in slots.values()), (slots, stack.task_log("corner_shop_worker", run_id,
                                                                                    "stg_customers.run"))
+    remote = stack.dags_folder / "remote"
+    assert remote.is_dir() and not [p for p in remote.rglob("*") if p.is_file()], "teardown left files on file://"
 
 
 def test_broken_model_fails_with_bigquery_message_and_teardown_still_cleans(stack: AirflowStack, gcs,

@@ -100,7 +100,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureReque
     (dags / "harness_smoke.py").write_text(textwrap.dedent(DAG_FILE))
     (pylib / "harness_smoke_triggers.py").write_text(textwrap.dedent(TRIGGER_MODULE))
     # Bytecode kept in pytest's cache between sessions: a cold stack starts ~10 s slower on this 2-CPU machine.
-    pycache = Path(request.config.cache.mkdir("airflow-pycache"))
+    cache = getattr(request.config, "cache", None)  # absent under -p no:cacheprovider
+    pycache = Path(cache.mkdir("airflow-pycache")) if cache else root / "pycache"
     env = {"PYTHONPATH": str(pylib), "PYTHONPYCACHEPREFIX": str(pycache)}
     with AirflowStack(root / "home", dags, env=env, parallelism=2) as af:
         af.wait_for_dag("harness_smoke", timeout=60)

@@ -293,11 +293,11 @@ def test_seed_too_big_for_one_upload_falls_back_to_local_and_uploads_no_data(
         bigquery_emulator, monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
     import io
 
-    from cosmos_async_triggers import load as load_module
+    from cosmos_async_triggers import layout
 
     from cosmos_async.capture import recording_endpoint
 
-    monkeypatch.setattr(load_module, "MAX_MULTIPART_BYTES", 1000)
+    monkeypatch.setattr(layout, "MAX_MULTIPART_BYTES", 1000)
     with recording_endpoint(bigquery_emulator.endpoint) as (url, recorder):
         client = bigquery.Client(project=PROJECT, credentials=AnonymousCredentials(),
                                  client_options=ClientOptions(api_endpoint=url))

@@ -30,7 +30,7 @@ from typing import Any
 
 from airflow.triggers.base import BaseTrigger, TaskSuccessEvent, TriggerEvent
 
-from cosmos_async_triggers import load, rest
+from cosmos_async_triggers import layout, load, rest
 from cosmos_async_triggers.auth import GcpAuthError, GcpConnection, get_connection, get_token
 from cosmos_async_triggers.layout import job_id_base
 from cosmos_async_triggers.storage import RemoteReadError, Step, read_index, read_node_steps
@@ -201,9 +201,9 @@ class BigQueryNodeTrigger(BaseTrigger):
                  for node, entry in zip(self.nodes, entries, strict=True)]
         for node, steps in zip(self.nodes, plans, strict=True):
             size = max((len(s.data) for s in steps if s.kind == "load"), default=0)
-            if size > load.MAX_MULTIPART_BYTES:  # refuse before any step (e.g. the seed's DROP) has run
+            if size > layout.MAX_MULTIPART_BYTES:  # refuse before any step (e.g. the seed's DROP) has run
                 raise NodeRunError(f"{node['id']}: its load data has {size} bytes, more than the "
-                                   f"{load.MAX_MULTIPART_BYTES} a trigger uploads")
+                                   f"{layout.MAX_MULTIPART_BYTES} a trigger uploads")
         project = self.project or gcp.project
         if not project:
             raise NodeRunError(f"no BigQuery project: set the operator's 'project' or the 'project' extra of "

@@ -11,6 +11,8 @@ import hashlib
 import re
 
 INDEX_NAME = "index.json"
+# The most load data a trigger sends in one upload request (it holds it in memory); bigger seeds run through dbt.
+MAX_MULTIPART_BYTES = 100 * 1024 * 1024
 _SAFE = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]*")
 _UNSAFE_CHAR = re.compile(r"[^A-Za-z0-9._-]")
 _JOB_UNSAFE = re.compile(r"[^A-Za-z0-9_]")

@@ -19,7 +19,6 @@ from cosmos_async_triggers import rest
 # Seeds are small (google-cloud-bigquery itself uploads files under 5 MiB with multipart). The whole body is built
 # in the triggerer's memory, shared by every trigger: the capture leaves larger seeds to LOCAL dbt, and the trigger
 # refuses them before submitting anything.
-MAX_MULTIPART_BYTES = 100 * 1024 * 1024
 
 
 def upload_url(bigquery_endpoint: str, project: str) -> str:
