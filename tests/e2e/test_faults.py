@@ -30,9 +30,9 @@ HOLD = 5.0  # seconds the proxy keeps each model job RUNNING (test 3 lowers it)
 
 
 @pytest.fixture(scope="module")
-def rig(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest, bigquery_emulator,
+def rig(tmp_path_factory: pytest.TempPathFactory, airflow_pycache: Path, bigquery_emulator,
         token_endpoint) -> Iterator[FaultRig]:
-    pycache = Path(request.config.cache.mkdir("airflow-pycache"))
+    pycache = airflow_pycache
     key = service_account_key(token_endpoint.url)
     with FaultRig(tmp_path_factory.mktemp("faults"), bigquery_emulator.endpoint, key, [KILL, CANCEL, TRANSIENT],
                   hold=HOLD, pycache=pycache) as rig:

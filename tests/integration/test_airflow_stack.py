@@ -92,17 +92,14 @@ smoke("harness_smoke_slow", 5.0)
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Iterator[AirflowStack]:
+def stack(tmp_path_factory: pytest.TempPathFactory, airflow_pycache: Path) -> Iterator[AirflowStack]:
     root = tmp_path_factory.mktemp("airflow_stack")
     dags, pylib = root / "dags", root / "pylib"
     dags.mkdir()
     pylib.mkdir()
     (dags / "harness_smoke.py").write_text(textwrap.dedent(DAG_FILE))
     (pylib / "harness_smoke_triggers.py").write_text(textwrap.dedent(TRIGGER_MODULE))
-    # Bytecode kept in pytest's cache between sessions: a cold stack starts ~10 s slower on this 2-CPU machine.
-    cache = getattr(request.config, "cache", None)  # absent under -p no:cacheprovider
-    pycache = Path(cache.mkdir("airflow-pycache")) if cache else root / "pycache"
-    env = {"PYTHONPATH": str(pylib), "PYTHONPYCACHEPREFIX": str(pycache)}
+    env = {"PYTHONPATH": str(pylib), "PYTHONPYCACHEPREFIX": str(airflow_pycache)}
     with AirflowStack(root / "home", dags, env=env, parallelism=2) as af:
         af.wait_for_dag("harness_smoke", timeout=60)
         af.wait_for_dag("harness_smoke_slow", timeout=30)

@@ -9,7 +9,6 @@ so reattaching to a load job by its deterministic id can only be shown on real B
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import shutil
 import uuid
@@ -18,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cosmos_async_triggers import auth
 from google.api_core.client_options import ClientOptions
 from google.auth.credentials import AnonymousCredentials
 from google.cloud import bigquery
@@ -28,6 +26,7 @@ from cosmos_async.config import ProfileConfig
 from cosmos_async.remote import RemoteTarget, upload_capture
 from tests.integration.test_trigger import payload_of
 from tests.support.bq_lifecycle_proxy import LifecycleProxy
+from tests.support.connections import emulator_connections
 from tests.support.dbt_oracle import dbt_build, table_rows
 
 PROJECT = "demo-proj"
@@ -50,18 +49,9 @@ def proxy(bigquery_emulator) -> Iterator[LifecycleProxy]:
 
 @pytest.fixture(scope="module", autouse=True)
 def connections(bigquery_emulator, gcs_emulator, proxy) -> Iterator[None]:
-    def conn(**extra: Any) -> str:
-        return json.dumps({"conn_type": "google_cloud_platform",
-                           "extra": {"project": PROJECT, "anonymous": True, **extra}})
-
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("AIRFLOW_CONN_GCP_TEST", conn(bigquery_api_endpoint=bigquery_emulator.endpoint))
-        mp.setenv("AIRFLOW_CONN_GCP_PROXY", conn(bigquery_api_endpoint=proxy.url))
-        mp.setenv("AIRFLOW_CONN_GCS_TEST", conn(storage_api_endpoint=gcs_emulator.endpoint))
+    with emulator_connections(PROJECT, bigquery_emulator.endpoint, proxy.url, gcs_emulator.endpoint) as mp:
         mp.setenv("BIGQUERY_API_ENDPOINT", bigquery_emulator.endpoint)
-        auth.forget_tokens()
         yield
-    auth.forget_tokens()
 
 
 @pytest.fixture(autouse=True)

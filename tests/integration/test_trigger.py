@@ -23,6 +23,7 @@ from cosmos_async_triggers.bigquery import BigQueryNodeTrigger
 from cosmos_async.capture import Capture, NodeCapture
 from cosmos_async.remote import RemoteTarget, upload_capture
 from tests.support.bq_lifecycle_proxy import LifecycleProxy
+from tests.support.connections import emulator_connections
 
 DATASET = "trig_ds"
 PROJECT = "demo-proj"
@@ -49,17 +50,8 @@ def bq_client(bigquery_emulator) -> Any:
 
 @pytest.fixture(scope="module", autouse=True)
 def connections(bigquery_emulator, gcs_emulator, proxy) -> Iterator[None]:
-    def conn(**extra: Any) -> str:
-        return json.dumps({"conn_type": "google_cloud_platform",
-                           "extra": {"project": PROJECT, "anonymous": True, **extra}})
-
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("AIRFLOW_CONN_GCP_TEST", conn(bigquery_api_endpoint=bigquery_emulator.endpoint))
-        mp.setenv("AIRFLOW_CONN_GCP_PROXY", conn(bigquery_api_endpoint=proxy.url))
-        mp.setenv("AIRFLOW_CONN_GCS_TEST", conn(storage_api_endpoint=gcs_emulator.endpoint))
-        auth.forget_tokens()  # the trigger keeps connections for a minute per process
+    with emulator_connections(PROJECT, bigquery_emulator.endpoint, proxy.url, gcs_emulator.endpoint):
         yield
-    auth.forget_tokens()
 
 
 @pytest.fixture(autouse=True)
