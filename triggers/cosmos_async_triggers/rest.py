@@ -81,8 +81,11 @@ def _headers(token: str | None) -> dict[str, str]:
 
 
 async def request(method: str, url: str, *, token: str | None, json: Any = None,
-                  params: dict[str, Any] | None = None, retry: RetryPolicy = DEFAULT_RETRY) -> tuple[int, bytes]:
+                  params: dict[str, Any] | None = None, retry: RetryPolicy = DEFAULT_RETRY,
+                  data: bytes | None = None, content_type: str | None = None) -> tuple[int, bytes]:
     """Send a request, retrying transient failures; return (status, body) of a 2xx answer.
+
+    The body is ``json`` or raw ``data`` with its ``content_type`` (uploads).
 
     Non-retryable statuses raise :class:`BigQueryApiError` at once (callers check ``.status``, e.g. 404/409).
     """
@@ -92,7 +95,8 @@ async def request(method: str, url: str, *, token: str | None, json: Any = None,
     for attempt in range(retry.attempts):
         retry_after: float | None = None
         try:
-            async with session.request(method, url, json=json, params=params, headers=_headers(token)) as resp:
+            headers = {**_headers(token), **({"Content-Type": content_type} if content_type else {})}
+            async with session.request(method, url, json=json, data=data, params=params, headers=headers) as resp:
                 body = await resp.read()
                 if resp.status < 300:
                     return resp.status, body
@@ -116,11 +120,13 @@ async def request(method: str, url: str, *, token: str | None, json: Any = None,
 
 
 async def request_json(method: str, url: str, *, token: str | None, json: Any = None,
-                       params: dict[str, Any] | None = None, retry: RetryPolicy = DEFAULT_RETRY) -> dict[str, Any]:
+                       params: dict[str, Any] | None = None, retry: RetryPolicy = DEFAULT_RETRY,
+                       data: bytes | None = None, content_type: str | None = None) -> dict[str, Any]:
     """:func:`request`, decoding a JSON object body (an empty body gives ``{}``)."""
     import json as jsonlib
 
-    _, body = await request(method, url, token=token, json=json, params=params, retry=retry)
+    _, body = await request(method, url, token=token, json=json, params=params, retry=retry, data=data,
+                            content_type=content_type)
     if not body.strip():
         return {}
     try:
