@@ -26,7 +26,7 @@ from cosmos_async.config import ProfileConfig
 from cosmos_async.remote import RemoteTarget, upload_capture
 from tests.integration.test_trigger import payload_of
 from tests.support.bq_lifecycle_proxy import LifecycleProxy
-from tests.support.connections import emulator_connections
+from tests.support.connections import emulator_connections, remote_target
 from tests.support.dbt_oracle import dbt_build, table_rows
 
 PROJECT = "demo-proj"
@@ -96,10 +96,7 @@ def shop(tmp_path_factory: pytest.TempPathFactory, bigquery_emulator) -> Iterato
 
 @pytest.fixture(params=["file", "gcs"])
 def target(request, tmp_path) -> RemoteTarget:
-    if request.param == "file":
-        return RemoteTarget.from_config(f"file://{tmp_path}/remote")
-    bucket = request.getfixturevalue("gcs_emulator").extra["bucket"]
-    return RemoteTarget.from_config(f"gs://{bucket}/seed-tests", "gcs_test")
+    return remote_target(request, tmp_path, "seed-tests")
 
 
 def _trigger(target: RemoteTarget, run_id: str, ids: list[str], conn: str = "gcp_test") -> Any:

@@ -23,7 +23,7 @@ from cosmos_async_triggers.bigquery import BigQueryNodeTrigger
 from cosmos_async.capture import Capture, NodeCapture
 from cosmos_async.remote import RemoteTarget, upload_capture
 from tests.support.bq_lifecycle_proxy import LifecycleProxy
-from tests.support.connections import emulator_connections
+from tests.support.connections import emulator_connections, remote_target
 
 DATASET = "trig_ds"
 PROJECT = "demo-proj"
@@ -62,10 +62,7 @@ def clean_proxy(proxy: LifecycleProxy) -> None:
 
 @pytest.fixture(params=["file", "gcs"])
 def target(request, tmp_path) -> RemoteTarget:
-    if request.param == "file":
-        return RemoteTarget.from_config(f"file://{tmp_path}/remote")
-    bucket = request.getfixturevalue("gcs_emulator").extra["bucket"]
-    return RemoteTarget.from_config(f"gs://{bucket}/trigger-tests", "gcs_test")
+    return remote_target(request, tmp_path, "trigger-tests")
 
 
 @pytest.fixture

@@ -5,10 +5,13 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import pytest
 from cosmos_async_triggers import auth
+
+from cosmos_async.remote import RemoteTarget
 
 
 @contextmanager
@@ -25,3 +28,12 @@ def emulator_connections(project: str, bigquery: str, proxy: str, storage: str) 
         auth.forget_tokens()  # the trigger keeps connections for a minute per process
         yield mp
     auth.forget_tokens()
+
+
+def remote_target(request: pytest.FixtureRequest, tmp_path: Path, prefix: str) -> RemoteTarget:
+    """The remote target of a ``params=["file", "gcs"]`` fixture: a temp dir, or ``prefix`` in the GCS emulator's
+    bucket through the ``gcs_test`` connection."""
+    if request.param == "file":
+        return RemoteTarget.from_config(f"file://{tmp_path}/remote")
+    bucket = request.getfixturevalue("gcs_emulator").extra["bucket"]
+    return RemoteTarget.from_config(f"gs://{bucket}/{prefix}", "gcs_test")
