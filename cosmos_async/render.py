@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +57,7 @@ class _Renderer:
         self.plans = plan_tasks(self.manifest, self.selected, self.render.test_behavior)
         self.plan_by_key = {plan.key: plan for plan in self.plans}
 
+    @cached_property
     def dbt_kwargs(self) -> dict[str, Any]:
         args = self.operator_args
         return {"full_refresh": bool(args.get("full_refresh", False)),
@@ -63,6 +65,7 @@ class _Renderer:
                 "install_deps": bool(args.get("install_deps", self.project.install_dbt_deps)),
                 "env": {**self.project.env_vars, **(args.get("env") or {})}}
 
+    @cached_property
     def airflow_kwargs(self) -> dict[str, Any]:
         return {k: v for k, v in self.operator_args.items() if k not in _TOOLKIT_ARGS}
 
@@ -88,7 +91,7 @@ class _Renderer:
         return {"project_dir": self.require_project_dir(), "profile_config": self.profile,
                 "command": plan.command,
                 "select": [node_selector(self.manifest.nodes[uid]) for uid in plan.node_ids],
-                **self.dbt_kwargs()}
+                **self.dbt_kwargs}
 
     def wire(self, make: Callable[[TaskPlan], BaseOperator]) -> dict[str, BaseOperator]:
         tasks: dict[str, BaseOperator] = {}
@@ -110,7 +113,7 @@ class _Renderer:
         from cosmos_async.operators.local import DbtLocalOperator
 
         return DbtLocalOperator(task_id=plan.task_id, outlets=self.outlets(plan), **self.local_kwargs(plan),
-                                **self.airflow_kwargs())
+                                **self.airflow_kwargs)
 
     def build_async(self) -> dict[str, BaseOperator]:
         """setup → on-run-start → node tasks → on-run-end (when the project has such hooks) → teardown."""
@@ -122,7 +125,7 @@ class _Renderer:
         args = self.operator_args
         remote = RemoteTarget.from_config(args.get("remote_target_path"), args.get("remote_target_path_conn_id"))
         settings = async_settings(self.profile, args)
-        node_airflow_kwargs = self.airflow_kwargs()
+        node_airflow_kwargs = self.airflow_kwargs
         remote_kwargs = {"remote_target_path": remote.url, "remote_target_path_conn_id": remote.conn_id}
 
         def node_task(task_id: str, nodes: list[dict[str, Any]], fallback: dict[str, Any] | None,
@@ -139,7 +142,7 @@ class _Renderer:
             task_id="dbt_setup_async", project_dir=self.require_project_dir(), profile_config=self.profile,
             node_ids=sorted({uid for plan in self.plans for uid in plan.node_ids}), select=self.render.select,
             exclude=self.render.exclude, py_requirements=self.execution.async_py_requirements, **remote_kwargs,
-            **self.dbt_kwargs(), **node_airflow_kwargs,
+            **self.dbt_kwargs, **node_airflow_kwargs,
         ).as_setup()
         start = node_task("dbt_on_run_start", [{"id": HOOK_IDS["on-run-start"], "kind": "hook",
                                                 "name": "on-run-start"}], None)
