@@ -13,6 +13,7 @@ import json
 import time
 import uuid
 from collections.abc import Iterator
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import pytest
@@ -302,6 +303,29 @@ def test_on_kill_cancels_the_job_then_a_new_try_runs_attempt_1_via_lifecycle_pro
     assert list(proxy.cancels.values()) == [1]
     assert event.payload["status"] == "success"
     assert event.payload["jobs"][0]["job_id"].endswith("_0_1")  # the cancelled attempt 0 is not reused
+
+
+def test_execution_timeout_cancels_the_running_job_via_lifecycle_proxy(file_target: RemoteTarget,
+                                                                      proxy: LifecycleProxy) -> None:
+    """On a timeout Airflow cancels the trigger's task without calling on_kill; the deadline it set tells why."""
+    run_id = new_run()
+    upload(file_target, run_id, {"model.p.m": NodeCapture(["select 1"])})
+    proxy.set_hold(30)
+
+    async def scenario() -> None:
+        trigger = make(file_target, run_id, model(), conn="gcp_proxy")
+        trigger.timeout_after = datetime.now(timezone.utc) + timedelta(seconds=0.5)  # as the triggerer sets it
+        task = asyncio.create_task(collect(trigger))
+        await wait_for(lambda: bool(proxy.inserts))
+        await asyncio.sleep(0.6)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert list(proxy.cancels.values()) == [1], proxy.cancels
+        await trigger.on_kill()  # Airflow does not call it on a timeout; if it did, no second cancel
+
+    run_async(scenario())
+    assert list(proxy.cancels.values()) == [1], proxy.cancels
 
 
 def test_done_job_is_not_run_again_via_lifecycle_proxy(file_target: RemoteTarget, proxy: LifecycleProxy) -> None:

@@ -13,11 +13,13 @@ restart, redistribution) finds the job its predecessor submitted instead of runn
 * attempt N is DONE with an error, or was created before this run's index (an earlier setup of the same
   run, i.e. the DAG run was cleared) → look at attempt N+1.
 
-The BigQuery job is cancelled only from :meth:`on_kill`. Airflow 3.3 cancels a trigger's asyncio task both on
-triggerer shutdown (no message) and when the trigger leaves this triggerer's assignment (cancel message
-``__airflow_user_action__``, then ``on_kill``). The latter covers user actions (mark failed/success, clear:
-the trigger row is deleted) but also a trigger taken over by another triggerer after a late heartbeat, so
-``on_kill`` first asks for the task's state and leaves the job running while the task is still deferred.
+The BigQuery job is cancelled when the user stops the task or its ``execution_timeout`` passes, never on a
+triggerer restart. Airflow 3.3 cancels a trigger's asyncio task on triggerer shutdown (no message), on a
+timeout (``timeout_after`` has passed; ``on_kill`` is not called) and when the trigger leaves this triggerer's
+assignment (cancel message ``__airflow_user_action__``, then ``on_kill``). The last covers user actions (mark
+failed/success, clear: the trigger row is deleted) but also a trigger taken over by another triggerer after a
+late heartbeat, so ``on_kill`` first asks for the task's state and leaves the job running while the task is
+still deferred. A timeout is recognised in :meth:`run` itself, from ``timeout_after``.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import asyncio
 import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from typing import Any
 
 from airflow.triggers.base import BaseTrigger, TaskSuccessEvent, TriggerEvent
@@ -39,6 +42,8 @@ CLASSPATH = "cosmos_async_triggers.bigquery.BigQueryNodeTrigger"
 # Same key as cosmos_async.operators.links.JOB_LINK_KEY (not imported: this package must stay light).
 JOB_LINK_KEY = "bigquery_job_link"
 MAX_ATTEMPTS = 100
+# BigQuery's limit on the length of a query's text ("maximum unresolved GoogleSQL query length").
+MAX_QUERY_CHARS = 1024 * 1024
 _CANCEL_RETRY = rest.RetryPolicy(attempts=3, max_total_sleep_s=5.0)
 _LABEL_UNSAFE = re.compile(r"[^a-z0-9_-]")
 
@@ -101,6 +106,11 @@ class BigQueryNodeTrigger(BaseTrigger):
         warnings: list[str] = []
         try:
             payload = await self._run_nodes(jobs, warnings)
+        except asyncio.CancelledError:
+            if self._timed_out():
+                self.log.info("the task's execution_timeout passed while its BigQuery job ran")
+                await self._cancel_active()
+            raise
         except (NodeRunError, RemoteReadError, GcpAuthError, rest.BigQueryApiError) as exc:
             payload = {"status": "failed", "message": str(exc), "jobs": jobs, "warnings": warnings}
         except Exception as exc:  # an event with the cause beats a trigger crash with a traceback only
@@ -120,14 +130,28 @@ class BigQueryNodeTrigger(BaseTrigger):
 
     async def on_kill(self) -> None:
         """The user stopped the task: cancel the job in flight (Airflow does not call this on restarts)."""
-        ref = self._active
-        if ref is None or self._gcp is None:
+        if self._active is None or self._gcp is None:
             return
         if await self._task_still_deferred():
             # Airflow 3.3 also calls on_kill for a trigger that merely left this triggerer (its heartbeat was
             # late and another triggerer took it over): the task waits on, and the new trigger reattaches.
             self.log.info("task is still deferred: BigQuery job %s moved with its trigger, not cancelling",
-                          ref.job_id)
+                          self._active.job_id)
+            return
+        await self._cancel_active()
+
+    def _timed_out(self) -> bool:
+        """True once the deadline the triggerer set on this trigger (the task's execution_timeout) has passed."""
+        deadline = getattr(self, "timeout_after", None)
+        if deadline is None:
+            return False
+        if deadline.tzinfo is None:
+            deadline = deadline.replace(tzinfo=timezone.utc)
+        return deadline <= datetime.now(timezone.utc)
+
+    async def _cancel_active(self) -> None:
+        ref, self._active = self._active, None  # at most one cancel, whichever path comes first
+        if ref is None or self._gcp is None:
             return
         try:
             await rest.request_json("POST", f"{self._jobs_url(ref.project)}/{ref.job_id}/cancel",
@@ -200,6 +224,11 @@ class BigQueryNodeTrigger(BaseTrigger):
         plans = [await read_node_steps(prefix, node["id"], entry, conn=storage_conn, token_for=storage_token)
                  for node, entry in zip(self.nodes, entries, strict=True)]
         for node, steps in zip(self.nodes, plans, strict=True):
+            longest = max((len(s.sql) for s in steps if s.kind == "query"), default=0)
+            if longest > MAX_QUERY_CHARS:  # BigQuery would reject it; refuse before any step has run
+                raise NodeRunError(f"{node['id']}: its SQL has {longest} characters, more than the "
+                                   f"{MAX_QUERY_CHARS} BigQuery accepts in one query; split it into smaller "
+                                   "table or view models (ephemeral ones are inlined and do not help)")
             size = max((len(s.data) for s in steps if s.kind == "load"), default=0)
             if size > layout.MAX_MULTIPART_BYTES:  # refuse before any step (e.g. the seed's DROP) has run
                 raise NodeRunError(f"{node['id']}: its load data has {size} bytes, more than the "
