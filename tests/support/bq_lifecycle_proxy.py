@@ -9,8 +9,10 @@ every request to the emulator and rewrites the job lifecycle to match BigQuery:
   ``jobComplete: false``); afterwards the emulator's real result shows through;
 * jobs.cancel of a held job makes it DONE with BigQuery's ``stopped`` error. The emulator already executed
   the SQL at insert time, so a cancel here hides the result but cannot undo side effects;
-* faults by rule: a status (429, 503, …) or a connection reset for the next ``count`` requests matching a
-  method and path regex, either instead of forwarding or after forwarding (the answer is lost on the way back);
+* faults by rule: a status (429, 503, …), a connection reset or a delay of ``delay_s`` seconds (then the
+  request goes through) for the next ``count`` requests matching a method and path regex; a status or reset
+  either instead of forwarding or after forwarding (the answer is lost on the way back). Paths that are not
+  BigQuery's are forwarded unchanged, so the proxy also fronts the storage emulator;
 * it counts inserts, jobs.get calls and cancels per job id.
 
 Use :class:`LifecycleProxy` from pytest (it runs its own event loop in a thread), or run it as a process:
@@ -50,9 +52,10 @@ class Fault:
 
     method: str
     path: str
-    action: int | str  # an HTTP status, or "reset" (close the connection without an answer)
+    action: int | str  # an HTTP status, "reset" (close the connection without an answer) or "delay"
     count: int = 1
     after_upstream: bool = False  # forward first: the upstream acted, the client never hears about it
+    delay_s: float = 0.0  # for "delay": how long the request waits before it is forwarded
 
     def matches(self, method: str, path: str) -> bool:
         return self.count > 0 and self.method in ("*", method) and re.search(self.path, path) is not None
@@ -96,8 +99,8 @@ class LifecycleProxy:
     # ---- control --------------------------------------------------------------------------------------
 
     def add_fault(self, method: str, path: str, action: int | str, count: int = 1, *,
-                  after_upstream: bool = False) -> Fault:
-        fault = Fault(method.upper(), path, action, count, after_upstream)
+                  after_upstream: bool = False, delay_s: float = 0.0) -> Fault:
+        fault = Fault(method.upper(), path, action, count, after_upstream, delay_s)
         with self._lock:
             self._faults.append(fault)
         return fault
@@ -171,6 +174,9 @@ class LifecycleProxy:
         if path.startswith("/_proxy/"):
             return await self._control(request)
         fault = self._take_fault(request.method, path)
+        if fault is not None and fault.action == "delay":
+            await asyncio.sleep(fault.delay_s)
+            fault = None
         if fault is not None and not fault.after_upstream:
             return _fault_response(request, fault)
         response = await self._dispatch(request, path)
@@ -270,7 +276,8 @@ class LifecycleProxy:
         payload = await request.json() if request.can_read_body else {}
         if request.path == "/_proxy/faults":
             fault = self.add_fault(payload["method"], payload["path"], payload["action"],
-                                   int(payload.get("count", 1)), after_upstream=bool(payload.get("after_upstream")))
+                                   int(payload.get("count", 1)), after_upstream=bool(payload.get("after_upstream")),
+                                   delay_s=float(payload.get("delay_s", 0.0)))
             return web.json_response(asdict(fault))
         if request.path == "/_proxy/hold":
             self.set_hold(float(payload["seconds"]))
