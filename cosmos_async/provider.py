@@ -27,7 +27,7 @@ OPTIONS: dict[str, tuple[str, str, str | None, str | None]] = {
     ),
     "start_from_trigger": (
         "Start AIRFLOW_ASYNC model tasks directly in the triggerer so they hold no worker slot. "
-        "Turn off to submit from a worker and then defer.",
+        "Turn off to start each task on a worker, which hands it to the same trigger at once.",
         "boolean", None, "True",
     ),
     "upload_concurrency": (
@@ -38,6 +38,11 @@ OPTIONS: dict[str, tuple[str, str, str | None, str | None]] = {
         "Directory where the manifests produced by `dbt ls` (projects rendered without manifest_path) are cached "
         "by project checksum. Empty means a cosmos_async_cache folder in the system temp directory.",
         "string", "/tmp/cosmos_async_cache", "",
+    ),
+    "http_retry_max_sleep": (
+        "Seconds a trigger may spend backing off on one BigQuery or storage request that keeps failing with "
+        "429/5xx or a dropped connection (at most 8 attempts) before the task fails with the last error.",
+        "float", None, "30",
     ),
     "default_location": (
         "BigQuery location used when neither operator_args nor the profile give one.",

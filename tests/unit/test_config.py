@@ -56,3 +56,11 @@ def test_provider_declares_cosmos_section(tmp_path) -> None:
               " conf.getboolean('cosmos','start_from_trigger'))")
     out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["gs://bucket/prefix", "2.0", "True"]
+
+
+def test_trigger_retry_budget_is_a_cosmos_option(monkeypatch: pytest.MonkeyPatch) -> None:
+    from cosmos_async_triggers.rest import RetryPolicy
+
+    assert RetryPolicy().max_total_sleep_s == 30.0
+    monkeypatch.setenv("AIRFLOW__COSMOS__HTTP_RETRY_MAX_SLEEP", "2.5")
+    assert RetryPolicy().max_total_sleep_s == 2.5

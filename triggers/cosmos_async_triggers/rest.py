@@ -7,9 +7,8 @@ connection pool (a session per trigger would open a pool, and TLS handshakes, pe
 from __future__ import annotations
 
 import asyncio
-import os
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
@@ -32,6 +31,16 @@ class BigQueryApiError(Exception):
         super().__init__(f"HTTP {status if status is not None else '-'} {reason}: {message}{where}")
 
 
+def configured_max_retry_sleep() -> float:
+    """``[cosmos] http_retry_max_sleep`` (env ``AIRFLOW__COSMOS__HTTP_RETRY_MAX_SLEEP``): the backoff budget of one
+    request, in seconds."""
+    try:
+        from airflow.configuration import conf
+    except ImportError:  # used without Airflow (e.g. a benchmark harness): the documented default
+        return 30.0
+    return conf.getfloat("cosmos", "http_retry_max_sleep", fallback=30.0)
+
+
 @dataclass(frozen=True)
 class RetryPolicy:
     """Full-jitter exponential backoff, bounded by attempts and by the total time spent sleeping."""
@@ -39,7 +48,7 @@ class RetryPolicy:
     attempts: int = 8
     base_s: float = 0.25
     cap_s: float = 8.0
-    max_total_sleep_s: float = float(os.environ.get("COSMOS_ASYNC_HTTP_MAX_RETRY_SLEEP", "30"))
+    max_total_sleep_s: float = field(default_factory=configured_max_retry_sleep)
 
     def delay(self, attempt: int) -> float:
         return random.uniform(0, min(self.cap_s, self.base_s * 2**attempt))
