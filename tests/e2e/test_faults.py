@@ -1,4 +1,5 @@
-"""The bounded fault tier: triggerer SIGKILLs, a task marked failed, transient HTTP errors, on real Airflow.
+"""The bounded fault tier on real Airflow: triggerer SIGKILLs, a task marked failed, transient HTTP errors, task
+processes SIGKILLed on the worker path, an execution timeout.
 
 One rig for the module (tests/support/faults.py): a 4-model synthetic dbt project (plus its seed, no tests) run
 AIRFLOW_ASYNC through the BigQuery job-lifecycle proxy, which holds the product's jobs RUNNING for a few seconds,
@@ -20,12 +21,13 @@ from pathlib import Path
 import pytest
 
 from tests.support.credentials import service_account_key
-from tests.support.faults import INSERT_PATH, POLL_PATH, FaultRig, Tally, log, random_tier
+from tests.support.faults import INSERT_PATH, POLL_PATH, TIMEOUT_S, FaultRig, Tally, log, random_tier
 
 pytestmark = pytest.mark.e2e
 
 KILL, CANCEL, TRANSIENT = "fault_kill", "fault_cancel", "fault_transient"
-CANCEL_RUN, TRANSIENT_RUN = "cancel-1", "transient-1"
+WORKER, TIMEOUT = "fault_worker", "fault_timeout"  # see tests/support/faults.py DAG_FILE for what the suffix does
+CANCEL_RUN, TRANSIENT_RUN, WORKER_RUN = "cancel-1", "transient-1", "worker-1"
 HOLD = 5.0  # seconds the proxy keeps each model job RUNNING (test 3 lowers it)
 
 
@@ -34,8 +36,8 @@ def rig(tmp_path_factory: pytest.TempPathFactory, airflow_pycache: Path, bigquer
         token_endpoint) -> Iterator[FaultRig]:
     pycache = airflow_pycache
     key = service_account_key(token_endpoint.url)
-    with FaultRig(tmp_path_factory.mktemp("faults"), bigquery_emulator.endpoint, key, [KILL, CANCEL, TRANSIENT],
-                  hold=HOLD, pycache=pycache) as rig:
+    with FaultRig(tmp_path_factory.mktemp("faults"), bigquery_emulator.endpoint, key,
+                  [KILL, CANCEL, TRANSIENT, WORKER, TIMEOUT], hold=HOLD, pycache=pycache) as rig:
         yield rig
         print("\n" + rig.tally.report(), flush=True)
 
@@ -149,13 +151,73 @@ def test_transient_http_errors_on_submit_and_poll_are_retried_without_resubmitti
     assert rig.wrong_tables(TRANSIENT) == []
 
 
+def test_task_process_sigkilled_after_its_job_ran_retries_and_reattaches_worker_path(rig: FaultRig) -> None:
+    """Worker path: the trigger submits, the task resumes on a worker. Its first try dies there (SIGKILL, from a
+    fault-injection hook in the test DAG); Airflow's retry defers again and must find the job, not run it again.
+
+    Airflow 3.3 sometimes fails the first try itself before it resumes: the executor's late "success" for the
+    process that deferred arrives after the task was queued to resume, and the scheduler takes it for a task
+    changed externally (apache/airflow#72716). The held jobs make that rare; either way the retry must reattach.
+    """
+    rig.proxy.set_hold(10.0)
+    run_id = WORKER_RUN
+    rig.trigger_once(WORKER, run_id)
+    state = rig.af.wait_for_run(WORKER, run_id, timeout=240)
+    killed = rig.killed_on_resume(WORKER, run_id)
+    tries = rig.tries(WORKER, run_id)
+    check = rig.check_run(WORKER, run_id)
+    models_run = check.models_run()
+    rig.tally.add_run(check, models_run=models_run)
+    failed_by_airflow = sorted(t for t in models_run if t not in killed and tries[t] == 2)
+    found_done = sorted(t for t in models_run if "already succeeded; not running the SQL again"
+                        in rig.af.task_log(WORKER, run_id, t, try_number=2))
+    log(f"{run_id}: {state}; first try SIGKILLed on resume {killed}, failed by Airflow's stale executor event "
+        f"{failed_by_airflow}; tries {tries}; jobs {check.inserts}")
+
+    assert state == "success", (check.tasks, rig.af.process_logs())
+    assert len(models_run) == 4 and killed, (killed, models_run)
+    assert all(tries[t] == 2 for t in models_run), tries
+    assert found_done == models_run, "each retry found its job done instead of submitting it"
+    assert check.duplicates() == {}, check.inserts
+    assert check.cancels == {}, check.cancels
+    assert len(check.model_jobs()) == 4, check.model_jobs()
+    assert rig.wrong_tables(WORKER) == []
+
+
+def test_execution_timeout_cancels_the_running_job(rig: FaultRig) -> None:
+    rig.proxy.set_hold(120)
+    run_id = "timeout-1"
+    target = "model_00000_run"
+    job_id = rig.task_job(TIMEOUT, run_id, target)
+    rig.trigger_once(TIMEOUT, run_id)
+    rig.wait_task(TIMEOUT, run_id, target, {"failed", "success", "up_for_retry"})
+    rig.proxy.set_hold(0)
+    others = [j for j in rig.proxy.running() if rig.job_task(TIMEOUT, run_id, j)]
+    rig.proxy.pin(others)  # the other root model's job, held as long: let it finish now
+    rig.proxy.release(others)
+    state = rig.af.wait_for_run(TIMEOUT, run_id, timeout=120)
+    time.sleep(1)  # a late second cancel would arrive by now
+    check = rig.check_run(TIMEOUT, run_id)
+    rig.tally.faults["execution_timeout"] += 1
+    rig.tally.add_run(check, models_run=check.models_run(extra={target}), expected_cancels={job_id})
+    log(f"{run_id}: {state}; {target} had execution_timeout={TIMEOUT_S}s; cancels {check.cancels}; "
+        f"tasks {check.tasks}")
+
+    assert check.cancels == {job_id: 1}, (check.cancels, rig.af.task_log(TIMEOUT, run_id, target))
+    assert check.tasks[target] == "failed", check.tasks
+    assert "timeout" in rig.af.task_log(TIMEOUT, run_id, target).lower()
+    assert all(check.tasks[d] == "upstream_failed" for d in rig.children[target]), check.tasks
+    assert check.duplicates() == {}, check.inserts
+
+
 def test_tally(rig: FaultRig) -> None:
     """The counts over the tier: printed, and held to: faults were injected, one job per model, right tables."""
     tally: Tally = rig.tally
     print("\n" + tally.report(), flush=True)
-    assert tally.runs == 3, tally.report()
+    assert tally.runs == 5, tally.report()
     assert tally.faults["triggerer_sigkill"] >= 2 and tally.faults["marked_failed"] == 1, tally.report()
-    assert sum(tally.faults.values()) >= 13, tally.report()
+    assert tally.faults["task_sigkill"] >= 1 and tally.faults["execution_timeout"] == 1, tally.report()
+    assert sum(tally.faults.values()) >= 15, tally.report()
     assert tally.jobs_submitted == tally.models_run, tally.report()
     assert tally.duplicates == 0 and tally.unexpected_cancels == 0, tally.report()
     assert tally.tables_checked > 0 and tally.wrong_tables == [], tally.report()

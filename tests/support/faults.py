@@ -45,24 +45,44 @@ from tests.support.dbt_oracle import built_tables, dbt_build
 REPO = Path(__file__).resolve().parents[2]
 PROJECT = "demo-proj"
 MODELS = 4  # two layers of two models, after one seed
+TIMEOUT_S = 4.0  # the execution_timeout of the first model in a ``*_timeout`` DAG
 ORACLE_DATASET = "fault_oracle"
 SETUP, TEARDOWN = "dbt_setup_async", "dbt_teardown_async"
 INSERT_PATH = r"^/bigquery/v2/projects/[^/]+/jobs$"  # jobs.insert (not the /upload/ endpoint of load jobs)
 POLL_PATH = r"^/bigquery/v2/projects/[^/]+/jobs/cosmos_async_[^/]+$"  # jobs.get of the product's jobs
 _ATTEMPT = re.compile(r"_(\d+)$")
 
-DAG_FILE = '''"""Fault-tier DAGs (airflow DAG file): the synthetic project, AIRFLOW_ASYNC, no tests."""
-from datetime import datetime
+DAG_FILE = '''"""Fault-tier DAGs (airflow DAG file): the synthetic project, AIRFLOW_ASYNC, no tests.
+
+A DAG id ending in ``_worker`` runs its models on the worker path (start_from_trigger=False) with one retry, and
+its models' first try is SIGKILLed when it resumes after its BigQuery job ran. One ending in ``_timeout`` gives
+its first model an execution_timeout of TIMEOUT_S seconds.
+"""
+import os
+import signal
+from datetime import datetime, timedelta
 from pathlib import Path
 
 from cosmos_async import (DbtDag, ExecutionConfig, ExecutionMode, GoogleCloudServiceAccountDictProfileMapping,
                           ProfileConfig, ProjectConfig, RenderConfig, TestBehavior)
 
 PROJECT = Path(__file__).parent / "synthetic"
+KILLS = Path(__file__).parent.parent / "kills"
+
+
+def sigkill_first_resume(context):
+    """Fault injection, test only: the task process dies when try 1 resumes after its job (worker path)."""
+    ti = context["ti"]
+    resuming = getattr(getattr(ti, "_ti_context_from_server", None), "next_method", None)
+    if ti.task_id.startswith("model_") and ti.try_number == 1 and resuming:
+        KILLS.mkdir(exist_ok=True)
+        (KILLS / f"{ti.dag_id}__{ti.run_id}__{ti.task_id}").touch()
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def fault_dag(dag_id: str, dataset: str) -> DbtDag:
-    return DbtDag(
+    worker = dag_id.endswith("_worker")
+    dag = DbtDag(
         dag_id=dag_id, schedule=None, start_date=datetime(2026, 1, 1), catchup=False,
         project_config=ProjectConfig(dbt_project_path=PROJECT, manifest_path=PROJECT / "target" / "manifest.json"),
         profile_config=ProfileConfig(profile_name="synthetic", target_name="dev",
@@ -70,8 +90,15 @@ def fault_dag(dag_id: str, dataset: str) -> DbtDag:
                                          conn_id="gcp_conn", profile_args={"dataset": dataset})),
         execution_config=ExecutionConfig(execution_mode=ExecutionMode.AIRFLOW_ASYNC),
         render_config=RenderConfig(test_behavior=TestBehavior.NONE),
-        operator_args={"location": "US"},
+        operator_args={"location": "US", "start_from_trigger": not worker},
+        default_args={"retries": 1, "retry_delay": timedelta(seconds=1), "pre_execute": sigkill_first_resume}
+        if worker else {},
     )
+    if dag_id.endswith("_timeout"):
+        task = dag.task_dict["model_00000_run"]
+        task.execution_timeout = timedelta(seconds=TIMEOUT_S)
+        task.start_trigger_args.timeout = task.execution_timeout
+    return dag
 
 
 for _dag_id in DAG_IDS:
@@ -268,6 +295,8 @@ class FaultRig:
                "AIRFLOW__COSMOS__POLL_INTERVAL": "0.5",
                # The DAG file does not change: re-parsing it every few seconds only takes CPU from the runs.
                "AIRFLOW__DAG_PROCESSOR__MIN_FILE_PROCESS_INTERVAL": "60",
+               # A timed-out deferred task is noticed within a second, not 15.
+               "AIRFLOW__SCHEDULER__TRIGGER_TIMEOUT_CHECK_INTERVAL": "1",
                "PYTHONPATH": str(REPO)}
         if self.pycache is not None:
             env["PYTHONPYCACHEPREFIX"] = str(self.pycache)
@@ -278,7 +307,8 @@ class FaultRig:
             if isinstance(parsed[0], BaseException):
                 raise parsed[0]
             self._read_graph(json.loads(parsed[0].read_text()))
-            (dags / "fault_dags.py").write_text(DAG_FILE.replace("DAG_IDS", repr(self.dag_ids)))
+            (dags / "fault_dags.py").write_text(DAG_FILE.replace("DAG_IDS", repr(self.dag_ids))
+                                                .replace("TIMEOUT_S", repr(TIMEOUT_S)))
             for dag_id in self.dag_ids:
                 self.stack.wait_for_dag(dag_id, timeout=120)
         except BaseException:
@@ -376,6 +406,16 @@ class FaultRig:
         self.af.trigger(dag_id, run_id=run_id)
         self._triggered.add((dag_id, run_id))
         return True
+
+    def tries(self, dag_id: str, run_id: str) -> dict[str, int]:
+        return {t["task_id"]: t["try_number"] for t in self.af.task_instances(dag_id, run_id)}
+
+    def killed_on_resume(self, dag_id: str, run_id: str) -> list[str]:
+        """Tasks whose first try the ``_worker`` DAG's hook SIGKILLed (markers it leaves before dying)."""
+        kills = self.root / "kills"
+        found = sorted(p.name.split("__")[-1] for p in kills.glob(f"{dag_id}__{run_id}__*")) if kills.exists() else []
+        self.tally.faults["task_sigkill"] += len(found)
+        return found
 
     def states(self, dag_id: str, run_id: str) -> dict[str, str]:
         return {t["task_id"]: t["state"] for t in self.af.task_instances(dag_id, run_id)}
