@@ -297,7 +297,7 @@ class FaultRig:
                "AIRFLOW__DAG_PROCESSOR__MIN_FILE_PROCESS_INTERVAL": "60",
                # A timed-out deferred task is noticed within a second, not 15.
                "AIRFLOW__SCHEDULER__TRIGGER_TIMEOUT_CHECK_INTERVAL": "1",
-               "PYTHONPATH": str(REPO)}
+               "PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "triggers")])}
         if self.pycache is not None:
             env["PYTHONPYCACHEPREFIX"] = str(self.pycache)
         self.stack = AirflowStack(self.root / "airflow", dags, env=env, parallelism=self.parallelism)
