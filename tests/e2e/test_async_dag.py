@@ -18,7 +18,7 @@ from google.auth.credentials import AnonymousCredentials
 from google.cloud import bigquery
 
 from tests.support.airflow import AirflowStack
-from tests.support.credentials import secret_fragments, service_account_key
+from tests.support.credentials import TokenEndpoint, secret_fragments, service_account_key
 from tests.support.dbt_oracle import built_tables, dbt_build
 
 REPO = Path(__file__).resolve().parents[2]
@@ -116,7 +116,7 @@ def _failures(af: AirflowStack, dag_id: str, run_id: str) -> str:
 
 
 def test_async_run_builds_tables_without_worker_slots_and_cleans_up(
-        stack: AirflowStack, client, gcs, gcs_emulator, bigquery_emulator, key, tmp_path: Path,
+        stack: AirflowStack, client, gcs, gcs_emulator, bigquery_emulator, key, token_endpoint, tmp_path: Path,
         monkeypatch: pytest.MonkeyPatch) -> None:
     run_id = stack.trigger("corner_shop")
     assert stack.wait_for_run("corner_shop", run_id, timeout=300) == "success", _states(stack, "corner_shop", run_id)
@@ -136,10 +136,27 @@ def test_async_run_builds_tables_without_worker_slots_and_cleans_up(
     assert slots["dbt_setup_async"] > 0
 
     assert _remote_files(gcs, gcs_emulator.extra["bucket"], "corner_shop") == []
-    xcom = stack.xcom("corner_shop", run_id, "dbt_setup_async")
-    texts = [json.dumps(xcom)] + [stack.task_log("corner_shop", run_id, t) for t in states]
-    leaked = [f for f in secret_fragments(key) for text in texts if f in text]
-    assert not leaked, f"key material in logs or XCom: {leaked}"
+    _assert_no_secret_shown(stack, run_id, key, token_endpoint)
+
+
+def _assert_no_secret_shown(af: AirflowStack, run_id: str, key: dict, token_endpoint: TokenEndpoint) -> None:
+    """Nothing Airflow shows for the run holds key material or an access token: task logs, every XCom, and every
+    task instance's details with its rendered template fields (the uploaded files are scanned by
+    tests/integration/test_secrets.py: teardown has deleted them by now)."""
+    # The tokens the setup (dbt, gcsfs), the triggers and the teardown obtained with the key: secrets as well.
+    tokens = token_endpoint.tokens()
+    assert tokens, "the run never exchanged the key for a token: scanning for tokens would prove nothing"
+    tis = af.task_instances("corner_shop", run_id)
+    details = {ti["task_id"]: af.task_instance("corner_shop", run_id, ti["task_id"], ti["map_index"]) for ti in tis}
+    # The setup has template fields and runs on a worker: if it shows none, the API moved and the scan is empty.
+    assert {"dbt_vars", "env"} <= set(details["dbt_setup_async"]["rendered_fields"]), details["dbt_setup_async"]
+    xcoms = af.xcom_entries("corner_shop", run_id)
+    assert {"dbt_setup_async", "stg_orders.run"} <= {e["task_id"] for e in xcoms}, xcoms
+    texts = {f"log of {t}": af.task_log("corner_shop", run_id, t) for t in details}
+    texts |= {f"details of {t}": json.dumps(d) for t, d in details.items()}
+    texts |= {f"xcom {e['task_id']}/{e['key']}": json.dumps(e) for e in xcoms}
+    leaked = [(where, f[:12]) for where, text in texts.items() for f in [*secret_fragments(key), *tokens] if f in text]
+    assert not leaked, f"key material or access tokens shown by Airflow: {leaked}"
 
 
 def test_worker_path_on_file_remote_holds_workers_and_cleans_up(stack: AirflowStack) -> None:

@@ -354,6 +354,12 @@ class AirflowStack:
             if len(out) >= page["total_entries"] or not page["task_instances"]:
                 return out
 
+    def task_instance(self, dag_id: str, run_id: str, task_id: str, map_index: int = -1) -> dict[str, Any]:
+        """One task instance as its own endpoint returns it: with ``rendered_fields`` (the rendered template fields,
+        as the UI's Rendered Template tab shows them) and the trigger it waits on, if any."""
+        parts = [dag_id, "dagRuns", run_id, "taskInstances", task_id, *([str(map_index)] if map_index >= 0 else [])]
+        return self.api("GET", f"/dags/{self._q(*parts)}")
+
     def task_log(self, dag_id: str, run_id: str, task_id: str, try_number: int = 1, map_index: int = -1) -> str:
         """The task's log as the UI shows it (worker and triggerer parts), one line per record."""
         path = f"/dags/{self._q(dag_id, 'dagRuns', run_id, 'taskInstances', task_id, 'logs', str(try_number))}"
@@ -363,6 +369,18 @@ class AirflowStack:
     def xcom(self, dag_id: str, run_id: str, task_id: str, key: str = "return_value", map_index: int = -1) -> Any:
         path = f"/dags/{self._q(dag_id, 'dagRuns', run_id, 'taskInstances', task_id, 'xcomEntries', key)}"
         return self.api("GET", path, params={"map_index": map_index, "deserialize": "true"})["value"]
+
+    def xcom_entries(self, dag_id: str, run_id: str) -> list[dict[str, Any]]:
+        """Every XCom of the run, whatever task or key pushed it, each with its ``value``."""
+        # The list endpoint gives keys only (``~`` = every task); the values come one by one.
+        path = f"/dags/{self._q(dag_id, 'dagRuns', run_id, 'taskInstances')}/~/xcomEntries"
+        entries: list[dict[str, Any]] = []
+        while True:
+            page = self.api("GET", path, params={"limit": 100, "offset": len(entries)})
+            entries += page["xcom_entries"]
+            if len(entries) >= page["total_entries"] or not page["xcom_entries"]:
+                break
+        return [{**e, "value": self.xcom(dag_id, run_id, e["task_id"], e["key"], e["map_index"])} for e in entries]
 
     def clear_task(self, dag_id: str, run_id: str, task_ids: list[str]) -> list[dict[str, Any]]:
         """Clear the given tasks (whatever their state) so the scheduler runs them again; returns cleared TIs."""

@@ -9,6 +9,7 @@ the secret-scanning tests key material worth looking for.
 from __future__ import annotations
 
 import json
+import secrets
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -20,19 +21,36 @@ ISSUED_TOKEN_PREFIX = "ya29.local-token-"
 
 
 class TokenEndpoint:
-    """An OAuth token endpoint that answers every JWT-bearer grant with a fresh access token."""
+    """An OAuth token endpoint that answers every JWT-bearer grant with a fresh access token.
 
-    def __init__(self) -> None:
+    ``issued`` lists every access token handed out: they are secrets too, so the scanning tests look for each.
+    With ``refuse`` set it answers like Google does for a revoked or unknown key (HTTP 400 ``invalid_grant``).
+    """
+
+    def __init__(self, refuse: bool = False) -> None:
         self.grants = 0
+        self.refusals = 0
+        self.refuse = refuse
+        self.issued: list[str] = []
+        self._lock = threading.Lock()  # the server answers each request on its own thread
         owner = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:
                 self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                owner.grants += 1
-                body = json.dumps({"access_token": f"{ISSUED_TOKEN_PREFIX}{owner.grants}", "expires_in": 3600,
-                                   "token_type": "Bearer"}).encode()
-                self.send_response(200)
+                with owner._lock:
+                    if owner.refuse:
+                        owner.refusals += 1
+                        status, payload = 400, {"error": "invalid_grant",
+                                                "error_description": "Invalid JWT Signature."}
+                    else:
+                        owner.grants += 1
+                        # Unique per endpoint and per grant: a token found in a log names the grant it came from.
+                        token = f"{ISSUED_TOKEN_PREFIX}{owner.grants}-{secrets.token_urlsafe(24)}"
+                        owner.issued.append(token)
+                        status, payload = 200, {"access_token": token, "expires_in": 3600, "token_type": "Bearer"}
+                body = json.dumps(payload).encode()
+                self.send_response(status)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
@@ -44,6 +62,11 @@ class TokenEndpoint:
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self._server.server_address[1]}/token"
         threading.Thread(target=self._server.serve_forever, daemon=True).start()
+
+    def tokens(self) -> list[str]:
+        """A copy of the access tokens issued so far (safe to iterate while requests arrive)."""
+        with self._lock:
+            return list(self.issued)
 
     def stop(self) -> None:
         self._server.shutdown()
