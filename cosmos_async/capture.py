@@ -56,6 +56,10 @@ _TEST_RESULT = {
 }
 
 
+# dbt-bigquery's words when it finds no credentials (no ADC) or Google refuses them (a bad or revoked key).
+_DBT_AUTH_FAILURES = ("Failed to authenticate with supplied credentials", "Unable to generate access token")
+
+
 class CaptureError(CosmosAsyncError):
     """dbt could not be run to capture the project's statements."""
 
@@ -395,7 +399,7 @@ def capture_project(project_dir: Path, profile_config: ProfileConfig, *, select:
     A node whose capture fails, or that dbt skipped because an upstream capture failed, is retried in a
     further pass on its own; a node that still fails falls back to LOCAL with dbt's message as the reason.
     """
-    from cosmos_async.dbt_invoke import dbt_workspace, node_outcomes
+    from cosmos_async.dbt_invoke import DbtCommandError, dbt_workspace, node_outcomes
     from cosmos_async.profiles import resolve_target
 
     target = resolve_target(profile_config)
@@ -412,7 +416,13 @@ def capture_project(project_dir: Path, profile_config: ProfileConfig, *, select:
         while True:
             command = [*base, *(["--select", *pending_select] if pending_select else []),
                        *(["--exclude", *pending_exclude] if pending_exclude else [])]
-            outcomes = node_outcomes(workspace, command, dbt_vars, [recorder.on_event])
+            try:
+                outcomes = node_outcomes(workspace, command, dbt_vars, [recorder.on_event])
+            except DbtCommandError as exc:
+                if not any(phrase in str(exc) for phrase in _DBT_AUTH_FAILURES):
+                    raise
+                # dbt's text names the cause but suggests impersonation roles or nothing: say what to change.
+                raise CaptureError(f"{_auth_failure(profile_config, target)}\n{exc}") from None
             recorder.first_pass = False
             failed.update((o.unique_id, o.message) for o in outcomes if o.status == "error")
             skipped = [o for o in outcomes if o.status == "skipped"]
@@ -426,3 +436,18 @@ def capture_project(project_dir: Path, profile_config: ProfileConfig, *, select:
         node.fallback = node.fallback or f"its statements could not be captured: {message}"
     return Capture(recorder.nodes, recorder.on_run_start, recorder.on_run_end)
 
+
+def _auth_failure(profile_config: ProfileConfig, target: Mapping[str, Any]) -> str:
+    """What failed and what to change when dbt cannot authenticate to BigQuery with the profile's credentials."""
+    mapping = profile_config.profile_mapping
+    source = (f"connection {mapping.conn_id!r} ({type(mapping).__name__})" if mapping is not None
+              else f"target {profile_config.target_name!r} of {profile_config.profiles_yml_filepath}")
+    if target.get("method") == "oauth":
+        fix = ("it uses Application Default Credentials, so make them available where the setup task runs "
+               "(GOOGLE_APPLICATION_CREDENTIALS naming a key file, workload identity, or `gcloud auth "
+               "application-default login`), or put a service-account key into the connection's keyfile_dict and "
+               "use GoogleCloudServiceAccountDictProfileMapping")
+    else:
+        fix = ("Google refused its key (deleted, revoked or of another project): create a new key for the service "
+               "account and put it in place of the old one")
+    return f"dbt could not authenticate to BigQuery with {source}: {fix}."

@@ -20,4 +20,4 @@ class ManifestError(CosmosAsyncError):
 
 
 class SelectionError(ConfigurationError):
-    """A select/exclude expression cannot be parsed."""
+    """A select/exclude expression cannot be parsed, or selects nothing that becomes a task."""

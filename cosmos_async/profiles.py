@@ -75,15 +75,12 @@ class GoogleCloudServiceAccountDictProfileMapping(_BigQueryProfileMapping):
     def credentials(self, extras: Mapping[str, Any]) -> dict[str, Any]:
         keyfile = _extra(extras, "keyfile_dict")
         if not keyfile:
-            raise ConfigurationError(f"connection {self.conn_id!r} has no 'keyfile_dict' extra (the key JSON).")
-        if isinstance(keyfile, str):
-            try:
-                keyfile = json.loads(keyfile)
-            except ValueError:
-                raise ConfigurationError(
-                    f"connection {self.conn_id!r}: 'keyfile_dict' is not valid JSON; paste the key file's content."
-                ) from None
-        return {"keyfile_json": dict(keyfile)}
+            raise ConfigurationError(
+                f"connection {self.conn_id!r} has no 'keyfile_dict' extra (the key JSON); paste the service "
+                "account's key file into it, or use GoogleCloudOauthProfileMapping to authenticate with Application "
+                "Default Credentials."
+            )
+        return {"keyfile_json": service_account_info(self.conn_id, keyfile)}
 
 
 class GoogleCloudServiceAccountFileProfileMapping(_BigQueryProfileMapping):
@@ -107,6 +104,31 @@ class GoogleCloudOauthProfileMapping(_BigQueryProfileMapping):
         return {}
 
 
+# What google-auth needs from a service-account key. dbt-bigquery, missing one, falls back to running
+# `gcloud auth application-default login` and reports only that command's failure.
+_KEY_FIELDS = ("private_key", "client_email", "token_uri")
+
+
+def service_account_info(conn_id: str, keyfile: Any) -> dict[str, Any]:
+    """The ``keyfile_dict`` extra as a key dict; a ConfigurationError naming what is wrong (never a value of it)."""
+    if isinstance(keyfile, str):
+        try:
+            keyfile = json.loads(keyfile)
+        except ValueError:
+            keyfile = None
+    if not isinstance(keyfile, Mapping):
+        raise ConfigurationError(
+            f"connection {conn_id!r}: 'keyfile_dict' is not valid JSON; paste the key file's content."
+        )
+    missing = [name for name in _KEY_FIELDS if not keyfile.get(name)]
+    if missing:
+        raise ConfigurationError(
+            f"connection {conn_id!r}: 'keyfile_dict' is not a service-account key (it lacks {', '.join(missing)}); "
+            "paste the whole JSON key file of the service account (IAM > Service accounts > Keys > Add key)."
+        )
+    return dict(keyfile)
+
+
 def split_secrets(target: dict[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:
     """Replace secret values with ``env_var()`` references; return (safe target, env holding the secrets)."""
     env: dict[str, str] = {}
@@ -124,15 +146,16 @@ def split_secrets(target: dict[str, Any]) -> tuple[dict[str, Any], dict[str, str
     return scrub(target, ""), env
 
 
-def connection_extras(conn_id: str) -> dict[str, Any]:
-    """The extras of an Airflow connection, resolved where the task runs."""
+def connection_extras(conn_id: str, named_by: str = "profile_mapping's conn_id") -> dict[str, Any]:
+    """The extras of an Airflow connection, resolved where the task runs; ``named_by`` is the setting holding
+    ``conn_id``, which the error names as the thing to fix."""
     from airflow.sdk import Connection
 
     try:
         conn = Connection.get(conn_id)
     except Exception as exc:  # Airflow raises AirflowNotFoundException / task-sdk errors
         raise ConfigurationError(f"Airflow connection {conn_id!r} cannot be read ({type(exc).__name__}); create it "
-                                 "or fix profile_mapping's conn_id.") from None
+                                 f"or fix {named_by}.") from None
     return dict(conn.extra_dejson or {})
 
 
@@ -197,7 +220,7 @@ def dbt_profile(profile_config: ProfileConfig, target: Mapping[str, Any]) -> Ite
         yield profiles_dir, env
 
 
-def gcs_storage_options(extras: Mapping[str, Any]) -> dict[str, Any]:
+def gcs_storage_options(extras: Mapping[str, Any], conn_id: str = "?") -> dict[str, Any]:
     """gcsfs options for a ``google_cloud_platform`` connection's extras (key, key file, anonymous or ADC)."""
     options: dict[str, Any] = {}
     if project := _extra(extras, "project"):
@@ -208,7 +231,8 @@ def gcs_storage_options(extras: Mapping[str, Any]) -> dict[str, Any]:
     if str(_extra(extras, "anonymous")).lower() == "true":
         options["token"] = "anon"
     elif keyfile:
-        options["token"] = json.loads(keyfile) if isinstance(keyfile, str) else dict(keyfile)
+        # Checked here: gcsfs takes a dict without a private key for user credentials and fails on 'refresh_token'.
+        options["token"] = service_account_info(conn_id, keyfile)
     elif key_path := _extra(extras, "key_path"):
         options["token"] = key_path
     else:

@@ -50,8 +50,11 @@ class RemoteTarget:
             )
         scheme = url.split("://", 1)[0] if "://" in url else ""
         if scheme not in SUPPORTED_SCHEMES:
+            # memory:// is accepted (tests, one process) but never suggested: the triggerer cannot read it.
             raise ConfigurationError(
-                f"remote target path {url!r} has an unsupported scheme; use gs://, file:// or memory://."
+                f"remote target path {url!r} has an unsupported scheme ({f'{scheme}://' if scheme else 'none'}); "
+                "set AIRFLOW__COSMOS__REMOTE_TARGET_PATH (or operator_args['remote_target_path']) to "
+                "gs://bucket/prefix, or to file:///path on a disk that the workers and the triggerer share."
             )
         if scheme in ("gs", "gcs") and not conn_id:
             raise ConfigurationError(
@@ -73,7 +76,9 @@ class RemoteTarget:
             return {}
         from cosmos_async.profiles import connection_extras, gcs_storage_options
 
-        return gcs_storage_options(connection_extras(self.conn_id))
+        extras = connection_extras(self.conn_id, named_by="AIRFLOW__COSMOS__REMOTE_TARGET_PATH_CONN_ID (or "
+                                   "operator_args['remote_target_path_conn_id'])")
+        return gcs_storage_options(extras, self.conn_id)
 
     def run_prefix(self, dag_id: str, run_id: str) -> str:
         return run_prefix(self.url, dag_id, run_id)
@@ -136,7 +141,8 @@ def upload_capture(target: RemoteTarget, dag_id: str, run_id: str, capture: Capt
         fs.pipe_file(_strip_scheme(fs, index_path(prefix)), json.dumps(index, indent=1).encode())
     except Exception as exc:
         raise RemoteStorageError(f"cannot write the run's SQL under {prefix}: {type(exc).__name__}: {exc}. Check "
-                                 "that the bucket/path exists and the connection may write to it.") from exc
+                                 "that the bucket/path exists, that its endpoint is reachable from the worker and "
+                                 "that the connection may write to it.") from exc
     return index
 
 

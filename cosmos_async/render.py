@@ -17,7 +17,7 @@ from cosmos_async.config import (
     RenderConfig,
     check_operator_args,
 )
-from cosmos_async.errors import ConfigurationError
+from cosmos_async.errors import ConfigurationError, SelectionError
 from cosmos_async.plan import TaskPlan, node_selector, plan_tasks
 from cosmos_async.project.load import load_project
 from cosmos_async.project.manifest import DbtNode, Manifest
@@ -55,7 +55,28 @@ class _Renderer:
         self.manifest: Manifest = load_project(self.project, self.render, self.profile, self.project_dir)
         self.selected = select_nodes(self.manifest, self.render.select, self.render.exclude)
         self.plans = plan_tasks(self.manifest, self.selected, self.render.test_behavior)
+        if not self.plans:
+            # A DAG without dbt tasks parses, runs and succeeds doing nothing: a typo in a selector would go
+            # unnoticed, so refuse it here.
+            self.refuse_empty_dag()
         self.plan_by_key = {plan.key: plan for plan in self.plans}
+
+    def refuse_empty_dag(self) -> None:
+        """Raise the error for a selection (or project) that renders no dbt task, naming both."""
+        manifest = self.project.manifest_path
+        read = manifest if manifest is not None and manifest.is_file() else self.project_dir  # as load_project did
+        where = f"dbt project {self.manifest.project_name or '?'!r} ({read})"
+        if self.selected:
+            found = (f"{len(self.selected)} node(s) of {where}, none of which becomes a task (ephemeral models are "
+                     f"inlined into their children; tests get none with {self.render.test_behavior})")
+        else:
+            found = f"no model, seed, snapshot or test of {where}"
+        if not (self.render.select or self.render.exclude):
+            raise ConfigurationError(f"the DAG would have no dbt tasks: ProjectConfig leads to {found}; point it at "
+                                     "the project (or the manifest) that holds your models.")
+        chosen = f"RenderConfig(select={self.render.select!r}, exclude={self.render.exclude!r})"
+        raise SelectionError(f"{chosen} selects {found}, so the DAG would have no dbt tasks; correct the selectors "
+                             "(`dbt ls --select ... --exclude ...` lists what they match) or remove them.")
 
     @cached_property
     def dbt_kwargs(self) -> dict[str, Any]:

@@ -6,10 +6,9 @@ import hashlib
 import json
 
 import pytest
-from cosmos_async_triggers.layout import run_prefix, segment
+from cosmos_async_triggers.layout import segment
 
 from cosmos_async.capture import Capture, NodeCapture
-from cosmos_async.errors import ConfigurationError
 from cosmos_async.remote import RemoteStorageError, RemoteTarget, delete_run, read_index, upload_capture
 
 HOSTILE = ["../../etc/passwd", "a/b", "..", ".", "~x", "run id with spaces", "manual__2026-11-25T00:00:00+00:00"]
@@ -53,36 +52,6 @@ def test_upload_writes_index_with_sha256_then_teardown_removes_only_its_run(targ
     assert read_index(target, "dag", "run_2")["run_id"] == "run_2"  # the other run is untouched
 
 
-@pytest.mark.parametrize("name", HOSTILE)
-def test_hostile_names_stay_inside_the_run_prefix(name: str, tmp_path) -> None:
-    encoded = segment(name)
-    assert "/" not in encoded and encoded not in (".", "..") and not encoded.startswith(".")
-    prefix = run_prefix(f"file://{tmp_path}", name, name)
-    assert prefix.startswith(f"file://{tmp_path}/") and prefix.count("/") == f"file://{tmp_path}".count("/") + 2
-
-
 def test_segments_are_distinct_for_distinct_names() -> None:
     names = [*HOSTILE, "a_b", "a~2Fb", "a%2Fb"]
     assert len({segment(n) for n in names}) == len(names)
-
-
-@pytest.mark.parametrize("url, message", [
-    (None, "AIRFLOW__COSMOS__REMOTE_TARGET_PATH"),
-    ("  ", "AIRFLOW__COSMOS__REMOTE_TARGET_PATH"),
-    ("s3://bucket/x", "unsupported scheme"),
-    ("gs://bucket/x", "AIRFLOW__COSMOS__REMOTE_TARGET_PATH_CONN_ID"),
-])
-def test_missing_or_unsupported_remote_path_names_the_setting(url, message, monkeypatch) -> None:
-    monkeypatch.delenv("AIRFLOW__COSMOS__REMOTE_TARGET_PATH", raising=False)
-    monkeypatch.delenv("AIRFLOW__COSMOS__REMOTE_TARGET_PATH_CONN_ID", raising=False)
-    with pytest.raises(ConfigurationError, match=message):
-        RemoteTarget.from_config(url)
-
-
-def test_unreachable_bucket_is_one_clear_error(monkeypatch) -> None:
-    monkeypatch.setenv("AIRFLOW_CONN_GCS_DOWN", json.dumps({
-        "conn_type": "google_cloud_platform",
-        "extra": {"project": "demo-proj", "anonymous": True, "storage_api_endpoint": "http://127.0.0.1:9"}}))
-    target = RemoteTarget.from_config("gs://nowhere/x", "gcs_down")
-    with pytest.raises(RemoteStorageError, match="cannot write the run's SQL"):
-        upload_capture(target, "dag", "run", _capture(), {"model.p.a"})

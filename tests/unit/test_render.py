@@ -17,17 +17,12 @@ from cosmos_async import (
     ProjectConfig,
     RenderConfig,
 )
-from cosmos_async.errors import ConfigurationError
 
 PROJECT = Path(__file__).resolve().parents[2] / "dev" / "dags" / "dbt" / "corner_shop"
 
 
-def _dag(monkeypatch: pytest.MonkeyPatch, profile_args: dict | None = None, remote: str | None = "file:///tmp/x",
-         **kwargs) -> DbtDag:
-    if remote:
-        monkeypatch.setenv("AIRFLOW__COSMOS__REMOTE_TARGET_PATH", remote)
-    else:
-        monkeypatch.delenv("AIRFLOW__COSMOS__REMOTE_TARGET_PATH", raising=False)
+def _dag(monkeypatch: pytest.MonkeyPatch, profile_args: dict | None = None, **kwargs) -> DbtDag:
+    monkeypatch.setenv("AIRFLOW__COSMOS__REMOTE_TARGET_PATH", "file:///tmp/x")
     mapping = GoogleCloudServiceAccountDictProfileMapping(
         conn_id="gcp_conn", profile_args={"dataset": "shop", "project": "data-proj", **(profile_args or {})})
     return DbtDag(dag_id="render_test", schedule=None,
@@ -63,13 +58,6 @@ def test_assets_use_the_real_relation(monkeypatch: pytest.MonkeyPatch) -> None:
     assert outlets["orders.test"] == []
     no_assets = _dag(monkeypatch, render_config=RenderConfig(emit_datasets=False))
     assert all(not t.outlets for t in no_assets.tasks)
-
-
-def test_missing_remote_path_fails_at_parse_naming_the_variable(monkeypatch: pytest.MonkeyPatch) -> None:
-    with pytest.raises(ConfigurationError, match="AIRFLOW__COSMOS__REMOTE_TARGET_PATH"):
-        _dag(monkeypatch, remote=None)
-    with pytest.raises(ConfigurationError, match="REMOTE_TARGET_PATH_CONN_ID"):
-        _dag(monkeypatch, remote="gs://bucket/prefix")
 
 
 def test_parsing_with_a_manifest_imports_no_dbt(tmp_path: Path) -> None:

@@ -91,7 +91,9 @@ async def _read_connection(conn_id: str) -> GcpConnection:
     try:
         conn = await Connection.async_get(conn_id)
     except Exception as exc:
-        raise GcpAuthError(f"cannot read Airflow connection {conn_id!r}: {type(exc).__name__}: {exc}") from None
+        raise GcpAuthError(f"cannot read Airflow connection {conn_id!r}: {type(exc).__name__}: {exc}; create it "
+                           "where the triggerer can read it (the metadata database or a secrets backend) or fix "
+                           "the conn id the task names") from None
     extras = await conn.aextra_dejson() if hasattr(conn, "aextra_dejson") else conn.extra_dejson
     return GcpConnection.from_extras(conn_id, extras or {})
 
@@ -147,7 +149,9 @@ def _refresh_locked(conn: GcpConnection, key: tuple[str, tuple[str, ...]]) -> st
             # Token endpoint errors carry its response (e.g. "invalid_grant"), never the key itself.
             failure = f"{type(exc).__name__}: {str(exc)[:300]}"
         if failure is not None:  # raised outside the except block: no __context__ holding google-auth's objects
-            raise GcpAuthError(f"connection {conn.conn_id!r}: cannot get an access token: {failure}")
+            raise GcpAuthError(f"connection {conn.conn_id!r}: cannot get an access token: {failure}. Google refused "
+                               "the connection's credentials (a deleted or revoked key, a disabled service account "
+                               "or a wrong token_uri): put a valid key into the connection the triggerer reads")
         expiry = getattr(creds, "expiry", None)
         # google-auth's expiry is a naive UTC datetime.
         expires_at = expiry.replace(tzinfo=timezone.utc).timestamp() if expiry else float("inf")
@@ -177,7 +181,9 @@ def _load_credentials(conn: GcpConnection) -> Any:
     except Exception as exc:
         if not keyfile and not key_path:  # ADC errors explain where google-auth looked; no key involved
             failure = (f"connection {conn.conn_id!r} has no keyfile_dict/key_path and Application Default "
-                       f"Credentials failed: {type(exc).__name__}: {exc}")
+                       f"Credentials failed: {type(exc).__name__}: {str(exc).rstrip('.')}. Make them available "
+                       "to the triggerer (workload identity, or GOOGLE_APPLICATION_CREDENTIALS naming a key file), "
+                       "or put a service-account key into the connection's keyfile_dict")
         else:  # never quote a parse error: it may echo parts of the key
             failure = (f"connection {conn.conn_id!r}: cannot load a service-account key from "
                        f"{'keyfile_dict' if keyfile else 'key_path'} ({type(exc).__name__}); check that it holds "
