@@ -13,6 +13,7 @@ os.environ["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
 
 import pytest
 
+from tests.support.bq_lifecycle_proxy import LifecycleProxy
 from tests.support.credentials import TokenEndpoint
 from tests.support.emulators import Emulator, start_bigquery, start_gcs
 
@@ -29,6 +30,14 @@ def gcs_emulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Emulator]
     emulator = start_gcs(tmp_path_factory.mktemp("gcs"))
     yield emulator
     emulator.stop()
+
+
+@pytest.fixture(scope="module")
+def proxy(bigquery_emulator: Emulator) -> Iterator[LifecycleProxy]:
+    """The BigQuery job-lifecycle proxy (RUNNING phase, 409s, cancels, injected faults), one per test module."""
+    p = LifecycleProxy(bigquery_emulator.endpoint).start()
+    yield p
+    p.stop()
 
 
 @pytest.fixture(scope="session")

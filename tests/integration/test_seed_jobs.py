@@ -40,13 +40,6 @@ def client(bigquery_emulator) -> bigquery.Client:
                            client_options=ClientOptions(api_endpoint=bigquery_emulator.endpoint))
 
 
-@pytest.fixture(scope="module")
-def proxy(bigquery_emulator) -> Iterator[LifecycleProxy]:
-    p = LifecycleProxy(bigquery_emulator.endpoint).start()
-    yield p
-    p.stop()
-
-
 @pytest.fixture(scope="module", autouse=True)
 def connections(bigquery_emulator, gcs_emulator, proxy) -> Iterator[None]:
     with emulator_connections(PROJECT, bigquery_emulator.endpoint, proxy.url, gcs_emulator.endpoint) as mp:

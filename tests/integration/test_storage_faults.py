@@ -1,7 +1,7 @@
 """Faults on the storage side: the setup task's upload (gcsfs) and the trigger's SQL fetch (REST), on the GCS emulator.
 
 A :class:`~tests.support.bq_lifecycle_proxy.LifecycleProxy` sits in front of the GCS emulator (it forwards paths
-that are not BigQuery's unchanged) and injects 429/503, dropped connections and delays by rule; a second one in
+that are not BigQuery's unchanged) and injects 429/503, dropped connections and delays by rule; the shared ``proxy`` in
 front of the BigQuery emulator counts the jobs the trigger submits. Transient faults must be retried and leave the
 run complete; a permanent one must fail with one message naming the object and the cause, with nothing submitted.
 """
@@ -36,24 +36,17 @@ def storage_proxy(gcs_emulator) -> Iterator[LifecycleProxy]:
     p.stop()
 
 
-@pytest.fixture(scope="module")
-def bq_proxy(bigquery_emulator) -> Iterator[LifecycleProxy]:
-    p = LifecycleProxy(bigquery_emulator.endpoint).start()
-    yield p
-    p.stop()
-
-
 @pytest.fixture(scope="module", autouse=True)
-def connections(bigquery_emulator, bq_proxy, storage_proxy) -> Iterator[None]:
-    # gcs_test reaches the GCS emulator through storage_proxy; gcp_proxy reaches BigQuery through bq_proxy.
-    with emulator_connections(PROJECT, bigquery_emulator.endpoint, bq_proxy.url, storage_proxy.url):
+def connections(bigquery_emulator, proxy, storage_proxy) -> Iterator[None]:
+    # gcs_test reaches the GCS emulator through storage_proxy; gcp_proxy reaches BigQuery through proxy.
+    with emulator_connections(PROJECT, bigquery_emulator.endpoint, proxy.url, storage_proxy.url):
         yield
 
 
 @pytest.fixture(autouse=True)
-def clean(storage_proxy: LifecycleProxy, bq_proxy: LifecycleProxy) -> None:
+def clean(storage_proxy: LifecycleProxy, proxy: LifecycleProxy) -> None:
     storage_proxy.reset()
-    bq_proxy.reset()
+    proxy.reset()
 
 
 @pytest.fixture
@@ -132,7 +125,7 @@ def test_upload_refused_fails_setup_with_one_message_and_no_index(target: Remote
 
 
 def test_sql_fetch_retried_fault_injected_503_429_reset_delay(target: RemoteTarget, storage_proxy: LifecycleProxy,
-                                                              bq_proxy: LifecycleProxy) -> None:
+                                                              proxy: LifecycleProxy) -> None:
     capture, wanted = capture_of(1)
     run_id = f"fetch-{uuid.uuid4().hex[:8]}"
     upload_capture(target, "dag", run_id, capture, wanted)
@@ -144,11 +137,11 @@ def test_sql_fetch_retried_fault_injected_503_429_reset_delay(target: RemoteTarg
 
     assert payload["status"] == "success", payload
     assert storage_proxy.faults_fired == {"503": 2, "429": 1, "reset": 1, "delay": 1}
-    assert list(bq_proxy.inserts.values()) == [1], "the node's job is submitted once"
+    assert list(proxy.inserts.values()) == [1], "the node's job is submitted once"
 
 
 def test_sql_fetch_failing_for_good_gives_up_bounded_and_submits_nothing(
-        target: RemoteTarget, storage_proxy: LifecycleProxy, bq_proxy: LifecycleProxy) -> None:
+        target: RemoteTarget, storage_proxy: LifecycleProxy, proxy: LifecycleProxy) -> None:
     capture, wanted = capture_of(1)
     run_id = f"gone-{uuid.uuid4().hex[:8]}"
     upload_capture(target, "dag", run_id, capture, wanted)
@@ -159,4 +152,4 @@ def test_sql_fetch_failing_for_good_gives_up_bounded_and_submits_nothing(
     assert "index.json" in payload["message"] and "HTTP 503" in payload["message"], payload["message"]
     assert "gave up after" in payload["message"], payload["message"]
     assert storage_proxy.faults_fired["503"] <= rest.DEFAULT_RETRY.attempts, "retries are bounded"
-    assert bq_proxy.inserts == {}, "nothing was submitted"
+    assert proxy.inserts == {}, "nothing was submitted"

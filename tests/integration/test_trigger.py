@@ -31,13 +31,6 @@ PROJECT = "demo-proj"
 
 
 @pytest.fixture(scope="module")
-def proxy(bigquery_emulator) -> Iterator[LifecycleProxy]:
-    p = LifecycleProxy(bigquery_emulator.endpoint).start()
-    yield p
-    p.stop()
-
-
-@pytest.fixture(scope="module")
 def bq_client(bigquery_emulator) -> Any:
     from google.api_core.client_options import ClientOptions
     from google.auth.credentials import AnonymousCredentials
