@@ -220,7 +220,7 @@ def dbt_profile(profile_config: ProfileConfig, target: Mapping[str, Any]) -> Ite
         yield profiles_dir, env
 
 
-def gcs_storage_options(extras: Mapping[str, Any], conn_id: str = "?") -> dict[str, Any]:
+def gcs_storage_options(extras: Mapping[str, Any], conn_id: str) -> dict[str, Any]:
     """gcsfs options for a ``google_cloud_platform`` connection's extras (key, key file, anonymous or ADC)."""
     options: dict[str, Any] = {}
     if project := _extra(extras, "project"):

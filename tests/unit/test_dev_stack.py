@@ -236,8 +236,8 @@ def test_settings_connection_maps_to_a_dbt_target_on_the_emulators() -> None:
     assert target["api_endpoint"] == "http://bigquery-emulator:9050"
     assert target["method"] == "oauth-secrets"
     assert (target["project"], target["dataset"]) == ("demo-proj", "x")
-    assert gcs_storage_options(extras) == {"project": "demo-proj", "endpoint_url": "http://gcs-emulator:9023",
-                                           "token": "anon"}
+    assert gcs_storage_options(extras, "gcp_conn") == {"project": "demo-proj",
+                                                       "endpoint_url": "http://gcs-emulator:9023", "token": "anon"}
 
 
 def test_production_connection_block_maps_to_a_service_account_target() -> None:
