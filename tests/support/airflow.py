@@ -346,12 +346,15 @@ class AirflowStack:
     def task_instances(self, dag_id: str, run_id: str) -> list[dict[str, Any]]:
         """All task instances of the run, as the API returns them (task_id, map_index, state, dates, try_number,
         duration, hostname, queue, pid, executor, id, next_method, ...)."""
-        path = f"/dags/{self._q(dag_id, 'dagRuns', run_id)}/taskInstances"
+        return self._all_pages(f"/dags/{self._q(dag_id, 'dagRuns', run_id)}/taskInstances", "task_instances")
+
+    def _all_pages(self, path: str, key: str) -> list[dict[str, Any]]:
+        """Every item of a paginated list endpoint (``key`` holds a page's items)."""
         out: list[dict[str, Any]] = []
         while True:
             page = self.api("GET", path, params={"limit": 100, "offset": len(out)})
-            out += page["task_instances"]
-            if len(out) >= page["total_entries"] or not page["task_instances"]:
+            out += page[key]
+            if len(out) >= page["total_entries"] or not page[key]:
                 return out
 
     def task_instance(self, dag_id: str, run_id: str, task_id: str, map_index: int = -1) -> dict[str, Any]:
@@ -373,13 +376,8 @@ class AirflowStack:
     def xcom_entries(self, dag_id: str, run_id: str) -> list[dict[str, Any]]:
         """Every XCom of the run, whatever task or key pushed it, each with its ``value``."""
         # The list endpoint gives keys only (``~`` = every task); the values come one by one.
-        path = f"/dags/{self._q(dag_id, 'dagRuns', run_id, 'taskInstances')}/~/xcomEntries"
-        entries: list[dict[str, Any]] = []
-        while True:
-            page = self.api("GET", path, params={"limit": 100, "offset": len(entries)})
-            entries += page["xcom_entries"]
-            if len(entries) >= page["total_entries"] or not page["xcom_entries"]:
-                break
+        entries = self._all_pages(f"/dags/{self._q(dag_id, 'dagRuns', run_id, 'taskInstances')}/~/xcomEntries",
+                                  "xcom_entries")
         return [{**e, "value": self.xcom(dag_id, run_id, e["task_id"], e["key"], e["map_index"])} for e in entries]
 
     def clear_task(self, dag_id: str, run_id: str, task_ids: list[str]) -> list[dict[str, Any]]:

@@ -26,12 +26,12 @@ import shutil
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+import pytest
 from cosmos_async_triggers.layout import job_id_base
 from google.api_core.client_options import ClientOptions
 from google.auth.credentials import AnonymousCredentials
@@ -224,20 +224,6 @@ def _capture(out: list[Any], func: Any, *args: Any) -> None:
         out.append(func(*args))
     except BaseException as exc:
         out.append(exc)
-
-
-@contextlib.contextmanager
-def _env(**values: str) -> Iterator[None]:
-    old = {k: os.environ.get(k) for k in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 class FaultRig:
@@ -520,8 +506,10 @@ class FaultRig:
             oracle_dir = self.root / "oracle"
             shutil.copytree(self.project_dir, oracle_dir, dirs_exist_ok=True,
                             ignore=shutil.ignore_patterns("target", "logs"))
-            with _env(BIGQUERY_API_ENDPOINT=self.bigquery_endpoint, BIGQUERY_DATASET=ORACLE_DATASET,
-                      BIGQUERY_PROJECT=PROJECT):
+            with pytest.MonkeyPatch.context() as env:
+                for name, value in (("BIGQUERY_API_ENDPOINT", self.bigquery_endpoint),
+                                    ("BIGQUERY_DATASET", ORACLE_DATASET), ("BIGQUERY_PROJECT", PROJECT)):
+                    env.setenv(name, value)
                 dbt_build(oracle_dir)
             self._oracle = built_tables(self.client, ORACLE_DATASET)
             log(f"oracle dbt build: {len(self._oracle)} tables in {time.monotonic() - started:.1f}s")
