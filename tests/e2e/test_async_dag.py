@@ -52,6 +52,16 @@ corner_shop_broken = DbtDag(
                                  profile_mapping=GoogleCloudServiceAccountDictProfileMapping(
                                      conn_id="gcp_conn", profile_args={"dataset": "async_broken"})),
     render_config=RenderConfig(select=["+stg_orders", "+stg_customers", "orders"]), **common)
+# Two runs at once share their tables, and dbt-bigquery reloads a seed by dropping it first: the overlapping
+# runs read seeds loaded before them, so that one run's reload cannot break the other's reads. stg_customers is
+# in because dbt selects tests eagerly: a relationships test of stg_orders reads it.
+corner_shop_twice = DbtDag(
+    dag_id="corner_shop_twice", project_config=project_config,
+    profile_config=ProfileConfig(profile_name="corner_shop", target_name="dev",
+                                 profile_mapping=GoogleCloudServiceAccountDictProfileMapping(
+                                     conn_id="gcp_conn", profile_args={"dataset": "async_twice"})),
+    render_config=RenderConfig(select=["+daily_revenue", "+orders", "stg_customers"],
+                               exclude=["resource_type:seed"]), **common)
 '''
 
 
@@ -80,7 +90,7 @@ def stack(tmp_path_factory, bigquery_emulator, gcs_emulator, key) -> Iterator[Ai
            "AIRFLOW__COSMOS__POLL_INTERVAL": "0.5",
            "PYTHONPATH": str(REPO)}
     with AirflowStack(tmp_path_factory.mktemp("airflow"), dags, env=env, parallelism=4) as af:
-        for dag_id in ("corner_shop", "corner_shop_worker", "corner_shop_broken"):
+        for dag_id in ("corner_shop", "corner_shop_worker", "corner_shop_broken", "corner_shop_twice"):
             af.wait_for_dag(dag_id, timeout=120)
         yield af
 
@@ -184,21 +194,29 @@ def test_broken_model_fails_with_bigquery_message_and_teardown_still_cleans(stac
     assert _remote_files(gcs, gcs_emulator.extra["bucket"], "corner_shop_broken") == []
 
 
-def test_concurrent_runs_keep_their_own_files_and_a_cleared_model_reruns(stack: AirflowStack, gcs,
-                                                                          gcs_emulator) -> None:
+def test_concurrent_runs_keep_their_own_files_and_a_cleared_model_reruns(
+        stack: AirflowStack, client, gcs, gcs_emulator, bigquery_emulator, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
     """astronomer-cosmos #1613 (runs deleting each other's SQL) and #2066 (a model cannot re-run after teardown)."""
-    first, second = stack.trigger("corner_shop"), stack.trigger("corner_shop")
-    for run_id in (first, second):
-        assert stack.wait_for_run("corner_shop", run_id, timeout=300) == "success", \
-            _failures(stack, "corner_shop", run_id)
+    monkeypatch.setenv("BIGQUERY_API_ENDPOINT", bigquery_emulator.endpoint)
+    monkeypatch.setenv("BIGQUERY_DATASET", "async_twice")
+    seeds = tmp_path / "seeds"
+    shutil.copytree(DAGS / "dbt" / "corner_shop", seeds)
+    dbt_build(seeds, seeds_only=True)
 
-    cleared = {ti["task_id"] for ti in stack.clear_task("corner_shop", first, ["daily_revenue.run"])}
+    dag_id = "corner_shop_twice"
+    first, second = stack.trigger(dag_id), stack.trigger(dag_id)
+    for run_id in (first, second):
+        assert stack.wait_for_run(dag_id, run_id, timeout=300) == "success", _failures(stack, dag_id, run_id)
+
+    cleared = {ti["task_id"] for ti in stack.clear_task(dag_id, first, ["daily_revenue.run"])}
     # Airflow clears a task's setup and teardowns with it: the SQL is uploaded again before the model runs.
     assert {"dbt_setup_async", "daily_revenue.run", "dbt_teardown_async"} <= cleared, cleared
-    assert stack.wait_for_run("corner_shop", first, timeout=300) == "success", _states(stack, "corner_shop", first)
-    rerun = {ti["task_id"]: ti for ti in stack.task_instances("corner_shop", first)}["daily_revenue.run"]
+    assert stack.wait_for_run(dag_id, first, timeout=300) == "success", _states(stack, dag_id, first)
+    rerun = {ti["task_id"]: ti for ti in stack.task_instances(dag_id, first)}["daily_revenue.run"]
     assert (rerun["state"], rerun["try_number"]) == ("success", 2)
-    jobs = stack.xcom("corner_shop", first, "daily_revenue.run")
+    jobs = stack.xcom(dag_id, first, "daily_revenue.run")
     # The first try's job is older than the new upload: the re-run submits a new attempt instead of reusing it.
     assert jobs and jobs[0]["job_id"].endswith("_1"), jobs
-    assert _remote_files(gcs, gcs_emulator.extra["bucket"], "corner_shop") == []
+    assert _remote_files(gcs, gcs_emulator.extra["bucket"], dag_id) == []
+    assert built_tables(client, "async_twice")["_marts.daily_revenue"], "daily_revenue is empty"
