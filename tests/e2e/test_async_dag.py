@@ -38,6 +38,13 @@ BROKEN = Path(__file__).parent / "broken_project"
 common = dict(schedule=None, start_date=datetime(2026, 1, 1), catchup=False,
               execution_config=ExecutionConfig(execution_mode=ExecutionMode.AIRFLOW_ASYNC))
 
+
+def profile_in(dataset):
+    return ProfileConfig(profile_name="corner_shop", target_name="dev",
+                         profile_mapping=GoogleCloudServiceAccountDictProfileMapping(
+                             conn_id="gcp_conn", profile_args={"dataset": dataset}))
+
+
 # Subsets keep the suite short: what these runs show does not need every node.
 # The worker path, with the run's files on file:// instead of the bucket.
 LOCAL_REMOTE = "file://" + str(Path(__file__).parent / "remote")
@@ -48,18 +55,14 @@ corner_shop_worker = DbtDag(dag_id="corner_shop_worker", project_config=project_
 corner_shop_broken = DbtDag(
     dag_id="corner_shop_broken",
     project_config=ProjectConfig(dbt_project_path=BROKEN, manifest_path=BROKEN / "manifest.json"),
-    profile_config=ProfileConfig(profile_name="corner_shop", target_name="dev",
-                                 profile_mapping=GoogleCloudServiceAccountDictProfileMapping(
-                                     conn_id="gcp_conn", profile_args={"dataset": "async_broken"})),
+    profile_config=profile_in("async_broken"),
     render_config=RenderConfig(select=["+stg_orders", "+stg_customers", "orders"]), **common)
 # Two runs at once share their tables, and dbt-bigquery reloads a seed by dropping it first: the overlapping
-# runs read seeds loaded before them, so that one run's reload cannot break the other's reads. stg_customers is
-# in because dbt selects tests eagerly: a relationships test of stg_orders reads it.
+# runs read seeds loaded before them, so that one run's reload cannot break the other's reads. stg_customers and
+# orders are in because dbt selects tests eagerly, and tests of stg_orders and stg_payments read them.
 corner_shop_twice = DbtDag(
     dag_id="corner_shop_twice", project_config=project_config,
-    profile_config=ProfileConfig(profile_name="corner_shop", target_name="dev",
-                                 profile_mapping=GoogleCloudServiceAccountDictProfileMapping(
-                                     conn_id="gcp_conn", profile_args={"dataset": "async_twice"})),
+    profile_config=profile_in("async_twice"),
     render_config=RenderConfig(select=["+daily_revenue", "+orders", "stg_customers"],
                                exclude=["resource_type:seed"]), **common)
 '''
