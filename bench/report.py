@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 ANCHORS = """## Anchors — published elsewhere, NOT measured here
@@ -23,67 +24,74 @@ def _err(v: dict) -> str:
     return "FAILED: " + (lines[-1] if lines else "?").replace("|", "\\|")[:200]
 
 
-def parse_table(rows: list[dict]) -> list[str]:
-    out = ["## 1. DAG parse time (fresh interpreter per sample, warm .pyc; Airflow SDK imported before the clock)",
-           "", "| models | variant | median | peak RSS (process) | tasks | x floor | runs | heavy imports |",
-           "|---:|---|---:|---:|---:|---:|---:|---|"]
+def _table(title: str, header: str, separator: str, rows: Iterable[list[Any]]) -> list[str]:
+    """A markdown section: rows with fewer cells than the header (a variant that failed) get empty cells."""
+    width = separator.count("|") - 1
+    lines = [title, "", header, separator]
+    for cells in rows:
+        texts = [str(c) for c in cells] + [""] * (width - len(cells))
+        lines.append("|" + "|".join(f" {t} " if t else " " for t in texts) + "|")
+    return lines
+
+
+def _ratio(value: Any) -> str:
+    return "-" if value is None else f"{value}x"
+
+
+def _per_variant(rows: list[dict], measured: Callable[[dict, str, dict], list[Any]]) -> Iterator[list[Any]]:
+    """One row per project size and variant; a variant that failed shows its error instead of its figures."""
     for row in rows:
         for name, v in row["variants"].items():
-            if "error" in v:
-                out.append(f"| {row['models']} | {name} | {_err(v)} | | | | | |")
-                continue
-            ratio = row["ratio_vs_floor"].get(name)
-            out.append(f"| {row['models']} | {name} | {v['median_s']:.3f} s | {v['peak_rss_mb']} MB | {v['tasks']} "
-                       f"| {'-' if ratio is None else f'{ratio}x'} | {v['runs']} | {v['heavy_imports'] or '-'} |")
-    return out
+            yield [row["models"], name, *([_err(v)] if "error" in v else measured(row, name, v))]
+
+
+def parse_table(rows: list[dict]) -> list[str]:
+    def measured(row: dict, name: str, v: dict) -> list[Any]:
+        return [f"{v['median_s']:.3f} s", f"{v['peak_rss_mb']} MB", v["tasks"],
+                _ratio(row["ratio_vs_floor"].get(name)), v["runs"], v["heavy_imports"] or "-"]
+    return _table("## 1. DAG parse time (fresh interpreter per sample, warm .pyc; Airflow SDK imported before the "
+                  "clock)", "| models | variant | median | peak RSS (process) | tasks | x floor | runs | "
+                  "heavy imports |", "|---:|---|---:|---:|---:|---:|---:|---|", _per_variant(rows, measured))
 
 
 def setup_table(rows: list[dict]) -> list[str]:
-    out = ["## 2. Setup: our capture + upload vs plain `dbt compile` (BigQuery emulator; fresh process per sample)",
-           "", "| models | variant | median wall | capture | upload | files (fallbacks) | x dbt compile | runs |",
-           "|---:|---|---:|---:|---:|---|---:|---:|"]
-    for row in rows:
-        for name, v in row["variants"].items():
-            if "error" in v:
-                out.append(f"| {row['models']} | {name} | {_err(v)} | | | | | |")
-                continue
-            ratio = row["ratio_vs_dbt_compile"].get(name)
-            files = f"{v['files']} ({v['fallbacks']})" if "files" in v else "-"
-            out.append(f"| {row['models']} | {name} | {v['median_s']:.2f} s | {_s(v.get('median_capture_s'))} | "
-                       f"{_s(v.get('median_upload_s'))} | {files} | {'-' if ratio is None else f'{ratio}x'} | "
-                       f"{v['runs']} |")
-    return out
+    def measured(row: dict, name: str, v: dict) -> list[Any]:
+        files = f"{v['files']} ({v['fallbacks']})" if "files" in v else "-"
+        return [f"{v['median_s']:.2f} s", _s(v.get("median_capture_s")), _s(v.get("median_upload_s")), files,
+                _ratio(row["ratio_vs_dbt_compile"].get(name)), v["runs"]]
+    return _table("## 2. Setup: our capture + upload vs plain `dbt compile` (BigQuery emulator; fresh process per "
+                  "sample)", "| models | variant | median wall | capture | upload | files (fallbacks) | x dbt compile "
+                  "| runs |", "|---:|---|---:|---:|---:|---|---:|---:|", _per_variant(rows, measured))
 
 
 def triggerer_table(rows: list[dict]) -> list[str]:
-    out = ["## 3. Triggerer capacity: N concurrent job waits in one asyncio process (latency server holds each "
-           "job RUNNING)", "", "| trigger | N | hold | poll | wall | wall/hold | CPU | CPU s per 1000 | "
-           "RSS before | peak RSS | RSS MB per 1000 | events |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
-           "---:|---|"]
-    for r in rows:
-        if "error" in r:
-            out.append(f"| {r['trigger']} | {r['n']} | {r['hold_s']} s | {r['poll_interval_s']} s | {_err(r)} "
-                       "| | | | | | | |")
-            continue
-        events = ", ".join(f"{k}: {v}" for k, v in r["events"].items()).replace("|", "\\|")
-        out.append(f"| {r['trigger']} | {r['n']} | {r['hold_s']} s | {r['poll_interval_s']} s | {r['wall_s']} s | "
-                   f"{r['wall_over_hold']}x | {r['cpu_s']} s | {r['cpu_s_per_1000']} | {r['rss_before_mb']} MB | "
-                   f"{r['peak_rss_mb']} MB | {r['rss_mb_per_1000']} | {events} |")
-    return out
+    def cells() -> Iterator[list[Any]]:
+        for r in rows:
+            key = [r["trigger"], r["n"], f"{r['hold_s']} s", f"{r['poll_interval_s']} s"]
+            if "error" in r:
+                yield [*key, _err(r)]
+                continue
+            events = ", ".join(f"{k}: {v}" for k, v in r["events"].items()).replace("|", "\\|")
+            yield [*key, f"{r['wall_s']} s", f"{r['wall_over_hold']}x", f"{r['cpu_s']} s", r["cpu_s_per_1000"],
+                   f"{r['rss_before_mb']} MB", f"{r['peak_rss_mb']} MB", r["rss_mb_per_1000"], events]
+    return _table("## 3. Triggerer capacity: N concurrent job waits in one asyncio process (latency server holds "
+                  "each job RUNNING)", "| trigger | N | hold | poll | wall | wall/hold | CPU | CPU s per 1000 | "
+                  "RSS before | peak RSS | RSS MB per 1000 | events |",
+                  "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|", cells())
 
 
 def airflow_table(rows: list[dict]) -> list[str]:
-    out = ["## 4/5. Real Airflow runs (AirflowStack: scheduler, dag-processor, triggerer, api-server; LocalExecutor, "
-           "SQLite)", "", "| figure | variant | DAG | runs | wall per run | worker slot-s total | worker slot-s per "
-           "model | median scheduling gap | state |", "|---|---|---|---:|---:|---:|---:|---:|---|"]
-    for r in rows:
-        if "error" in r:
-            out.append(f"| {r['figure']} | {r['variant']} | {r.get('dag', '')} | | {_err(r)} | | | | |")
-            continue
-        out.append(f"| {r['figure']} | {r['variant']} | {r['dag']} | {r['runs']} | {_s(r.get('wall_s'))} | "
-                   f"{_s(r.get('worker_s'))} | {_s(r.get('worker_s_per_model'))} | {_s(r.get('median_gap_s'))} | "
-                   f"{r.get('state', '')} |")
-    return out
+    def cells() -> Iterator[list[Any]]:
+        for r in rows:
+            if "error" in r:
+                yield [r["figure"], r["variant"], r.get("dag", ""), "", _err(r)]
+                continue
+            yield [r["figure"], r["variant"], r["dag"], r["runs"], _s(r.get("wall_s")), _s(r.get("worker_s")),
+                   _s(r.get("worker_s_per_model")), _s(r.get("median_gap_s")), r.get("state", "")]
+    return _table("## 4/5. Real Airflow runs (AirflowStack: scheduler, dag-processor, triggerer, api-server; "
+                  "LocalExecutor, SQLite)", "| figure | variant | DAG | runs | wall per run | worker slot-s total | "
+                  "worker slot-s per model | median scheduling gap | state |",
+                  "|---|---|---|---:|---:|---:|---:|---:|---|", cells())
 
 
 def render(doc: dict[str, Any]) -> str:
