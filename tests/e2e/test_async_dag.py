@@ -117,6 +117,16 @@ def _remote_files(gcs: gcsfs.GCSFileSystem, bucket: str, dag_id: str) -> list[st
         return []
 
 
+def _dbt_corner_shop(dataset: str, endpoint: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, *,
+                     seeds_only: bool = False) -> None:
+    """Plain dbt (build, or seed only) on a copy of the example project, into ``dataset`` on the emulator."""
+    monkeypatch.setenv("BIGQUERY_API_ENDPOINT", endpoint)
+    monkeypatch.setenv("BIGQUERY_DATASET", dataset)
+    project = tmp_path / dataset
+    shutil.copytree(DAGS / "dbt" / "corner_shop", project)
+    dbt_build(project, seeds_only=seeds_only)
+
+
 def _states(af: AirflowStack, dag_id: str, run_id: str) -> dict[str, str]:
     return {ti["task_id"]: ti["state"] for ti in af.task_instances(dag_id, run_id)}
 
@@ -136,11 +146,7 @@ def test_async_run_builds_tables_without_worker_slots_and_cleans_up(
     states = _states(stack, "corner_shop", run_id)
     assert set(states.values()) == {"success"}, states
 
-    monkeypatch.setenv("BIGQUERY_API_ENDPOINT", bigquery_emulator.endpoint)
-    monkeypatch.setenv("BIGQUERY_DATASET", "async_oracle")
-    oracle = tmp_path / "oracle"
-    shutil.copytree(DAGS / "dbt" / "corner_shop", oracle)
-    dbt_build(oracle)
+    _dbt_corner_shop("async_oracle", bigquery_emulator.endpoint, tmp_path, monkeypatch)
     assert built_tables(client, DATASET) == built_tables(client, "async_oracle")
 
     slots = stack.worker_seconds("corner_shop", run_id)
@@ -201,11 +207,7 @@ def test_concurrent_runs_keep_their_own_files_and_a_cleared_model_reruns(
         stack: AirflowStack, client, gcs, gcs_emulator, bigquery_emulator, tmp_path: Path,
         monkeypatch: pytest.MonkeyPatch) -> None:
     """astronomer-cosmos #1613 (runs deleting each other's SQL) and #2066 (a model cannot re-run after teardown)."""
-    monkeypatch.setenv("BIGQUERY_API_ENDPOINT", bigquery_emulator.endpoint)
-    monkeypatch.setenv("BIGQUERY_DATASET", "async_twice")
-    seeds = tmp_path / "seeds"
-    shutil.copytree(DAGS / "dbt" / "corner_shop", seeds)
-    dbt_build(seeds, seeds_only=True)
+    _dbt_corner_shop("async_twice", bigquery_emulator.endpoint, tmp_path, monkeypatch, seeds_only=True)
 
     dag_id = "corner_shop_twice"
     first, second = stack.trigger(dag_id), stack.trigger(dag_id)
