@@ -78,7 +78,7 @@ def _mode(member: str) -> str:
             "ExecutionMode.LOCAL or ExecutionMode.AIRFLOW_ASYNC.")
 
 
-P, F, E, R, D, O = OWNERS
+P, F, E, R, D, OA = OWNERS
 ROWS: tuple[Row, ...] = (
     _ok(P, "dbt_project_path", None, "the project dbt runs in (and where `dbt ls` runs when there is no manifest)"),
     _ok(P, "install_dbt_deps", False, "`dbt deps` before each dbt invocation (setup capture, LOCAL tasks)"),
@@ -171,20 +171,20 @@ ROWS: tuple[Row, ...] = (
     _ok(D, "operator_args", None, "keys below; others are refused"),
     _no(D, "on_warning_callback", _callback, refused("DbtDag", "on_warning_callback")),
 
-    _ok(O, "install_deps", True, "`dbt deps` first (overrides ProjectConfig(install_dbt_deps))"),
-    _ok(O, "full_refresh", True, "`--full-refresh` for run/seed/build, in LOCAL tasks and in the setup capture"),
-    _ok(O, "vars", {"run_label": "x"}, "`--vars` (templated at run time), merged over ProjectConfig(dbt_vars)"),
-    _ok(O, "env", {"RUN_LABEL": "{{ ds }}"}, "environment of dbt (templated at run time), over ProjectConfig(env_vars)"),
-    _ok(O, "append_env", False, "True: dbt also sees the worker's environment"),
-    _ok(O, "dbt_cmd_flags", ["--threads", "2"], "flags after the dbt command (LOCAL tasks, setup capture)"),
-    _ok(O, "dbt_cmd_global_flags", ["--no-write-json"], "flags before the dbt command"),
-    _ok(O, "quiet", True, "dbt's `--quiet`"),
-    _ok(O, "fail_fast", True, "dbt's `--fail-fast`"),
-    _ok(O, "cancel_query_on_kill", True, "accepted; a stopped AIRFLOW_ASYNC task always cancels its BigQuery job"),
-    _ok(O, "py_requirements", ["dbt-bigquery"], "ExecutionMode.VIRTUALENV: what its cached virtualenv holds"),
-    _ok(O, "py_system_site_packages", False, "ExecutionMode.VIRTUALENV: the virtualenv sees the worker's packages"),
-    _ok(O, "location", "US", "BigQuery location of AIRFLOW_ASYNC jobs (else the profile's, else [cosmos])"),
-    *(_ok(O, name, value, "Airflow's BaseOperator argument, on every dbt task") for name, value in (
+    _ok(OA, "install_deps", True, "`dbt deps` first (overrides ProjectConfig(install_dbt_deps))"),
+    _ok(OA, "full_refresh", True, "`--full-refresh` for run/seed/build, in LOCAL tasks and in the setup capture"),
+    _ok(OA, "vars", {"run_label": "x"}, "`--vars` (templated at run time), merged over ProjectConfig(dbt_vars)"),
+    _ok(OA, "env", {"RUN_LABEL": "{{ ds }}"}, "dbt's environment (templated at run time), over ProjectConfig(env_vars)"),
+    _ok(OA, "append_env", False, "True: dbt also sees the worker's environment"),
+    _ok(OA, "dbt_cmd_flags", ["--threads", "2"], "flags after the dbt command (LOCAL tasks, setup capture)"),
+    _ok(OA, "dbt_cmd_global_flags", ["--no-write-json"], "flags before the dbt command"),
+    _ok(OA, "quiet", True, "dbt's `--quiet`"),
+    _ok(OA, "fail_fast", True, "dbt's `--fail-fast`"),
+    _ok(OA, "cancel_query_on_kill", True, "accepted; a stopped AIRFLOW_ASYNC task always cancels its BigQuery job"),
+    _ok(OA, "py_requirements", ["dbt-bigquery"], "ExecutionMode.VIRTUALENV: what its cached virtualenv holds"),
+    _ok(OA, "py_system_site_packages", False, "ExecutionMode.VIRTUALENV: the virtualenv sees the worker's packages"),
+    _ok(OA, "location", "US", "BigQuery location of AIRFLOW_ASYNC jobs (else the profile's, else [cosmos])"),
+    *(_ok(OA, name, value, "Airflow's BaseOperator argument, on every dbt task") for name, value in (
         ("retries", 2), ("retry_delay", timedelta(seconds=30)), ("execution_timeout", timedelta(minutes=5)),
         ("pool", "default_pool"), ("pool_slots", 1), ("queue", "default"), ("priority_weight", 2),
         ("owner", "data"), ("email", ["data@example.com"]), ("email_on_failure", False), ("email_on_retry", False),
