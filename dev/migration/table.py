@@ -174,7 +174,7 @@ ROWS: tuple[Row, ...] = (
     _ok(OA, "install_deps", True, "`dbt deps` first (overrides ProjectConfig(install_dbt_deps))"),
     _ok(OA, "full_refresh", True, "`--full-refresh` for run/seed/build, in LOCAL tasks and in the setup capture"),
     _ok(OA, "vars", {"run_label": "x"}, "`--vars` (templated at run time), merged over ProjectConfig(dbt_vars)"),
-    _ok(OA, "env", {"RUN_LABEL": "{{ ds }}"}, "dbt's environment (templated at run time), over ProjectConfig(env_vars)"),
+    _ok(OA, "env", {"RUN_LABEL": "{{ ds }}"}, "dbt's environment (templated at run time), over env_vars"),
     _ok(OA, "append_env", False, "True: dbt also sees the worker's environment"),
     _ok(OA, "dbt_cmd_flags", ["--threads", "2"], "flags after the dbt command (LOCAL tasks, setup capture)"),
     _ok(OA, "dbt_cmd_global_flags", ["--no-write-json"], "flags before the dbt command"),
