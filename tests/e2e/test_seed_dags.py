@@ -88,7 +88,7 @@ def variant_source(variant: Variant, runner: str) -> str:
     text = (SEED_DAGS / f"{seed.file}.py").read_text()
     swaps = [(f'dag_id="{seed.dag_id}"', f'dag_id="{variant.dag_id}"')] if seed.file != seed.dag_id else []
     if variant.mode != seed.mode:
-        swaps.append((f"ExecutionMode.{seed.mode}", f"ExecutionMode.{variant.mode}"))
+        swaps.append((f"=ExecutionMode.{seed.mode}", f"=ExecutionMode.{variant.mode}"))
     if seed.dataset is not None:
         swaps.append((f'"{seed.dataset}"', f'"{variant.dataset(runner)}"'))
     for old, new in swaps:
@@ -158,17 +158,28 @@ def oracle(tmp_path_factory, mini_shop, bigquery_emulator, client) -> dict[str, 
 
 
 @pytest.fixture(scope="module")
-def cache_dir(tmp_path_factory) -> Path:
+def uv_constraint(tmp_path_factory) -> Path:
+    """Pins dbt-core to the installed one for virtualenv builds (a deployment's constraints file): the seeds name
+    only dbt-bigquery, and the dbt-core 1.12 it would pull cannot be built here (FIELD-NOTES)."""
+    path = tmp_path_factory.mktemp("uv") / "constraints.txt"
+    path.write_text(f"dbt-core=={version('dbt-core')}\n")
+    return path
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory, uv_constraint) -> Path:
     """[cosmos] cache_dir of every run: parse-time `dbt ls` results and the dbt virtualenv are built once."""
     cache = tmp_path_factory.mktemp("cosmos-cache")
     # Seed 001's dbt lives in a virtualenv of its own (as MWAA and Astro document); seed 002's
     # async_py_requirements name the same requirement, so its setup task finds this one ready.
-    ensure_venv([DBT_BIGQUERY], root=cache / "venvs")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("UV_CONSTRAINT", str(uv_constraint))
+        ensure_venv([DBT_BIGQUERY], root=cache / "venvs")
     return cache
 
 
 def _deployment_env(runner: str, key: dict, bigquery_endpoint: str, gcs_endpoint: str, bucket: str,
-                    cache: Path) -> dict[str, str]:
+                    cache: Path, uv_constraint: Path) -> dict[str, str]:
     """What the deployment sets: connections, Variables, [cosmos] options, the env the seeds read."""
     def conn(**extra: str) -> str:
         return json.dumps({"conn_type": "google_cloud_platform",
@@ -190,16 +201,18 @@ def _deployment_env(runner: str, key: dict, bigquery_endpoint: str, gcs_endpoint
         "DBT_ADAPTER_VERSION": version("dbt-bigquery"),
         # The seeds' @daily schedules would add runs of their own into the same datasets.
         "AIRFLOW__SCHEDULER__USE_JOB_SCHEDULE": "False",
+        "UV_CONSTRAINT": str(uv_constraint),
         "PYTHONPATH": str(REPO),
     }
 
 
 def _dags_folder(root: Path, runner: str, mini_shop: Path, cache: Path) -> Path:
-    folder = root / f"dags_{runner}"
+    # Laid out like an Astro project (/usr/local/airflow/{dags,python3-virtualenv}): the venv beside the dags.
+    folder = root / f"project_{runner}" / "dags"
     shutil.copytree(mini_shop, folder / "dbt" / "mini_shop")
-    venv = cache / "venvs"
-    (folder / "python3-virtualenv").mkdir()
-    (folder / "python3-virtualenv" / "dbt-env").symlink_to(next(venv.glob("dbt-*/")).resolve())
+    venvs = folder.parent / "python3-virtualenv"
+    venvs.mkdir()
+    (venvs / "dbt-env").symlink_to(next((cache / "venvs").glob("dbt-*/")).resolve())
     for variant in VARIANTS:
         if variant.runnable:
             (folder / f"{variant.seed.file}__{variant.mode.lower()}.py").write_text(variant_source(variant, runner))
@@ -212,10 +225,10 @@ def key(token_endpoint) -> dict:
 
 
 @pytest.fixture(scope="module")
-def deployment(key, bigquery_emulator, gcs_emulator, cache_dir):
+def deployment(key, bigquery_emulator, gcs_emulator, cache_dir, uv_constraint):
     def env(runner: str) -> dict[str, str]:
         return _deployment_env(runner, key, bigquery_emulator.endpoint, gcs_emulator.endpoint,
-                               gcs_emulator.extra["bucket"], cache_dir)
+                               gcs_emulator.extra["bucket"], cache_dir, uv_constraint)
     return env
 
 

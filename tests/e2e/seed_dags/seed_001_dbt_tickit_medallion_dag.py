@@ -1,7 +1,7 @@
 """Seed 001 (MWAA + Redshift blog): ``dags/dbt_tickit_medallion_dag.py``, transcribed.
 
-Changed from the seed, and only this: ``cosmos`` → ``cosmos_async`` in the imports; the Astro paths point into
-this folder (the dbt virtualenv is a link the test makes, as MWAA/Astro document one); the tickit project is
+Changed from the seed, and only this: ``cosmos`` → ``cosmos_async`` in the imports; the Astro paths are relative to
+this file (``/usr/local/airflow`` is its folder's parent, where the test links a dbt virtualenv as Astro documents); the tickit project is
 mini_shop; the Redshift env entries without a default became their BigQuery counterparts (API endpoint, project).
 The entries with defaults stay as the seed has them: they are unused by BigQuery, but are still rendered at run time.
 """
@@ -16,7 +16,7 @@ from airflow.utils import timezone
 from cosmos_async import DbtDag, ExecutionConfig, ProfileConfig, ProjectConfig, RenderConfig
 from cosmos_async.constants import ExecutionMode, LoadMode, TestBehavior
 
-DBT_VENV_BIN = str(Path(__file__).parent / "python3-virtualenv" / "dbt-env" / "bin" / "dbt")
+DBT_VENV_BIN = str(Path(__file__).parents[1] / "python3-virtualenv" / "dbt-env" / "bin" / "dbt")
 DBT_PROJECT_PATH = Path(__file__).parent / "dbt" / "mini_shop"
 DBT_PROFILE_NAME = yaml.safe_load((DBT_PROJECT_PATH / "dbt_project.yml").read_text())["profile"]
 

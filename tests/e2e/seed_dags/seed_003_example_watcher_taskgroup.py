@@ -1,4 +1,4 @@
-"""Seed 003 (Cosmos docs, ExecutionMode.WATCHER): ``example_watcher_taskgroup``, transcribed with the module
+"""Seed 003 (Cosmos docs, the WATCHER execution mode): ``example_watcher_taskgroup``, transcribed with the module
 parts it uses from ``dev/dags/example_watcher.py`` (DBT_PROJECT_PATH, operator_args) and the docs' profile_config.
 
 Changed from the seed, and only this: ``cosmos`` → ``cosmos_async`` in the imports; the jaffle_shop project is
