@@ -17,7 +17,6 @@ import shutil
 import sqlite3
 import subprocess
 import sys
-from collections.abc import Iterator
 from dataclasses import dataclass
 from importlib.metadata import version
 from pathlib import Path
@@ -73,6 +72,10 @@ class Variant:
 
     def dataset(self, runner: str) -> str:
         return f"{runner}_{self.seed.file[:8]}_{self.mode.lower()}"
+
+    @property
+    def file_name(self) -> str:
+        return f"{self.seed.file}__{self.mode.lower()}.py"
 
     @property
     def runnable(self) -> bool:
@@ -199,6 +202,11 @@ def _deployment_env(runner: str, key: dict, bigquery_endpoint: str, gcs_endpoint
         "AIRFLOW__COSMOS__CACHE_DIR": str(cache),
         "AIRFLOW__COSMOS__POLL_INTERVAL": "0.5",
         "DBT_ADAPTER_VERSION": version("dbt-bigquery"),
+        # Seeds 002 and 003 give no manifest, so each parse runs `dbt ls` (cached afterwards); with a dozen
+        # processes on 2 CPUs the first one takes longer than Airflow's 30 s default. Cosmos deployments that
+        # render with dbt ls raise these too.
+        "AIRFLOW__CORE__DAGBAG_IMPORT_TIMEOUT": "150",
+        "AIRFLOW__DAG_PROCESSOR__DAG_FILE_PROCESSOR_TIMEOUT": "180",
         # The seeds' @daily schedules would add runs of their own into the same datasets.
         "AIRFLOW__SCHEDULER__USE_JOB_SCHEDULE": "False",
         "UV_CONSTRAINT": str(uv_constraint),
@@ -215,7 +223,7 @@ def _dags_folder(root: Path, runner: str, mini_shop: Path, cache: Path) -> Path:
     (venvs / "dbt-env").symlink_to(next((cache / "venvs").glob("dbt-*/")).resolve())
     for variant in VARIANTS:
         if variant.runnable:
-            (folder / f"{variant.seed.file}__{variant.mode.lower()}.py").write_text(variant_source(variant, runner))
+            (folder / variant.file_name).write_text(variant_source(variant, runner))
     return folder
 
 
@@ -240,65 +248,82 @@ def _sqlite_states(db: Path, dag_id: str) -> dict[str, str]:
         return dict(conn.execute("select task_id, state from task_instance where dag_id = ?", (dag_id,)))
 
 
-@pytest.fixture(scope="module")
-def dags_test_runs(tmp_path_factory, mini_shop, cache_dir, deployment) -> dict[str, Outcome]:
+class DagsTests:
     """Every runnable variant under ``airflow dags test``, all at once, each in an Airflow home of its own."""
-    root = tmp_path_factory.mktemp("dagstest")
-    folder = _dags_folder(root, "dagstest", mini_shop, cache_dir)
-    base = {k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW")}
-    env = {**base, **deployment("dagstest"), "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-           "AIRFLOW__CORE__DAGS_FOLDER": str(folder)}
-    migrated = root / "migrated"
-    migrated.mkdir()
-    subprocess.run([str(AIRFLOW), "db", "migrate"], env={**env, "AIRFLOW_HOME": str(migrated)}, check=True,
-                   capture_output=True)
-    procs = {}
-    for variant in (v for v in VARIANTS if v.runnable):
-        home = root / variant.name
-        home.mkdir()
-        shutil.copy(migrated / "airflow.db", home / "airflow.db")
-        dag_file = folder / f"{variant.seed.file}__{variant.mode.lower()}.py"
-        log = (home / "dags-test.log").open("w")
-        procs[variant.name] = (home, log, subprocess.Popen(
-            [str(AIRFLOW), "dags", "test", variant.dag_id, "-f", str(dag_file)],
-            env={**env, "AIRFLOW_HOME": str(home)}, stdout=log, stderr=subprocess.STDOUT))
-    outcomes = {}
-    for name, (home, log, proc) in procs.items():
-        code = proc.wait(timeout=600)
-        log.close()
-        tasks = _sqlite_states(home / "airflow.db", name)
-        output = (home / "dags-test.log").read_text(errors="replace")
-        state = "success" if code == 0 and tasks and set(tasks.values()) == {"success"} else "failed"
-        outcomes[name] = Outcome(state, tasks, f"exit {code}, tasks {tasks}\n{output[-5000:]}")
-    return outcomes
+
+    def __init__(self, root: Path, folder: Path, env: dict[str, str]) -> None:
+        migrated = root / "migrated"
+        migrated.mkdir(parents=True)
+        subprocess.run([str(AIRFLOW), "db", "migrate"], env={**env, "AIRFLOW_HOME": str(migrated)}, check=True,
+                       capture_output=True)
+        self.procs: dict[str, tuple[Path, subprocess.Popen]] = {}
+        for variant in (v for v in VARIANTS if v.runnable):
+            home = root / variant.name
+            home.mkdir()
+            shutil.copy(migrated / "airflow.db", home / "airflow.db")
+            with (home / "dags-test.log").open("w") as log:
+                self.procs[variant.name] = (home, subprocess.Popen(
+                    [str(AIRFLOW), "dags", "test", variant.dag_id, "-f", str(folder / variant.file_name)],
+                    env={**env, "AIRFLOW_HOME": str(home)}, stdout=log, stderr=subprocess.STDOUT))
+
+    def outcomes(self) -> dict[str, Outcome]:
+        found = {}
+        for name, (home, proc) in self.procs.items():
+            code = proc.wait(timeout=600)
+            tasks = _sqlite_states(home / "airflow.db", name)
+            output = (home / "dags-test.log").read_text(errors="replace")
+            errors = [line for line in output.splitlines() if "Error" in line][:5]
+            state = "success" if code == 0 and tasks and set(tasks.values()) == {"success"} else "failed"
+            found[name] = Outcome(state, tasks, "\n".join([f"exit {code}, tasks {tasks}", *errors, output[-3000:]]))
+        return found
+
+    def stop(self) -> None:
+        for _, proc in self.procs.values():
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
 
 
 # -- real Airflow processes -----------------------------------------------------------------------------------
 
 
+def _stack_outcomes(af: AirflowStack) -> dict[str, Outcome]:
+    """Trigger every runnable variant as soon as it has loaded, then wait for all the runs."""
+    outcomes: dict[str, Outcome] = {}
+    runs = {}
+    for variant in (v for v in VARIANTS if v.runnable):
+        try:
+            af.wait_for_dag(variant.dag_id, timeout=240, dag_file=variant.file_name)
+        except AirflowStackError as e:
+            outcomes[variant.name] = Outcome("not loaded", {}, str(e)[:4000])
+            continue
+        runs[variant.name] = af.trigger(variant.dag_id)
+    for name, run_id in runs.items():
+        state = af.wait_for_run(name, run_id, timeout=400)
+        instances = tuple(af.task_instances(name, run_id))
+        tasks = {ti["task_id"]: ti["state"] for ti in instances}
+        logs = [af.task_log(name, run_id, t)[-2500:] for t, s in tasks.items() if s == "failed"]
+        outcomes[name] = Outcome(state, tasks, "\n".join([str(tasks), *logs]), instances)
+    return outcomes
+
+
 @pytest.fixture(scope="module")
-def stack_runs(tmp_path_factory, mini_shop, cache_dir, deployment, airflow_pycache) -> Iterator[dict[str, Outcome]]:
-    """Every runnable variant on one Airflow stack, triggered together."""
-    root = tmp_path_factory.mktemp("stack")
-    folder = _dags_folder(root, "stack", mini_shop, cache_dir)
-    env = {**deployment("stack"), "PYTHONPYCACHEPREFIX": str(airflow_pycache)}
-    with AirflowStack(root / "airflow", folder, env=env, parallelism=6) as af:
-        outcomes: dict[str, Outcome] = {}
-        runs = {}
-        for variant in (v for v in VARIANTS if v.runnable):
-            try:
-                af.wait_for_dag(variant.dag_id, timeout=180)
-            except AirflowStackError as e:
-                outcomes[variant.name] = Outcome("not loaded", {}, str(e)[-5000:])
-                continue
-            runs[variant.name] = af.trigger(variant.dag_id)
-        for name, run_id in runs.items():
-            state = af.wait_for_run(name, run_id, timeout=400)
-            instances = tuple(af.task_instances(name, run_id))
-            tasks = {ti["task_id"]: ti["state"] for ti in instances}
-            logs = [af.task_log(name, run_id, t)[-2500:] for t, s in tasks.items() if s == "failed"]
-            outcomes[name] = Outcome(state, tasks, "\n".join([str(tasks), *logs]), instances)
-        yield outcomes
+def runs(tmp_path_factory, mini_shop, cache_dir, deployment, airflow_pycache) -> dict[str, dict[str, Outcome]]:
+    """Outcomes by runner: the ``dags test`` processes run while the one Airflow stack starts and runs."""
+    root = tmp_path_factory.mktemp("seed-runs")
+    base = {k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW")}
+    folder = _dags_folder(root, "dagstest", mini_shop, cache_dir)
+    dags_tests = DagsTests(root / "dagstest", folder, {
+        **base, **deployment("dagstest"), "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__CORE__DAGS_FOLDER": str(folder), "PYTHONPYCACHEPREFIX": str(airflow_pycache)})
+    try:
+        env = {**deployment("stack"), "PYTHONPYCACHEPREFIX": str(airflow_pycache)}
+        with AirflowStack(root / "airflow", _dags_folder(root, "stack", mini_shop, cache_dir), env=env,
+                          parallelism=6) as af:
+            stack = _stack_outcomes(af)
+        return {"dagstest": dags_tests.outcomes(), "stack": stack}
+    finally:
+        dags_tests.stop()
 
 
 # -- the cases ------------------------------------------------------------------------------------------------
@@ -311,18 +336,18 @@ def _assert_builds_what_dbt_builds(outcome: Outcome, variant: Variant, runner: s
 
 
 @pytest.mark.parametrize("variant", _cases())
-def test_seed_dag_under_dags_test(variant: Variant, dags_test_runs, client, oracle) -> None:
-    _assert_builds_what_dbt_builds(dags_test_runs[variant.name], variant, "dagstest", client, oracle)
+def test_seed_dag_under_dags_test(variant: Variant, runs, client, oracle) -> None:
+    _assert_builds_what_dbt_builds(runs["dagstest"][variant.name], variant, "dagstest", client, oracle)
 
 
 @pytest.mark.parametrize("variant", _cases())
-def test_seed_dag_on_airflow(variant: Variant, stack_runs, client, oracle) -> None:
-    _assert_builds_what_dbt_builds(stack_runs[variant.name], variant, "stack", client, oracle)
+def test_seed_dag_on_airflow(variant: Variant, runs, client, oracle) -> None:
+    _assert_builds_what_dbt_builds(runs["stack"][variant.name], variant, "stack", client, oracle)
 
 
-def test_seed_003_shape_waits_for_its_upstream_task(stack_runs) -> None:
+def test_seed_003_shape_waits_for_its_upstream_task(runs) -> None:
     """Item 9: EmptyOperator >> DbtTaskGroup, in AIRFLOW_ASYNC: the group's tasks run after pre_dbt."""
-    outcome = stack_runs["example_watcher_taskgroup__airflow_async"]
+    outcome = runs["stack"]["example_watcher_taskgroup__airflow_async"]
     assert outcome.tasks.get("pre_dbt") == "success", outcome.detail
     group = {t: s for t, s in outcome.tasks.items() if t.startswith("first_dbt_task_group.")}
     assert "first_dbt_task_group.customer_orders_run" in group, outcome.tasks
