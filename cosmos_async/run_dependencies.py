@@ -84,8 +84,9 @@ def dependency_reason(unique_id: str, found: Mapping[Relation, set[str]], manife
         part = f"{relation}, which {builders} {verb} in this run"
         unordered = [n for n in names if upstream is not None and n != ON_RUN_START_HOOKS and n not in upstream]
         if unordered:
-            part += (f" ({', '.join(unordered)} is not upstream of it in dbt's graph, so nothing makes it wait: "
-                     "add a ref() to it or a `-- depends_on: {{ ref(...) }}` comment)")
+            verb = "is" if len(unordered) == 1 else "are"
+            part += (f" ({', '.join(unordered)} {verb} not upstream of it in dbt's graph, so nothing makes it "
+                     "wait: add a ref() to it or a `-- depends_on: {{ ref(...) }}` comment)")
         parts.append(part)
     reason = f"its SQL depends on {'; and on '.join(parts)}"
     if unique_id == ON_RUN_END:

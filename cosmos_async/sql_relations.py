@@ -10,8 +10,8 @@ import re
 from dataclasses import dataclass
 
 _TOKEN = re.compile(
-    r"(?P<skip>\s+|--[^\n]*|#[^\n]*|/\*.*?(?:\*/|\Z)"
-    r"|'''.*?(?:'''|\Z)|\"\"\".*?(?:\"\"\"|\Z)|'(?:\\.|[^'\\])*'?|\"(?:\\.|[^\"\\])*\"?)"
+    r"(?P<skip>\s+|--[^\n]*|#[^\n]*|/\*.*?(?:\*/|\Z))"
+    r"|(?P<string>'''.*?(?:'''|\Z)|\"\"\".*?(?:\"\"\"|\Z)|'(?:\\.|[^'\\])*'?|\"(?:\\.|[^\"\\])*\"?)"
     r"|(?P<quoted>`(?:\\.|[^`\\])*`?)|(?P<word>[A-Za-z0-9_]+)|(?P<punct>.)",
     re.S,
 )
@@ -65,7 +65,7 @@ class Relation:
 
 @dataclass(frozen=True)
 class _Token:
-    kind: str  # quoted / word / punct
+    kind: str  # string / quoted / word / punct
     text: str
     start: int
     end: int
@@ -146,7 +146,40 @@ def relations_read(sql: str, project: str, dataset: str | None = None) -> set[Re
             i = _read_items(tokens, i + 1, project, dataset, ctes, found)
             continue
         i += 1
-    return found
+    return _narrowed(found, tokens)
+
+
+def _narrowed(found: set[Relation], tokens: list[_Token]) -> set[Relation]:
+    """An INFORMATION_SCHEMA read filtered to named tables (``table_name = 'x'`` / ``in ('x', 'y')``, with no
+    OR/NOT that could widen it) reads those tables, not the whole dataset."""
+    listings = [r for r in found if r.contents and r.dataset is not None]
+    if len(listings) != 1 or any(t.lower in ("or", "not") for t in tokens):
+        return found
+    names: set[str] = set()
+    for i, token in enumerate(tokens):
+        if token.lower != "table_name" or (i > 0 and tokens[i - 1].lower == "select"):
+            continue
+        after = tokens[i + 1:i + 3]
+        if len(after) == 2 and after[0].text == "=" and after[1].kind == "string":
+            names.add(_literal(after[1].text))
+            continue
+        if len(after) == 2 and after[0].lower == "in" and after[1].text == "(":
+            j = i + 3
+            while j < len(tokens) and tokens[j].kind == "string":
+                names.add(_literal(tokens[j].text))
+                j += 2 if j + 1 < len(tokens) and tokens[j + 1].text == "," else 1
+            if j < len(tokens) and tokens[j].text == ")":
+                continue
+        return found  # table_name compared some other way (LIKE, a column, ...): the whole dataset counts
+    if not names:
+        return found
+    (listing,) = listings
+    return (found - {listing}) | {Relation(listing.project, listing.dataset, name) for name in names}
+
+
+def _literal(text: str) -> str:
+    quote = 3 if text[:3] in ("'''", '"""') else 1
+    return text[quote:-quote]
 
 
 def _read_items(tokens: list[_Token], i: int, project: str, dataset: str | None, ctes: set[str],
