@@ -129,21 +129,27 @@ def _cte_names(tokens: list[_Token]) -> set[str]:
 
 
 def relations_read(sql: str, project: str, dataset: str | None = None) -> set[Relation]:
-    """Relations a query reads: names after FROM/JOIN/USING (and comma joins), INFORMATION_SCHEMA views as
-    listings. ``project``/``dataset``: the job's defaults for names given with fewer parts."""
+    """Relations a query reads; INFORMATION_SCHEMA views as listings. ``project``/``dataset``: the job's
+    defaults for names given with fewer parts.
+
+    Every qualified name counts wherever it stands (a comma join after ON, a UDF call): a column reference
+    ``alias.column`` that happens to count too names no table any node builds. Unqualified names count only
+    as FROM/JOIN items, and only with a default dataset, since otherwise they are CTEs or aliases.
+    """
     tokens = _tokens(sql)
     ctes = _cte_names(tokens)
     found: set[Relation] = set()
-    parens: list[bool] = []  # per open parenthesis: whether it is EXTRACT's (whose FROM names no table)
     i = 0
     while i < len(tokens):
         token = tokens[i]
-        if token.text == "(":
-            parens.append(i > 0 and tokens[i - 1].lower == "extract")
-        elif token.text == ")" and parens:
-            parens.pop()
-        elif token.lower in _READ_KEYWORDS and not (parens and parens[-1]):
+        if token.lower in _READ_KEYWORDS:
             i = _read_items(tokens, i + 1, project, dataset, ctes, found)
+            continue
+        if token.kind in ("word", "quoted") and not (i > 0 and tokens[i - 1].text == "."):
+            parts, after = _path(tokens, i)
+            if len(parts) >= 2 and (relation := _relation(parts, project, None, ctes)) is not None:
+                found.add(relation)
+            i = max(after, i + 1)
             continue
         i += 1
     return _narrowed(found, tokens)
