@@ -15,9 +15,9 @@ import pytest
 
 from bench.synthetic import write_project
 from cosmos_async.capture import Capture, capture_project
-from cosmos_async.capture_cli import capture_in_venv, decode, encode
+from cosmos_async.capture_cli import capture_in_python, decode, encode
 from cosmos_async.config import ProfileConfig
-from cosmos_async.dbt_venv import VenvBuildError, ensure_venv, venv_key
+from cosmos_async.dbt_venv import VenvBuildError, ensure_venv, venv_key, venv_python
 from cosmos_async.errors import ConfigurationError, CosmosAsyncError
 
 REQUIREMENTS = [f"dbt-bigquery=={metadata.version('dbt-bigquery')}", f"dbt-core=={metadata.version('dbt-core')}"]
@@ -70,7 +70,7 @@ def test_capture_in_venv_equals_in_process_and_keeps_secrets_off_disk(venv: Path
                                                                         tmp_path: Path) -> None:
     workdir = tmp_path / "exchange"
     started = time.monotonic()
-    theirs = capture_in_venv(venv, project, _profile(project), workdir=workdir)
+    theirs = capture_in_python(venv_python(venv), project, _profile(project), workdir=workdir)
     in_venv = time.monotonic() - started
     started = time.monotonic()
     ours = capture_project(project, _profile(project))
@@ -90,7 +90,7 @@ def test_capture_in_venv_equals_in_process_and_keeps_secrets_off_disk(venv: Path
 def test_child_errors_come_back_with_their_message(venv: Path, project: Path) -> None:
     # The child's CosmosAsyncError comes back as the same class, with the child's message.
     with pytest.raises(CosmosAsyncError, match=r"no dbt_project\.yml in .*missing"):
-        capture_in_venv(venv, project / "missing", _profile(project))
+        capture_in_python(venv_python(venv), project / "missing", _profile(project))
 
 
 def test_bad_requirement_is_one_clear_error(venv_root: Path) -> None:
