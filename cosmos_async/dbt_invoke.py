@@ -44,8 +44,8 @@ class DbtWorkspace:
     def args(self, command: Sequence[str], dbt_vars: Mapping[str, Any] | None = None,
              global_flags: Sequence[str] = ()) -> list[str]:
         args = [*global_flags, *command, "--project-dir", str(self.project_dir),
-                "--profiles-dir", str(self.profiles_dir), "--profile", self.profile_config.profile_name, "--target", self.profile_config.target_name,
-                "--target-path", str(self.target_dir)]
+                "--profiles-dir", str(self.profiles_dir), "--profile", self.profile_config.profile_name,
+                "--target", self.profile_config.target_name, "--target-path", str(self.target_dir)]
         if dbt_vars:
             args += ["--vars", json.dumps(dict(dbt_vars))]
         return args
