@@ -167,5 +167,6 @@ class DbtInvocation:
             executable = self.executable
         else:
             executable = default_dbt()
+        (log or _DEFAULT_LOG).info("running dbt as a subprocess: %s", executable)
         return DbtSubprocess(executable, append_env=self.append_env, cancel_query_on_kill=self.cancel_query_on_kill,
                              log=log)

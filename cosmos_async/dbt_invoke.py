@@ -52,7 +52,8 @@ class DbtWorkspace:
 
 
 @contextmanager
-def _environment(env: Mapping[str, str]) -> Iterator[None]:
+def environment(env: Mapping[str, str]) -> Iterator[None]:
+    """``env`` set in this process for the block (the profile's ``env_var()`` and in-process dbt read it)."""
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
     try:
@@ -78,7 +79,9 @@ def dbt_workspace(project_dir: Path, profile_config: ProfileConfig, *, install_d
     if not (project_dir / "dbt_project.yml").is_file():
         raise CosmosAsyncError(f"no dbt_project.yml in {project_dir}; fix ProjectConfig(dbt_project_path=...).")
     if target is None:
-        target = resolve_target(profile_config)
+        # Inside ``env``: a profiles.yml may read operator_args env values (seed 001's DBT_* variables).
+        with environment(env or {}):
+            target = resolve_target(profile_config)
     with tempfile.TemporaryDirectory(prefix="cosmos-async-dbt-") as tmp, dbt_profile(profile_config, target) as (
         profiles_dir, secret_env
     ):
@@ -90,7 +93,7 @@ def dbt_workspace(project_dir: Path, profile_config: ProfileConfig, *, install_d
         run_env = {**(env or {}), **secret_env, "DBT_LOG_PATH": str(work / "logs"),
                    "DBT_SEND_ANONYMOUS_USAGE_STATS": "false"}
         workspace = DbtWorkspace(project_dir, profiles_dir, work / "target", run_env, profile_config)
-        with _environment(run_env):
+        with environment(run_env):
             if needs_deps:
                 invoke(workspace, ["deps"], runner=runner)
             yield workspace
