@@ -63,7 +63,8 @@ exec_virtualenv = DbtDag(
     execution_config=ExecutionConfig(execution_mode=ExecutionMode.VIRTUALENV),
     render_config=RenderConfig(select=["raw_orders", "raw_customers"]),
     operator_args={{"py_requirements": {DBT_REQUIREMENTS!r}, "py_system_site_packages": False,
-                   "env": {{"BIGQUERY_DATASET": "{{{{ var.value.venv_dataset }}}}"}}}},
+                   "env": {{"BIGQUERY_DATASET": "{{{{ var.value.venv_dataset }}}}",
+                           "BIGQUERY_API_ENDPOINT": "{{{{ var.value.bq_endpoint }}}}"}}}},
 )
 """
 
