@@ -24,13 +24,16 @@ class DbtBigQueryAsyncOperator(BaseOperator):
     """Run one dbt node (or one node's tests) as BigQuery job(s) without holding a worker while they run."""
 
     operator_extra_links = (BigQueryJobLink(),)
+    # The LOCAL fallback's env and vars may hold run-time templates (``{{ var.value.x }}``), as in LOCAL.
+    template_fields: Sequence[str] = ("local_fallback",)
     ui_color = "#c6e2ff"
 
     def __init__(self, *, nodes: Sequence[dict[str, Any]], gcp_conn_id: str, remote_target_path: str,
                  remote_target_path_conn_id: str | None, location: str, project: str | None = None,
                  poll_interval: float = 2.0, start_from_trigger: bool = True,
                  labels: dict[str, str] | None = None, local_fallback: dict[str, Any] | None = None,
-                 **kwargs: Any) -> None:
+                 dbt_group_id: str | None = None, **kwargs: Any) -> None:
+        """``dbt_group_id``: the DbtTaskGroup whose setup uploads this node's SQL (None in a DbtDag)."""
         super().__init__(**kwargs)
         self.nodes = [dict(n) for n in nodes]
         self.gcp_conn_id = gcp_conn_id
@@ -42,6 +45,7 @@ class DbtBigQueryAsyncOperator(BaseOperator):
         self.labels = dict(labels or {})
         self.local_fallback = local_fallback
         self.start_from_trigger = start_from_trigger
+        self.dbt_group_id = dbt_group_id
         if start_from_trigger:
             self.start_trigger_args = StartTriggerArgs(
                 trigger_cls=TRIGGER_CLASSPATH, trigger_kwargs=self.trigger_kwargs(end_task=True),
@@ -53,7 +57,7 @@ class DbtBigQueryAsyncOperator(BaseOperator):
         return {"nodes": self.nodes, "gcp_conn_id": self.gcp_conn_id,
                 "storage_conn_id": self.remote_target_path_conn_id, "remote_target_path": self.remote_target_path,
                 "project": self.project, "location": self.location, "poll_interval": self.poll_interval,
-                "labels": self.labels, "end_task": end_task, "run": run}
+                "labels": self.labels, "end_task": end_task, "run": run, "group_id": self.dbt_group_id}
 
     def execute(self, context: Any) -> None:
         from cosmos_async_triggers.bigquery import BigQueryNodeTrigger
@@ -88,7 +92,7 @@ class DbtBigQueryAsyncOperator(BaseOperator):
         if not self.local_fallback:
             raise AirflowException(f"this node cannot run as a BigQuery job ({reason}) and has no LOCAL fallback")
         self.log.info("running through dbt on this worker (LOCAL) because %s", reason)
-        run_dbt_command(**self.local_fallback)
+        run_dbt_command(**self.local_fallback, log=self.log)
 
 
 def _describe(job: dict[str, Any]) -> str:

@@ -14,6 +14,8 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+from cosmos_async.constants import LoadMode
+
 HERE = Path(__file__).parent
 README = HERE.parents[1] / "README.md"
 COSMOS_ARGUMENTS = json.loads((HERE / "cosmos_1_15_arguments.json").read_text())
@@ -75,7 +77,7 @@ def _no(owner: str, argument: str, value: Any, error: str | None = None) -> Row:
 
 def _mode(member: str) -> str:
     return (f"ExecutionConfig(execution_mode=ExecutionMode.{member}) is not supported by cosmos-async; use "
-            "ExecutionMode.LOCAL or ExecutionMode.AIRFLOW_ASYNC.")
+            "ExecutionMode.LOCAL, VIRTUALENV or AIRFLOW_ASYNC.")
 
 
 P, F, E, R, D, OA = OWNERS
@@ -139,8 +141,8 @@ ROWS: tuple[Row, ...] = (
     _ok(R, "load_method=LoadMode.DBT_LS_FILE", "DBT_LS_FILE",
         "the output of `dbt ls --output json` in RenderConfig(dbt_ls_path=...)", dbt_ls_path="dbt_ls.json"),
     _no(R, "load_method=LoadMode.DBT_LS_CACHE", "DBT_LS_CACHE",
-        "RenderConfig(load_method=LoadMode.DBT_LS_CACHE) is not supported by cosmos-async; use LoadMode.AUTOMATIC, "
-        "DBT_MANIFEST or DBT_LS."),
+        "RenderConfig(load_method=LoadMode.DBT_LS_CACHE) is not supported by cosmos-async; use LoadMode.DBT_LS, "
+        "whose output cosmos-async always caches by project checksum."),
     _ok(R, "load_method=LoadMode.DBT_MANIFEST", "DBT_MANIFEST", "ProjectConfig(manifest_path=...)"),
     _no(R, "invocation_mode", "subprocess"),
     _ok(R, "select", ["path:models"], "dbt selectors, evaluated in Python (matches `dbt ls` on 52 cases)"),
@@ -152,7 +154,7 @@ ROWS: tuple[Row, ...] = (
     _no(R, "dbt_executable_path", DBT),
     _no(R, "env_vars", {"CORNER_SHOP_FLAG": "1"}),
     _ok(R, "dbt_project_path", None, "the project `dbt ls` runs in at parse"),
-    _ok(R, "dbt_ls_path", "dbt_ls.json", "the file LoadMode.DBT_LS_FILE reads"),
+    _ok(R, "dbt_ls_path", "dbt_ls.json", "the file LoadMode.DBT_LS_FILE reads", load_method=LoadMode.DBT_LS_FILE),
     *(_no(R, name, value) for name, value in (
         ("enable_mock_profile", False), ("group_nodes_by_folder", True), ("source_rendering_behavior", "all"),
         ("source_pruning", True), ("seed_rendering_behavior", "never"),
@@ -175,14 +177,19 @@ ROWS: tuple[Row, ...] = (
     _ok(OA, "full_refresh", True, "`--full-refresh` for run/seed/build, in LOCAL tasks and in the setup capture"),
     _ok(OA, "vars", {"run_label": "x"}, "`--vars` (templated at run time), merged over ProjectConfig(dbt_vars)"),
     _ok(OA, "env", {"RUN_LABEL": "{{ ds }}"}, "dbt's environment (templated at run time), over env_vars"),
-    _ok(OA, "append_env", False, "True: dbt also sees the worker's environment"),
-    _ok(OA, "dbt_cmd_flags", ["--threads", "2"], "flags after the dbt command (LOCAL tasks, setup capture)"),
-    _ok(OA, "dbt_cmd_global_flags", ["--no-write-json"], "flags before the dbt command"),
-    _ok(OA, "quiet", True, "dbt's `--quiet`"),
-    _ok(OA, "fail_fast", True, "dbt's `--fail-fast`"),
-    _ok(OA, "cancel_query_on_kill", True, "accepted; a stopped AIRFLOW_ASYNC task always cancels its BigQuery job"),
-    _ok(OA, "py_requirements", ["dbt-bigquery"], "ExecutionMode.VIRTUALENV: what its cached virtualenv holds"),
-    _ok(OA, "py_system_site_packages", False, "ExecutionMode.VIRTUALENV: the virtualenv sees the worker's packages"),
+    _ok(OA, "append_env", True, "default True; False gives dbt only `env` and the profile's variables (needs "
+                                "InvocationMode.SUBPROCESS)"),
+    _ok(OA, "dbt_cmd_flags", ["--threads", "2"], "a list after the dbt command, in dbt runs on workers (LOCAL, "
+                                                 "VIRTUALENV, the async LOCAL fallback), not in the setup capture"),
+    _ok(OA, "dbt_cmd_global_flags", ["--no-write-json"], "a list before the dbt command, in the same runs"),
+    _ok(OA, "quiet", True, "dbt's `--quiet`, in the same runs"),
+    _ok(OA, "fail_fast", True, "dbt's `--fail-fast`, in the same runs"),
+    _ok(OA, "cancel_query_on_kill", True, "default True: a killed SUBPROCESS task sends dbt SIGINT so it cancels "
+                                          "its queries; AIRFLOW_ASYNC nodes cancel their BigQuery job themselves"),
+    _ok(OA, "py_requirements", ["dbt-bigquery"], "VIRTUALENV: what its cached virtualenv holds (LOCAL and "
+                                                 "AIRFLOW_ASYNC ignore it with a parse-time warning, as Cosmos LOCAL)"),
+    _ok(OA, "py_system_site_packages", False, "VIRTUALENV: the virtualenv sees the worker's packages (elsewhere "
+                                              "ignored with a warning)"),
     _ok(OA, "location", "US", "BigQuery location of AIRFLOW_ASYNC jobs (else the profile's, else [cosmos])"),
     *(_ok(OA, name, value, "Airflow's BaseOperator argument, on every dbt task") for name, value in (
         ("retries", 2), ("retry_delay", timedelta(seconds=30)), ("execution_timeout", timedelta(minutes=5)),

@@ -76,7 +76,7 @@ class BigQueryNodeTrigger(BaseTrigger):
     def __init__(self, *, nodes: list[dict[str, Any]], gcp_conn_id: str, storage_conn_id: str | None,
                  remote_target_path: str, project: str | None, location: str | None, poll_interval: float = 2.0,
                  labels: dict[str, str] | None = None, end_task: bool = False,
-                 run: dict[str, Any] | None = None) -> None:
+                 run: dict[str, Any] | None = None, group_id: str | None = None) -> None:
         super().__init__()
         self.nodes = [dict(n) for n in nodes]
         self.gcp_conn_id = gcp_conn_id
@@ -88,6 +88,7 @@ class BigQueryNodeTrigger(BaseTrigger):
         self.labels = dict(labels or {})
         self.end_task = bool(end_task)
         self.run_info = dict(run) if run else None
+        self.group_id = group_id  # the DbtTaskGroup whose setup uploaded this run's files (None for a DbtDag)
         self._gcp: GcpConnection | None = None
         self._active: _JobRef | None = None  # the job on_kill must cancel
 
@@ -96,7 +97,7 @@ class BigQueryNodeTrigger(BaseTrigger):
             "nodes": self.nodes, "gcp_conn_id": self.gcp_conn_id, "storage_conn_id": self.storage_conn_id,
             "remote_target_path": self.remote_target_path, "project": self.project, "location": self.location,
             "poll_interval": self.poll_interval, "labels": self.labels, "end_task": self.end_task,
-            "run": self.run_info,
+            "run": self.run_info, "group_id": self.group_id,
         }
 
     # ---- events -------------------------------------------------------------------------------------------
@@ -208,7 +209,7 @@ class BigQueryNodeTrigger(BaseTrigger):
             return await get_token(storage_conn)
 
         prefix, index = await read_index(self.remote_target_path, dag_id, run_id, conn=storage_conn,
-                                         token_for=storage_token)
+                                         token_for=storage_token, group_id=self.group_id)
         entries = []
         for node in self.nodes:
             entry = index["nodes"].get(node["id"])
