@@ -76,7 +76,8 @@ for target in ("keyfile", "env_json"):
     globals()[dag_id] = DbtDag(
         dag_id=dag_id, project_config=project_config,
         profile_config=ProfileConfig(profile_name="corner_shop", target_name=target, profiles_yml_filepath=PROFILES),
-        render_config=RenderConfig(select=["+stg_orders"]), **common)
+        # stg_customers too: dbt selects the relationships test of stg_orders, which reads it.
+        render_config=RenderConfig(select=["+stg_orders", "+stg_customers"]), **common)
 '''
 
 
@@ -240,7 +241,7 @@ def test_profiles_yml_runs_with_a_key_file_and_with_the_key_in_an_env_var(
     oracle = built_tables(client, "async_profile_oracle")
     for dataset in ("async_profile_keyfile", "async_profile_env"):
         got = built_tables(client, dataset)
-        assert {"raw_orders", "stg_orders"} <= {name.rsplit(".", 1)[-1] for name in got}, got.keys()
+        assert {"raw_orders", "stg_orders", "stg_customers"} <= {name.rsplit(".", 1)[-1] for name in got}, got.keys()
         assert got == {name: oracle[name] for name in got}, dataset
 
     rows = _our_trigger_rows(trigger_rows)

@@ -158,10 +158,9 @@ async def get_profile_target(ref: TargetRef) -> GcpSource:
 
 
 def _read_profile_target(ref: TargetRef) -> GcpSource:
-    raw = dbt_profile.read_target(ref)
     env = dict(os.environ)
-    dbt_profile.check_target(ref, raw, env)
-    target = dbt_profile.render_value(raw, env, f"profiles.yml {ref.describe()}", _TRIGGERER_ENV)
+    target = dbt_profile.render_value(dbt_profile.read_target(ref), env, f"profiles.yml {ref.describe()}",
+                                      _TRIGGERER_ENV)
     dbt_profile.check_target(ref, target, env)
     return GcpSource.from_target(ref, target)
 
@@ -287,17 +286,26 @@ async def _delegated_token(source: GcpSource, source_token: str | None) -> str:
         return cached.token  # type: ignore[union-attr]
     slot = (asyncio.get_running_loop(), key)
     pending = _delegations.get(slot)
-    if pending is not None:  # another trigger is asking already: share its answer
-        return await asyncio.shield(pending)
+    while pending is not None:  # another trigger is asking already: share its answer
+        try:
+            return await asyncio.shield(pending)
+        except asyncio.CancelledError:
+            if not pending.cancelled():
+                raise  # this trigger itself was cancelled
+        pending = _delegations.get(slot)  # the asking trigger was cancelled: ask (or wait for the next asker)
     future: asyncio.Future[str] = asyncio.get_running_loop().create_future()
     _delegations[slot] = future
     try:
         token = await _generate_access_token(source, source_token)
-        future.set_result(token)
-    except BaseException as exc:
+    except Exception as exc:
         future.set_exception(exc)
         future.exception()  # retrieved: waiting triggers get it; none waiting is no "never retrieved" warning
         raise
+    except BaseException:
+        future.cancel()
+        raise
+    else:
+        future.set_result(token)
     finally:
         del _delegations[slot]
     return token

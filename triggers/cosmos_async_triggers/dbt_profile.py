@@ -179,8 +179,9 @@ def check_target(ref: TargetRef, target: Mapping[str, Any], env: Mapping[str, st
         return
     if method not in METHOD_FIELDS:
         known = ", ".join(METHOD_FIELDS)
-        raise ProfileTargetError(f"{where} has method {method!r}, which AIRFLOW_ASYNC's triggers cannot "
-                                 f"authenticate with; use one of {known} (optionally with "
+        has = f"has method {method!r}, which AIRFLOW_ASYNC's triggers cannot authenticate with" if method else \
+            "has no method"
+        raise ProfileTargetError(f"{where} {has}; use one of {known} (optionally with "
                                  "impersonate_service_account)")
     for alternatives in METHOD_FIELDS[method]:
         if not any(target.get(name) not in (None, "") for name in alternatives):
