@@ -14,13 +14,14 @@ _EXPORTS = {
     "DbtDag": "cosmos_async.render",
     "DbtTaskGroup": "cosmos_async.render",
     "ExecutionConfig": "cosmos_async.config",
-    "ExecutionMode": "cosmos_async.config",
-    "InvocationMode": "cosmos_async.config",
-    "LoadMode": "cosmos_async.config",
+    "ExecutionMode": "cosmos_async.constants",
+    "InvocationMode": "cosmos_async.constants",
+    "LoadMode": "cosmos_async.constants",
     "ProfileConfig": "cosmos_async.config",
     "ProjectConfig": "cosmos_async.config",
     "RenderConfig": "cosmos_async.config",
-    "TestBehavior": "cosmos_async.config",
+    "SourceRenderingBehavior": "cosmos_async.constants",
+    "TestBehavior": "cosmos_async.constants",
     "GoogleCloudOauthProfileMapping": "cosmos_async.profiles",
     "GoogleCloudServiceAccountDictProfileMapping": "cosmos_async.profiles",
     "GoogleCloudServiceAccountFileProfileMapping": "cosmos_async.profiles",
@@ -38,20 +39,13 @@ __all__ = [
     "ProfileConfig",
     "ProjectConfig",
     "RenderConfig",
+    "SourceRenderingBehavior",
     "TestBehavior",
 ]
 
 if TYPE_CHECKING:
-    from cosmos_async.config import (
-        ExecutionConfig,
-        ExecutionMode,
-        InvocationMode,
-        LoadMode,
-        ProfileConfig,
-        ProjectConfig,
-        RenderConfig,
-        TestBehavior,
-    )
+    from cosmos_async.config import ExecutionConfig, ProfileConfig, ProjectConfig, RenderConfig
+    from cosmos_async.constants import ExecutionMode, InvocationMode, LoadMode, SourceRenderingBehavior, TestBehavior
     from cosmos_async.profiles import (
         GoogleCloudOauthProfileMapping,
         GoogleCloudServiceAccountDictProfileMapping,

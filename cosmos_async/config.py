@@ -7,51 +7,23 @@ argument that cosmos-async does not implement raises :class:`UnsupportedArgument
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from enum import Enum
 from pathlib import Path
 from typing import Any
 
+from cosmos_async.constants import (  # re-exported: Cosmos DAGs import them from cosmos.config too
+    ExecutionMode,
+    InvocationMode,
+    LoadMode,
+    SourceRenderingBehavior,
+    TestBehavior,
+)
 from cosmos_async.errors import ConfigurationError, UnsupportedArgumentError
 
-
-class ExecutionMode(Enum):
-    LOCAL = "local"
-    AIRFLOW_ASYNC = "airflow_async"
-    # Cosmos modes that are not implemented here; choosing one raises a clear error.
-    VIRTUALENV = "virtualenv"
-    DOCKER = "docker"
-    KUBERNETES = "kubernetes"
-    AWS_EKS = "aws_eks"
-    AWS_ECS = "aws_ecs"
-    AZURE_CONTAINER_INSTANCE = "azure_container_instance"
-    GCP_CLOUD_RUN_JOB = "gcp_cloud_run_job"
-    WATCHER = "watcher"
-
+__all__ = ["ExecutionConfig", "ExecutionMode", "InvocationMode", "LoadMode", "ProfileConfig", "ProjectConfig",
+           "RenderConfig", "SourceRenderingBehavior", "TestBehavior", "cache_dir", "check_operator_args",
+           "cosmos_setting"]
 
 SUPPORTED_EXECUTION_MODES = (ExecutionMode.LOCAL, ExecutionMode.AIRFLOW_ASYNC)
-
-
-class LoadMode(Enum):
-    AUTOMATIC = "automatic"
-    DBT_MANIFEST = "dbt_manifest"
-    DBT_LS = "dbt_ls"
-    CUSTOM = "custom"
-    DBT_LS_FILE = "dbt_ls_file"
-    DBT_LS_CACHE = "dbt_ls_cache"
-
-
-class TestBehavior(Enum):
-    __test__ = False  # not a pytest test class
-
-    NONE = "none"
-    AFTER_EACH = "after_each"
-    AFTER_ALL = "after_all"
-    BUILD = "build"
-
-
-class InvocationMode(Enum):
-    DBT_RUNNER = "dbt_runner"
-    SUBPROCESS = "subprocess"
 
 
 def _reject(owner: str, unsupported: dict[str, Any]) -> None:

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from cosmos_async_triggers.layout import index_path, node_relpath, run_prefix, step_relpath
+from cosmos_async_triggers.layout import DAG_LEVEL_NAMES, index_path, node_relpath, run_prefix, step_relpath
 
 from cosmos_async.capture import Capture, LoadCapture, NodeCapture
 from cosmos_async.config import cosmos_setting
@@ -81,8 +81,8 @@ class RemoteTarget:
                                    "operator_args['remote_target_path_conn_id'])")
         return gcs_storage_options(extras, self.conn_id)
 
-    def run_prefix(self, dag_id: str, run_id: str) -> str:
-        return run_prefix(self.url, dag_id, run_id)
+    def run_prefix(self, dag_id: str, run_id: str, group_id: str | None = None) -> str:
+        return run_prefix(self.url, dag_id, run_id, group_id)
 
 
 def _strip_scheme(fs: Any, url: str) -> str:
@@ -90,7 +90,7 @@ def _strip_scheme(fs: Any, url: str) -> str:
 
 
 def upload_capture(target: RemoteTarget, dag_id: str, run_id: str, capture: Capture,
-                   wanted: set[str]) -> dict[str, Any]:
+                   wanted: set[str], group_id: str | None = None) -> dict[str, Any]:
     """Upload each wanted node's files and the hooks, then the index (last: its presence means complete).
 
     A node without loads is one script: its entry has ``path``/``sha256``. A node with loads (a seed) has
@@ -98,7 +98,7 @@ def upload_capture(target: RemoteTarget, dag_id: str, run_id: str, capture: Capt
     ``{"kind": "load", "configuration", "path", "sha256", ...}`` for a load job whose data is the file at path.
     """
     fs, _ = _filesystem(target)
-    prefix = target.run_prefix(dag_id, run_id)
+    prefix = target.run_prefix(dag_id, run_id, group_id)
     files: dict[str, bytes] = {}
     entries: dict[str, dict[str, Any]] = {}
 
@@ -133,6 +133,8 @@ def upload_capture(target: RemoteTarget, dag_id: str, run_id: str, capture: Capt
     version = STEPS_INDEX_VERSION if any("steps" in e for e in entries.values()) else INDEX_VERSION
     index = {"version": version, "dag_id": dag_id, "run_id": run_id, "created_at": time.time(),
              "nodes": entries}
+    if group_id is not None:  # absent for a DbtDag, so triggerers of earlier versions still read its index
+        index["group_id"] = group_id
     try:
         if getattr(fs, "async_impl", False):
             # gcsfs uploads a batch concurrently; one-at-a-time uploads cost Cosmos users minutes per run.
@@ -157,19 +159,28 @@ def _filesystem(target: RemoteTarget) -> tuple[Any, str]:
             from exc
 
 
-def delete_run(target: RemoteTarget, dag_id: str, run_id: str) -> int:
-    """Delete this run's prefix and nothing else; return how many files were removed."""
+def delete_run(target: RemoteTarget, dag_id: str, run_id: str, group_id: str | None = None) -> int:
+    """Delete this run's (or this task group's) files and nothing else; return how many were removed.
+
+    A DbtDag's run directory may also hold task groups' directories (a DbtTaskGroup inside a DbtDag): its
+    teardown deletes only the names a DbtDag writes there.
+    """
     fs, _ = _filesystem(target)
-    prefix = _strip_scheme(fs, target.run_prefix(dag_id, run_id))
+    prefix = _strip_scheme(fs, target.run_prefix(dag_id, run_id, group_id))
     root = _strip_scheme(fs, target.url).rstrip("/")
     if not prefix.startswith(root + "/") or prefix.count("/") < root.count("/") + 2:
         raise RemoteStorageError(f"refusing to delete {prefix}: it is not a run prefix under {root}")
+
+    def ours(path: str) -> bool:
+        rel = path[len(prefix) + 1:] if path.startswith(prefix + "/") else None
+        return rel is not None and (group_id is not None or rel.split("/", 1)[0] in DAG_LEVEL_NAMES)
+
     try:
-        files = [f for f in fs.find(prefix) if f.startswith(prefix + "/")]
+        files = [f for f in fs.find(prefix) if ours(f)]
         if files:
             # Delete the listed files rather than a recursive rm: exactly what this run wrote, nothing more.
             fs.rm(files)
-        if fs.exists(prefix):
+        if fs.exists(prefix) and not fs.find(prefix):
             fs.rm(prefix, recursive=True)  # local filesystems keep the emptied directories
     except FileNotFoundError:
         return 0
@@ -178,10 +189,10 @@ def delete_run(target: RemoteTarget, dag_id: str, run_id: str) -> int:
     return len(files)
 
 
-def read_index(target: RemoteTarget, dag_id: str, run_id: str) -> Mapping[str, Any]:
+def read_index(target: RemoteTarget, dag_id: str, run_id: str, group_id: str | None = None) -> Mapping[str, Any]:
     """The run's index (used by worker-side fallbacks and tests)."""
     fs, _ = _filesystem(target)
-    path = _strip_scheme(fs, index_path(target.run_prefix(dag_id, run_id)))
+    path = _strip_scheme(fs, index_path(target.run_prefix(dag_id, run_id, group_id)))
     try:
         return json.loads(fs.cat_file(path))
     except FileNotFoundError:

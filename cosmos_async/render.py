@@ -96,10 +96,11 @@ class _Renderer:
         assets = (asset_for(self.manifest.nodes[uid]) for uid in plan.node_ids)
         return [a for a in assets if a is not None]
 
-    def build(self) -> dict[str, BaseOperator]:
+    def build(self, group_id: str | None = None) -> dict[str, BaseOperator]:
+        """The tasks, in the current DAG / task group context; ``group_id`` names the DbtTaskGroup (None: DbtDag)."""
         if self.execution.execution_mode == ExecutionMode.LOCAL:
             return self.wire(self.local_operator)
-        return self.build_async()
+        return self.build_async(group_id)
 
     def require_project_dir(self) -> Path:
         if self.project_dir is None:
@@ -136,7 +137,7 @@ class _Renderer:
         return DbtLocalOperator(task_id=plan.task_id, outlets=self.outlets(plan), **self.local_kwargs(plan),
                                 **self.airflow_kwargs)
 
-    def build_async(self) -> dict[str, BaseOperator]:
+    def build_async(self, group_id: str | None) -> dict[str, BaseOperator]:
         """setup → on-run-start → node tasks → on-run-end (when the project has such hooks) → teardown."""
         from cosmos_async.operators.bigquery import DbtBigQueryAsyncOperator
         from cosmos_async.operators.setup import DbtAsyncSetupOperator
@@ -147,7 +148,9 @@ class _Renderer:
         remote = RemoteTarget.from_config(args.get("remote_target_path"), args.get("remote_target_path_conn_id"))
         settings = async_settings(self.profile, args)
         node_airflow_kwargs = self.airflow_kwargs
-        remote_kwargs = {"remote_target_path": remote.url, "remote_target_path_conn_id": remote.conn_id}
+        # Two DbtTaskGroups of one DAG run each keep their files apart (their own setup, index and teardown).
+        remote_kwargs = {"remote_target_path": remote.url, "remote_target_path_conn_id": remote.conn_id,
+                         "dbt_group_id": group_id}
 
         def node_task(task_id: str, nodes: list[dict[str, Any]], fallback: dict[str, Any] | None,
                       **extra: Any) -> BaseOperator:
@@ -250,4 +253,4 @@ class DbtTaskGroup(TaskGroup):
         super().__init__(group_id=group_id, **group_kwargs)
         renderer = _Renderer(project_config, profile_config, execution_config, render_config, operator_args)
         with self:
-            self.dbt_tasks = renderer.build()
+            self.dbt_tasks = renderer.build(self.group_id)

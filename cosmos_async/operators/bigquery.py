@@ -30,9 +30,11 @@ class DbtBigQueryAsyncOperator(BaseOperator):
                  remote_target_path_conn_id: str | None, location: str | None, project: str | None = None,
                  poll_interval: float = 2.0, start_from_trigger: bool = True,
                  labels: dict[str, str] | None = None, local_fallback: dict[str, Any] | None = None,
-                 dbt_target: dict[str, str] | None = None, **kwargs: Any) -> None:
-        """Credentials: ``gcp_conn_id``, or when it is None ``dbt_target`` (profiles.yml path, profile, target),
-        which the trigger reads in the triggerer; neither holds a secret."""
+                 dbt_group_id: str | None = None, dbt_target: dict[str, str] | None = None,
+                 **kwargs: Any) -> None:
+        """``dbt_group_id``: the DbtTaskGroup whose setup uploads this node's SQL (None in a DbtDag). Credentials:
+        ``gcp_conn_id``, or when it is None ``dbt_target`` (profiles.yml path, profile, target), which the trigger
+        reads in the triggerer; neither holds a secret."""
         super().__init__(**kwargs)
         self.nodes = [dict(n) for n in nodes]
         self.gcp_conn_id = gcp_conn_id
@@ -45,6 +47,7 @@ class DbtBigQueryAsyncOperator(BaseOperator):
         self.labels = dict(labels or {})
         self.local_fallback = local_fallback
         self.start_from_trigger = start_from_trigger
+        self.dbt_group_id = dbt_group_id
         if start_from_trigger:
             self.start_trigger_args = StartTriggerArgs(
                 trigger_cls=TRIGGER_CLASSPATH, trigger_kwargs=self.trigger_kwargs(end_task=True),
@@ -56,7 +59,8 @@ class DbtBigQueryAsyncOperator(BaseOperator):
         return {"nodes": self.nodes, "gcp_conn_id": self.gcp_conn_id,
                 "storage_conn_id": self.remote_target_path_conn_id, "remote_target_path": self.remote_target_path,
                 "project": self.project, "location": self.location, "poll_interval": self.poll_interval,
-                "labels": self.labels, "end_task": end_task, "run": run, "dbt_target": self.dbt_target}
+                "labels": self.labels, "end_task": end_task, "run": run, "group_id": self.dbt_group_id,
+                "dbt_target": self.dbt_target}
 
     def execute(self, context: Any) -> None:
         from cosmos_async_triggers.bigquery import BigQueryNodeTrigger

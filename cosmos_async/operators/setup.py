@@ -40,8 +40,10 @@ class DbtAsyncSetupOperator(BaseOperator):
                  remote_target_path: str, remote_target_path_conn_id: str | None, select: Sequence[str] = (),
                  exclude: Sequence[str] = (), dbt_vars: dict[str, Any] | None = None, full_refresh: bool = False,
                  install_deps: bool = False, env: dict[str, str] | None = None,
-                 py_requirements: Sequence[str] = (), use_venv: bool | None = None, **kwargs: Any) -> None:
-        """``py_requirements``: ExecutionConfig.async_py_requirements, installed into a cached virtualenv when
+                 py_requirements: Sequence[str] = (), use_venv: bool | None = None,
+                 dbt_group_id: str | None = None, **kwargs: Any) -> None:
+        """``dbt_group_id``: the DbtTaskGroup this setup serves (its files get their own directory of the run).
+        ``py_requirements``: ExecutionConfig.async_py_requirements, installed into a cached virtualenv when
         dbt is not importable here. ``use_venv``: True forces the virtualenv, False forbids it, None decides by
         whether dbt is installed."""
         super().__init__(**kwargs)
@@ -58,6 +60,7 @@ class DbtAsyncSetupOperator(BaseOperator):
         self.env = dict(env or {})
         self.py_requirements = list(py_requirements)
         self.use_venv = use_venv
+        self.dbt_group_id = dbt_group_id
 
     def _venv(self) -> Path | None:
         """The dbt virtualenv to capture in, or None to capture in this process."""
@@ -99,15 +102,16 @@ class DbtAsyncSetupOperator(BaseOperator):
         capture = self._capture()
         captured = time.monotonic()
         dag_id, run_id = context["dag_run"].dag_id, context["run_id"]
-        index = upload_capture(target, dag_id, run_id, capture, set(self.node_ids))
+        group = self.dbt_group_id
+        index = upload_capture(target, dag_id, run_id, capture, set(self.node_ids), group)
         uploaded = time.monotonic()
         fallbacks = {uid: e["fallback"] for uid, e in index["nodes"].items() if e["fallback"]}
         total = sum(e["bytes"] for e in index["nodes"].values())
         self.log.info("captured %d nodes in %.2fs; uploaded %d files (%d bytes) to %s in %.2fs",
                       len(self.node_ids), captured - started, len(index["nodes"]), total,
-                      target.run_prefix(dag_id, run_id), uploaded - captured)
+                      target.run_prefix(dag_id, run_id, group), uploaded - captured)
         for unique_id, reason in sorted(fallbacks.items()):
             self.log.info("%s will run through dbt on a worker (LOCAL): %s", unique_id, reason)
-        return {"prefix": target.run_prefix(dag_id, run_id), "nodes": len(index["nodes"]),
+        return {"prefix": target.run_prefix(dag_id, run_id, group), "nodes": len(index["nodes"]),
                 "fallbacks": sorted(fallbacks), "capture_s": round(captured - started, 3),
                 "upload_s": round(uploaded - captured, 3)}

@@ -55,3 +55,24 @@ def test_upload_writes_index_with_sha256_then_teardown_removes_only_its_run(targ
 def test_segments_are_distinct_for_distinct_names() -> None:
     names = [*HOSTILE, "a_b", "a~2Fb", "a%2Fb"]
     assert len({segment(n) for n in names}) == len(names)
+
+
+def test_task_groups_of_one_run_keep_their_own_files(target: RemoteTarget) -> None:
+    """Two DbtTaskGroups of one DAG run (and a DbtDag's own files beside them) never read or delete each other's."""
+    for group in ("snapshots", "models", "nodes", None):  # "nodes" must not collide with a DbtDag's nodes/
+        upload_capture(target, "dag", "run", _capture(), {"model.p.a"}, group)
+    prefixes = {target.run_prefix("dag", "run", g) for g in ("snapshots", "models", "nodes", None)}
+    assert len(prefixes) == 4
+    assert read_index(target, "dag", "run", "models")["group_id"] == "models"
+
+    assert delete_run(target, "dag", "run", "snapshots") == 4  # 3 scripts + its index
+    with pytest.raises(RemoteStorageError, match="setup task has not run"):
+        read_index(target, "dag", "run", "snapshots")
+    assert delete_run(target, "dag", "run") == 4  # the DbtDag's files only: the groups' directories stay
+    assert read_index(target, "dag", "run", "models")["group_id"] == "models"
+    assert read_index(target, "dag", "run", "nodes")["group_id"] == "nodes"
+    assert delete_run(target, "dag", "run", "models") == 4
+    assert delete_run(target, "dag", "run", "nodes") == 4
+    fs, _ = target.filesystem()
+    assert not fs.exists(fs._strip_protocol(target.run_prefix("dag", "run"))) or not fs.find(
+        fs._strip_protocol(target.run_prefix("dag", "run")))

@@ -82,7 +82,8 @@ class BigQueryNodeTrigger(BaseTrigger):
     def __init__(self, *, nodes: list[dict[str, Any]], gcp_conn_id: str | None, storage_conn_id: str | None,
                  remote_target_path: str, project: str | None, location: str | None, poll_interval: float = 2.0,
                  labels: dict[str, str] | None = None, end_task: bool = False,
-                 run: dict[str, Any] | None = None, dbt_target: dict[str, str] | None = None) -> None:
+                 run: dict[str, Any] | None = None, group_id: str | None = None,
+                 dbt_target: dict[str, str] | None = None) -> None:
         super().__init__()
         if (gcp_conn_id is None) == (dbt_target is None):
             raise ValueError("BigQueryNodeTrigger needs exactly one of gcp_conn_id and dbt_target")
@@ -97,6 +98,7 @@ class BigQueryNodeTrigger(BaseTrigger):
         self.labels = dict(labels or {})
         self.end_task = bool(end_task)
         self.run_info = dict(run) if run else None
+        self.group_id = group_id  # the DbtTaskGroup whose setup uploaded this run's files (None for a DbtDag)
         self._gcp: GcpSource | None = None
         self._active: _JobRef | None = None  # the job on_kill must cancel
 
@@ -105,7 +107,8 @@ class BigQueryNodeTrigger(BaseTrigger):
             "nodes": self.nodes, "gcp_conn_id": self.gcp_conn_id, "storage_conn_id": self.storage_conn_id,
             "remote_target_path": self.remote_target_path, "project": self.project, "location": self.location,
             "poll_interval": self.poll_interval, "labels": self.labels, "end_task": self.end_task,
-            "run": self.run_info, "dbt_target": self.dbt_target.to_kwargs() if self.dbt_target else None,
+            "run": self.run_info, "group_id": self.group_id,
+            "dbt_target": self.dbt_target.to_kwargs() if self.dbt_target else None,
         }
 
     # ---- events -------------------------------------------------------------------------------------------
@@ -222,7 +225,7 @@ class BigQueryNodeTrigger(BaseTrigger):
             return await get_token(storage_conn) if storage_conn is not None else None
 
         prefix, index = await read_index(self.remote_target_path, dag_id, run_id, conn=storage_conn,
-                                         token_for=storage_token)
+                                         token_for=storage_token, group_id=self.group_id)
         entries = []
         for node in self.nodes:
             entry = index["nodes"].get(node["id"])

@@ -11,6 +11,9 @@ import hashlib
 import re
 
 INDEX_NAME = "index.json"
+NODES_DIR = "nodes"
+# What a DbtDag (no task group) writes directly in its run directory.
+DAG_LEVEL_NAMES = frozenset({INDEX_NAME, NODES_DIR})
 # The most load data a trigger sends in one multipart upload. The whole body is built in the triggerer's memory,
 # shared by every trigger, so the capture leaves larger seeds to LOCAL dbt and the trigger refuses them.
 MAX_MULTIPART_BYTES = 100 * 1024 * 1024
@@ -30,12 +33,22 @@ def segment(value: str) -> str:
     return "~2E" + encoded[1:] if encoded.startswith(".") else encoded
 
 
-def run_prefix(remote_root: str, dag_id: str, run_id: str) -> str:
-    """The run's own namespace: ``{remote_root}/{dag_id}/{run_id}``."""
+def run_prefix(remote_root: str, dag_id: str, run_id: str, group_id: str | None = None) -> str:
+    """The run's own namespace: ``{remote_root}/{dag_id}/{run_id}``, and ``/{group_id}`` below it for a task group.
+
+    Two dbt task groups of one DAG run each set up, read and tear down their own directory; a DbtDag's files
+    (``index.json`` and ``nodes/``) sit directly in the run directory, where no group directory can collide with
+    them (see :data:`DAG_LEVEL_NAMES`).
+    """
     root = remote_root.rstrip("/")
     if not root:
         raise ValueError("remote target path is empty")
-    return f"{root}/{segment(dag_id)}/{segment(run_id)}"
+    prefix = f"{root}/{segment(dag_id)}/{segment(run_id)}"
+    if group_id is None:
+        return prefix
+    group = segment(group_id)
+    # A group named "nodes" or "index.json" would share a path with a DbtDag's files in the same run directory.
+    return f"{prefix}/{'~' + group if group in DAG_LEVEL_NAMES else group}"
 
 
 def index_path(prefix: str) -> str:
@@ -44,7 +57,7 @@ def index_path(prefix: str) -> str:
 
 def node_relpath(unique_id: str) -> str:
     """Path of a node's SQL relative to the run prefix."""
-    return f"nodes/{segment(unique_id)}.sql"
+    return f"{NODES_DIR}/{segment(unique_id)}.sql"
 
 
 def step_relpath(unique_id: str, step: int, extension: str) -> str:
@@ -53,7 +66,7 @@ def step_relpath(unique_id: str, step: int, extension: str) -> str:
     ``~s`` never occurs in a segment (escapes are ``~`` and two hex digits), so these never collide with
     :func:`node_relpath` of another node.
     """
-    return f"nodes/{segment(unique_id)}~s{step}.{extension}"
+    return f"{NODES_DIR}/{segment(unique_id)}~s{step}.{extension}"
 
 
 def job_id_base(dag_id: str, task_id: str, run_id: str, map_index: int = -1) -> str:

@@ -76,9 +76,10 @@ async def _read_gcs(url: str, conn: GcpSource, token: str | None) -> bytes:
 
 
 async def read_index(remote_target_path: str, dag_id: str, run_id: str, *, conn: GcpSource | None,
-                     token_for: Callable[[], Awaitable[str | None]]) -> tuple[str, dict[str, Any]]:
-    """(run prefix, parsed index) of this DAG run."""
-    prefix = run_prefix(remote_target_path, dag_id, run_id)
+                     token_for: Callable[[], Awaitable[str | None]],
+                     group_id: str | None = None) -> tuple[str, dict[str, Any]]:
+    """(run prefix, parsed index) of this DAG run, or of this task group's part of it."""
+    prefix = run_prefix(remote_target_path, dag_id, run_id, group_id)
     url = index_path(prefix)
     try:
         data = await read_bytes(url, conn=conn, token_for=token_for)
@@ -94,8 +95,10 @@ async def read_index(remote_target_path: str, dag_id: str, run_id: str, *, conn:
         versions = " or ".join(map(str, SUPPORTED_VERSIONS))
         raise RemoteReadError(f"{url} is not a cosmos-async index of version {versions}; {_RERUN} with the same "
                               "cosmos-async version as the triggerer.")
-    if (index.get("dag_id"), index.get("run_id")) != (dag_id, run_id):
-        raise RemoteReadError(f"{url} belongs to {index.get('dag_id')}/{index.get('run_id')}, not {dag_id}/{run_id}")
+    if (index.get("dag_id"), index.get("run_id"), index.get("group_id")) != (dag_id, run_id, group_id):
+        owner = "/".join(str(index.get(k)) for k in ("dag_id", "run_id", "group_id") if index.get(k) is not None)
+        wanted = "/".join(v for v in (dag_id, run_id, group_id) if v is not None)
+        raise RemoteReadError(f"{url} belongs to {owner}, not {wanted}")
     return prefix, index
 
 

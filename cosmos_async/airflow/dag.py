@@ -1,0 +1,5 @@
+"""Where ``from cosmos.airflow.dag import DbtDag`` lands after changing the import."""
+
+from cosmos_async.render import DbtDag
+
+__all__ = ["DbtDag"]
