@@ -16,14 +16,15 @@ from types import TracebackType
 
 
 class TriggerRowRecorder:
-    """Samples ``SELECT id, classpath, kwargs FROM trigger`` every ``interval`` seconds; ``rows`` maps each trigger
-    id to (classpath, decrypted kwargs JSON text)."""
+    """Samples ``SELECT id, classpath, kwargs FROM trigger`` every ``interval`` seconds; ``rows`` maps each row seen
+    to (classpath, decrypted kwargs JSON text). Rows are told apart by their stored kwargs, not their id: SQLite
+    reuses the id of a deleted row."""
 
     def __init__(self, airflow_home: Path, interval: float = 0.2) -> None:
         self.db = airflow_home / "airflow.db"
         self.cfg = airflow_home / "airflow.cfg"
         self.interval = interval
-        self.rows: dict[int, tuple[str, str]] = {}
+        self.rows: dict[str, tuple[str, str]] = {}  # stored (encrypted) kwargs -> row
         self.errors: list[str] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="trigger-row-recorder", daemon=True)
@@ -38,7 +39,7 @@ class TriggerRowRecorder:
         self._stop.set()
         self._thread.join(5)
 
-    def seen(self) -> dict[int, tuple[str, str]]:
+    def seen(self) -> dict[str, tuple[str, str]]:
         with self._lock:
             return dict(self.rows)
 
@@ -61,11 +62,11 @@ class TriggerRowRecorder:
                 self.errors.append(str(exc))
                 continue
             for trigger_id, classpath, kwargs in found:
-                if trigger_id not in self.rows:
+                if kwargs not in self.rows:
                     try:
                         text = self._decrypt(kwargs)
                     except Exception as exc:  # a test asserting on rows then sees why they are missing
                         self.errors.append(f"trigger {trigger_id}: cannot decrypt: {type(exc).__name__}")
                         continue
                     with self._lock:
-                        self.rows[trigger_id] = (classpath, text)
+                        self.rows[kwargs] = (classpath, text)
