@@ -5,7 +5,9 @@ The one seam into dbt: dbt-bigquery's ``api_endpoint`` profile field points dbt 
 request between ``NodeStart`` and ``NodeFinished`` belongs to that node). No dbt code is patched.
 
 The endpoint forwards reads to the real API (dataset/table metadata, SELECT queries a macro runs for
-introspection), so dbt compiles against the warehouse as it is. Writes — DDL, DML, scripts, dataset creation,
+introspection), so dbt compiles against the warehouse as it is, and notes what each read touched: a node whose
+reads touch what another node of the run builds is compiled later instead (:mod:`cosmos_async.run_dependencies`).
+Writes — DDL, DML, scripts, dataset creation,
 and every query of a test node — are recorded and answered with a finished job that returned no rows (tests:
 zero failures), so dbt moves on as if they had run. A seed's CSV upload (a load job over the upload endpoint,
 resumable or multipart) is recorded as a load step — the job configuration and the uploaded bytes — in order
@@ -28,11 +30,16 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
-from urllib.parse import urlsplit
+from typing import TYPE_CHECKING, Any
+from urllib.parse import unquote, urlsplit
 
 from cosmos_async.config import ProfileConfig
 from cosmos_async.errors import CosmosAsyncError
+from cosmos_async.run_dependencies import mark_run_dependencies
+from cosmos_async.sql_relations import Relation, relations_read
+
+if TYPE_CHECKING:
+    from cosmos_async.project.manifest import Manifest
 
 DEFAULT_BIGQUERY_ENDPOINT = "https://bigquery.googleapis.com"
 ON_RUN_START = "on-run-start"
@@ -41,7 +48,9 @@ _JOBS = re.compile(r"^/bigquery/v2/projects/(?P<project>[^/]+)/jobs/?$")
 _JOB = re.compile(r"^/bigquery/v2/projects/(?P<project>[^/]+)/(?:jobs|queries)/(?P<job>[^/]+)(?:/cancel)?$")
 _DATASETS = re.compile(r"^/bigquery/v2/projects/(?P<project>[^/]+)/datasets/?$")
 _TABLE = re.compile(r"^/bigquery/v2/projects/(?P<project>[^/]+)/datasets/(?P<dataset>[^/]+)/tables/(?P<table>[^/]+)$")
-_TABLE = re.compile(r"^/bigquery/v2/projects/(?P<project>[^/]+)/datasets/(?P<dataset>[^/]+)/tables/(?P<table>[^/]+)$")
+# Metadata reads: datasets.list, datasets.get, tables.list/routines.list, tables.get/tabledata.list/routines.get.
+_METADATA = re.compile(r"^/bigquery/v2/projects/(?P<project>[^/]+)/datasets(?:/(?P<dataset>[^/]+)"
+                       r"(?:/(?P<kind>tables|routines|models)(?:/(?P<table>[^/]+)(?:/data)?)?)?)?/?$")
 _UPLOAD_JOBS = re.compile(r"^/upload/bigquery/v2/projects/(?P<project>[^/]+)/jobs/?$")
 _CONTENT_RANGE = re.compile(r"bytes (?:\d+-(?P<last>\d+)|\*)/(?P<total>\d+|\*)")
 _DROP_KIND = {"VIEW": "VIEW", "MATERIALIZED_VIEW": "MATERIALIZED VIEW", "EXTERNAL": "EXTERNAL TABLE"}
@@ -83,6 +92,8 @@ class NodeCapture:
     # BigQuery location of the recorded jobs (from dbt's job reference), when known.
     location: str | None = None
     loads: list[LoadCapture] = field(default_factory=list)
+    # Relations (and listings) whose state dbt read while compiling this node, in the order first read.
+    reads: list[Relation] = field(default_factory=list)
 
     def script(self) -> str:
         """The statements as one BigQuery multi-statement job (loads left out: see :meth:`steps`)."""
@@ -197,6 +208,11 @@ class _Recorder:
         with self.lock:
             return any(pattern.search(sql) for sql in self.target().statements)
 
+    def note_reads(self, relations: set[Relation]) -> None:
+        with self.lock:
+            reads = self.target().reads
+            reads.extend(sorted(r for r in relations if r not in reads))
+
     def fall_back(self, reason: str) -> None:
         with self.lock:
             target = self.target()
@@ -277,6 +293,8 @@ def _handler(recorder: _Recorder) -> type[BaseHTTPRequestHandler]:
                     return self._send(200, recorder.query_results(m["job"]))
                 return self._send(200, recorder.fake_jobs[m["job"]]["job"])
             if self.command in ("GET", "HEAD"):
+                if m := _METADATA.match(path):
+                    recorder.note_reads({_metadata_read(m)})
                 return self._forward(body, _TABLE.match(path))
             if path.startswith("/upload/"):
                 return self._upload(path, body)
@@ -342,6 +360,9 @@ def _handler(recorder: _Recorder) -> type[BaseHTTPRequestHandler]:
                 recorder.fall_back(f"dbt-bigquery runs a {kind} job for this node")
                 return self._send(200, recorder.fake_job(project, body, kind.upper()))
             if config.get("dryRun") or (is_read_only(query) and not recorder.current_is_test()):
+                default = (config.get("query") or {}).get("defaultDataset") or {}
+                recorder.note_reads(relations_read(query, default.get("projectId") or project,
+                                                   default.get("datasetId")))
                 return self._forward(raw)
             recorder.record(query, location)
             return self._send(200, recorder.fake_job(project, body, "SCRIPT"))
@@ -362,6 +383,14 @@ def _handler(recorder: _Recorder) -> type[BaseHTTPRequestHandler]:
         do_POST = do_PUT = do_PATCH = do_DELETE = do_HEAD = do_GET
 
     return Handler
+
+
+def _metadata_read(m: re.Match) -> Relation:
+    project, dataset, table = (unquote(m[g]) if m[g] else None for g in ("project", "dataset", "table"))
+    assert project is not None
+    if table is not None or dataset is None:
+        return Relation(project, dataset, table, contents=dataset is None)
+    return Relation(project, dataset, contents=m["kind"] is not None)
 
 
 def _parse_multipart(content_type: str, body: bytes) -> tuple[dict[str, Any], bytes]:
@@ -399,10 +428,11 @@ def capture_project(project_dir: Path, profile_config: ProfileConfig, *, select:
     A node whose capture fails, or that dbt skipped because an upstream capture failed, is retried in a
     further pass on its own; a node that still fails falls back to LOCAL with dbt's message as the reason.
     """
-    from cosmos_async.dbt_invoke import DbtCommandError, dbt_workspace, node_outcomes
+    from cosmos_async.dbt_invoke import DbtCommandError, dbt_workspace, environment, node_outcomes
     from cosmos_async.profiles import resolve_target
 
-    target = resolve_target(profile_config)
+    with environment(env or {}):  # the profile may read env_var()s that ``env`` sets
+        target = resolve_target(profile_config)
     upstream = target.get("api_endpoint") or DEFAULT_BIGQUERY_ENDPOINT
     failed: dict[str, str] = {}
     with recording_endpoint(upstream) as (url, recorder), dbt_workspace(
@@ -431,10 +461,24 @@ def capture_project(project_dir: Path, profile_config: ProfileConfig, *, select:
                 failed.update((o.unique_id, "dbt skipped it after an upstream capture failed") for o in skipped)
                 break
             pending_select, pending_exclude = [o.selector for o in skipped], []
+        manifest = _run_manifest(workspace.target_dir)
     for unique_id, message in failed.items():
         node = recorder.nodes.setdefault(unique_id, NodeCapture())
         node.fallback = node.fallback or f"its statements could not be captured: {message}"
-    return Capture(recorder.nodes, recorder.on_run_start, recorder.on_run_end)
+    capture = Capture(recorder.nodes, recorder.on_run_start, recorder.on_run_end)
+    project = recorder.project if recorder.project != "unknown" else str(target.get("project") or "")
+    mark_run_dependencies(capture, manifest, project)
+    return capture
+
+
+def _run_manifest(target_dir: Path) -> Manifest | None:
+    """The manifest dbt wrote for the capture run (its relation names say what each node builds)."""
+    from cosmos_async.project.manifest import parse_manifest
+
+    try:
+        return parse_manifest(json.loads((target_dir / "manifest.json").read_text()))
+    except (OSError, ValueError, CosmosAsyncError):
+        return None  # the recorded statements still say what each node writes
 
 
 def _auth_failure(profile_config: ProfileConfig, target: Mapping[str, Any]) -> str:

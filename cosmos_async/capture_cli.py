@@ -1,7 +1,7 @@
-"""Run the capture in another Python (the dbt virtualenv) and bring the :class:`Capture` back.
+"""Run the capture in another Python (a dbt virtualenv's) and bring the :class:`Capture` back.
 
-Parent: :func:`capture_in_venv` resolves the dbt target where Airflow is (connections), writes a request file
-without secrets, and starts ``<venv python> -m cosmos_async.capture_cli request.json result.json`` with this
+Parent: :func:`capture_in_python` resolves the dbt target where Airflow is (connections), writes a request file
+without secrets, and starts ``<dbt's python> -m cosmos_async.capture_cli request.json result.json`` with this
 package's source on PYTHONPATH. Secret values travel only in the child's environment, under the same
 ``COSMOS_ASYNC_SECRET_*`` names the in-process profile uses; the request's target refers to them by
 ``env_var()``. Child: :func:`main` rebuilds the profile, runs :func:`capture_project` and writes the result.
@@ -107,9 +107,11 @@ def build_request(project_dir: Path, profile_config: ProfileConfig, *, select: S
                   full_refresh: bool = False, install_deps: bool = False,
                   env: Mapping[str, str] | None = None) -> tuple[dict[str, Any], dict[str, str]]:
     """(request without secrets, environment for the child holding the secrets and ``env``)."""
+    from cosmos_async.dbt_invoke import environment
     from cosmos_async.profiles import resolve_target, split_secrets
 
-    safe, secret_env = split_secrets(resolve_target(profile_config))
+    with environment(env or {}):  # the profile may read env_var()s that ``env`` sets
+        safe, secret_env = split_secrets(resolve_target(profile_config))
     # Absolute: the child runs in its own working directory, so that directory is all ``-m`` adds to sys.path.
     request = {"project_dir": str(Path(project_dir).resolve()), "profile_name": profile_config.profile_name,
                "target_name": profile_config.target_name, "target": _escape_templates(safe),
@@ -140,17 +142,16 @@ def _source_path(root: Path) -> Path:
     return path
 
 
-def capture_in_venv(venv: Path, project_dir: Path, profile_config: ProfileConfig, *, select: Sequence[str] = (),
+def capture_in_python(python: Path, project_dir: Path, profile_config: ProfileConfig, *, select: Sequence[str] = (),
                     exclude: Sequence[str] = (), dbt_vars: Mapping[str, Any] | None = None,
                     full_refresh: bool = False, install_deps: bool = False, env: Mapping[str, str] | None = None,
                     log: logging.Logger | None = None, workdir: Path | None = None) -> Capture:
-    """:func:`capture_project` run by the virtualenv's Python; dbt's output goes to ``log`` line by line.
+    """:func:`capture_project` run by ``python`` (the interpreter of a dbt virtualenv: one built from
+    ``async_py_requirements``, or the one of ``dbt_executable_path``); dbt's output goes to ``log`` line by line.
 
     ``workdir`` keeps the request and result files there (to inspect them); by default they live in a private
     temporary directory removed afterwards.
     """
-    from cosmos_async.dbt_venv import venv_python
-
     log = log or logging.getLogger(__name__)
     request, child_secrets = build_request(project_dir, profile_config, select=select, exclude=exclude,
                                            dbt_vars=dbt_vars, full_refresh=full_refresh,
@@ -168,7 +169,7 @@ def capture_in_venv(venv: Path, project_dir: Path, profile_config: ProfileConfig
         child_env.update(child_secrets)
         child_env.update(PYTHONPATH=str(_source_path(work)), PYTHONUNBUFFERED="1")
         child_env.setdefault("DBT_USE_COLORS", "false")  # the lines go to a log file, not a terminal
-        command = [str(venv_python(venv)), "-m", "cosmos_async.capture_cli", str(request_path), str(result_path)]
+        command = [str(python), "-m", "cosmos_async.capture_cli", str(request_path), str(result_path)]
         tail: deque[str] = deque(maxlen=_TAIL_LINES)
         process = subprocess.Popen(command, cwd=work, env=child_env, stdin=subprocess.DEVNULL,
                                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace")
@@ -186,14 +187,14 @@ def capture_in_venv(venv: Path, project_dir: Path, profile_config: ProfileConfig
             result = json.loads(result_path.read_text())
         except (OSError, ValueError):
             lines = "\n".join(tail)
-            raise CaptureError(f"the capture in the dbt virtualenv {venv} exited with {code} without a result; "
+            raise CaptureError(f"the capture with the dbt Python {python} exited with {code} without a result; "
                                f"last lines:\n{lines}") from None
     if "error" in result:
-        raise _child_error(result["error"], venv)
+        raise _child_error(result["error"], python)
     return decode(Capture, result["capture"])
 
 
-def _child_error(error: Mapping[str, str], venv: Path) -> Exception:
+def _child_error(error: Mapping[str, str], python: Path) -> Exception:
     """The child's exception as the same cosmos-async class when it is one (ConfigurationError stays one)."""
     module, _, name = error.get("type", "").rpartition(".")
     message = error.get("message", "")
@@ -206,7 +207,7 @@ def _child_error(error: Mapping[str, str], venv: Path) -> Exception:
                 return cls(message)
         except Exception:  # fall through to the generic error
             pass
-    return CaptureError(f"the capture in the dbt virtualenv {venv} failed: {error.get('type')}: {message}")
+    return CaptureError(f"the capture with the dbt Python {python} failed: {error.get('type')}: {message}")
 
 
 # -- child side ------------------------------------------------------------------------------------------------

@@ -23,7 +23,7 @@ __all__ = ["ExecutionConfig", "ExecutionMode", "InvocationMode", "LoadMode", "Pr
            "RenderConfig", "SourceRenderingBehavior", "TestBehavior", "cache_dir", "check_operator_args",
            "cosmos_setting"]
 
-SUPPORTED_EXECUTION_MODES = (ExecutionMode.LOCAL, ExecutionMode.AIRFLOW_ASYNC)
+SUPPORTED_EXECUTION_MODES = (ExecutionMode.LOCAL, ExecutionMode.VIRTUALENV, ExecutionMode.AIRFLOW_ASYNC)
 
 
 def _reject(owner: str, unsupported: dict[str, Any]) -> None:
@@ -87,29 +87,52 @@ class ProfileConfig:
 
 @dataclass
 class ExecutionConfig:
-    """How nodes run: LOCAL (dbt in the worker) or AIRFLOW_ASYNC (BigQuery jobs awaited in the triggerer)."""
+    """How nodes run: LOCAL / VIRTUALENV (dbt on the worker) or AIRFLOW_ASYNC (BigQuery jobs awaited in the
+    triggerer).
+
+    ``dbt_executable_path``: a dbt installed elsewhere (its own virtualenv, as MWAA and Astro document). LOCAL
+    runs it as a subprocess; AIRFLOW_ASYNC's setup captures with that dbt's Python. ``invocation_mode``:
+    DBT_RUNNER (dbt in the task process, the default) or SUBPROCESS (the ``dbt`` executable); given a
+    ``dbt_executable_path`` it defaults to SUBPROCESS.
+    """
 
     execution_mode: ExecutionMode = ExecutionMode.LOCAL
     invocation_mode: InvocationMode = InvocationMode.DBT_RUNNER
+    dbt_executable_path: Path | None = None
     dbt_project_path: Path | None = None
     async_py_requirements: list[str] = field(default_factory=list)
 
     def __init__(self, execution_mode: ExecutionMode = ExecutionMode.LOCAL,
-                 invocation_mode: InvocationMode | None = None, dbt_project_path: str | Path | None = None,
-                 async_py_requirements: list[str] | None = None, **unsupported: Any) -> None:
+                 invocation_mode: InvocationMode | None = None, dbt_executable_path: str | Path | None = None,
+                 dbt_project_path: str | Path | None = None, async_py_requirements: list[str] | None = None,
+                 **unsupported: Any) -> None:
         _reject("ExecutionConfig", unsupported)
         if execution_mode not in SUPPORTED_EXECUTION_MODES:
             raise UnsupportedArgumentError(
                 f"ExecutionConfig(execution_mode={execution_mode}) is not supported by cosmos-async; "
-                f"use ExecutionMode.LOCAL or ExecutionMode.AIRFLOW_ASYNC."
+                f"use ExecutionMode.LOCAL, VIRTUALENV or AIRFLOW_ASYNC."
             )
-        if invocation_mode not in (None, InvocationMode.DBT_RUNNER):
-            raise UnsupportedArgumentError(
-                "ExecutionConfig(invocation_mode=SUBPROCESS) is not supported: cosmos-async runs dbt in-process "
-                "(InvocationMode.DBT_RUNNER)."
+        if invocation_mode is not None and not isinstance(invocation_mode, InvocationMode):
+            raise ConfigurationError(f"ExecutionConfig(invocation_mode={invocation_mode!r}): use "
+                                     "InvocationMode.DBT_RUNNER or InvocationMode.SUBPROCESS.")
+        if dbt_executable_path and invocation_mode == InvocationMode.DBT_RUNNER:
+            raise ConfigurationError(
+                f"ExecutionConfig(dbt_executable_path={str(dbt_executable_path)!r}, invocation_mode=DBT_RUNNER): "
+                "DBT_RUNNER runs the dbt installed next to Airflow, not that executable; use "
+                "InvocationMode.SUBPROCESS (the default with dbt_executable_path) or drop dbt_executable_path."
+            )
+        if execution_mode == ExecutionMode.VIRTUALENV and (dbt_executable_path
+                                                           or invocation_mode == InvocationMode.DBT_RUNNER):
+            raise ConfigurationError(
+                "ExecutionConfig(execution_mode=VIRTUALENV) runs the dbt of the virtualenv it builds from "
+                "operator_args py_requirements: drop dbt_executable_path / invocation_mode=DBT_RUNNER, or use LOCAL."
             )
         self.execution_mode = execution_mode
-        self.invocation_mode = InvocationMode.DBT_RUNNER
+        self.dbt_executable_path = Path(dbt_executable_path) if dbt_executable_path else None
+        if invocation_mode is None:
+            invocation_mode = (InvocationMode.SUBPROCESS if self.dbt_executable_path
+                               or execution_mode == ExecutionMode.VIRTUALENV else InvocationMode.DBT_RUNNER)
+        self.invocation_mode = invocation_mode
         self.dbt_project_path = Path(dbt_project_path) if dbt_project_path else None
         self.async_py_requirements = list(async_py_requirements or [])
 
@@ -125,16 +148,25 @@ class RenderConfig:
     emit_datasets: bool = True
     dbt_deps: bool = True
     dbt_project_path: Path | None = None
+    dbt_ls_path: Path | None = None
 
     def __init__(self, load_method: LoadMode = LoadMode.AUTOMATIC, select: list[str] | str | None = None,
                  exclude: list[str] | str | None = None, test_behavior: TestBehavior = TestBehavior.AFTER_EACH,
                  emit_datasets: bool = True, dbt_deps: bool = True, dbt_project_path: str | Path | None = None,
-                 **unsupported: Any) -> None:
+                 dbt_ls_path: str | Path | None = None, **unsupported: Any) -> None:
+        """``load_method``: AUTOMATIC, DBT_MANIFEST, DBT_LS, DBT_LS_FILE (``dbt_ls_path`` holds the output of
+        ``dbt ls --output json``) or CUSTOM (the manifest when ProjectConfig has one, else the cached
+        ``dbt ls``: cosmos-async's own parser reads the project either way)."""
         _reject("RenderConfig", unsupported)
-        if load_method not in (LoadMode.AUTOMATIC, LoadMode.DBT_MANIFEST, LoadMode.DBT_LS):
+        if load_method == LoadMode.DBT_LS_CACHE:
             raise UnsupportedArgumentError(
-                f"RenderConfig(load_method={load_method}) is not supported by cosmos-async; "
-                "use LoadMode.AUTOMATIC, DBT_MANIFEST or DBT_LS."
+                "RenderConfig(load_method=LoadMode.DBT_LS_CACHE) is not supported by cosmos-async; use "
+                "LoadMode.DBT_LS, whose output cosmos-async always caches by project checksum."
+            )
+        if (load_method == LoadMode.DBT_LS_FILE) != (dbt_ls_path is not None):
+            raise ConfigurationError(
+                "RenderConfig: LoadMode.DBT_LS_FILE and dbt_ls_path go together: set "
+                "RenderConfig(load_method=LoadMode.DBT_LS_FILE, dbt_ls_path='<file of `dbt ls --output json`>')."
             )
         if test_behavior == TestBehavior.BUILD:
             raise UnsupportedArgumentError(
@@ -148,6 +180,7 @@ class RenderConfig:
         self.emit_datasets = emit_datasets
         self.dbt_deps = dbt_deps
         self.dbt_project_path = Path(dbt_project_path) if dbt_project_path else None
+        self.dbt_ls_path = Path(dbt_ls_path) if dbt_ls_path else None
 
 
 # operator_args keys understood by cosmos-async operators; anything else is rejected at parse time.
@@ -157,6 +190,8 @@ OPERATOR_ARGS = frozenset({
     "owner", "email", "email_on_failure", "email_on_retry", "sla", "trigger_rule", "on_failure_callback",
     "on_success_callback", "on_retry_callback", "on_execute_callback", "max_active_tis_per_dag",
     "start_from_trigger", "project", "remote_target_path", "remote_target_path_conn_id", "gcp_conn_id",
+    "dbt_cmd_flags", "dbt_cmd_global_flags", "quiet", "fail_fast", "cancel_query_on_kill", "py_requirements",
+    "py_system_site_packages",
 })
 
 

@@ -1,4 +1,7 @@
-"""Run dbt in-process (dbtRunner) against a project, without writing into the project directory.
+"""Run dbt against a project, without writing into the project directory.
+
+One path builds the arguments; dbt then runs in-process (dbtRunner, the default) or as a subprocess of a dbt
+executable (:class:`~cosmos_async.dbt_executable.DbtSubprocess`).
 
 dbt's target/ and logs/ go to a private temporary directory; when packages must be installed the project is
 copied there first, so a read-only DAGs folder works. Secrets reach dbt only through the environment.
@@ -17,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from cosmos_async.config import ProfileConfig
+from cosmos_async.dbt_executable import DbtSubprocess
 from cosmos_async.errors import CosmosAsyncError
 from cosmos_async.profiles import dbt_profile, resolve_target
 
@@ -37,17 +41,19 @@ class DbtWorkspace:
     env: dict[str, str]
     profile_config: ProfileConfig
 
-    def args(self, command: Sequence[str], dbt_vars: Mapping[str, Any] | None = None) -> list[str]:
-        args = [*command, "--project-dir", str(self.project_dir), "--profiles-dir", str(self.profiles_dir),
-                "--profile", self.profile_config.profile_name, "--target", self.profile_config.target_name,
-                "--target-path", str(self.target_dir)]
+    def args(self, command: Sequence[str], dbt_vars: Mapping[str, Any] | None = None,
+             global_flags: Sequence[str] = ()) -> list[str]:
+        args = [*global_flags, *command, "--project-dir", str(self.project_dir),
+                "--profiles-dir", str(self.profiles_dir), "--profile", self.profile_config.profile_name,
+                "--target", self.profile_config.target_name, "--target-path", str(self.target_dir)]
         if dbt_vars:
             args += ["--vars", json.dumps(dict(dbt_vars))]
         return args
 
 
 @contextmanager
-def _environment(env: Mapping[str, str]) -> Iterator[None]:
+def environment(env: Mapping[str, str]) -> Iterator[None]:
+    """``env`` set in this process for the block (the profile's ``env_var()`` and in-process dbt read it)."""
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
     try:
@@ -62,17 +68,20 @@ def _environment(env: Mapping[str, str]) -> Iterator[None]:
 
 @contextmanager
 def dbt_workspace(project_dir: Path, profile_config: ProfileConfig, *, install_deps: bool = False,
-                  env: Mapping[str, str] | None = None,
-                  target: Mapping[str, Any] | None = None) -> Iterator[DbtWorkspace]:
+                  env: Mapping[str, str] | None = None, target: Mapping[str, Any] | None = None,
+                  runner: DbtSubprocess | None = None) -> Iterator[DbtWorkspace]:
     """Prepare a workspace for one or more dbt commands and clean it up afterwards.
 
+    ``runner`` runs ``dbt deps`` when packages must be installed (None: in-process).
     ``target`` replaces the profile's resolved target (the capture points dbt at its recording endpoint).
     """
     project_dir = Path(project_dir)
     if not (project_dir / "dbt_project.yml").is_file():
         raise CosmosAsyncError(f"no dbt_project.yml in {project_dir}; fix ProjectConfig(dbt_project_path=...).")
     if target is None:
-        target = resolve_target(profile_config)
+        # Inside ``env``: a profiles.yml may read operator_args env values (seed 001's DBT_* variables).
+        with environment(env or {}):
+            target = resolve_target(profile_config)
     with tempfile.TemporaryDirectory(prefix="cosmos-async-dbt-") as tmp, dbt_profile(profile_config, target) as (
         profiles_dir, secret_env
     ):
@@ -84,16 +93,25 @@ def dbt_workspace(project_dir: Path, profile_config: ProfileConfig, *, install_d
         run_env = {**(env or {}), **secret_env, "DBT_LOG_PATH": str(work / "logs"),
                    "DBT_SEND_ANONYMOUS_USAGE_STATS": "false"}
         workspace = DbtWorkspace(project_dir, profiles_dir, work / "target", run_env, profile_config)
-        with _environment(run_env):
+        with environment(run_env):
             if needs_deps:
-                invoke(workspace, ["deps"])
+                invoke(workspace, ["deps"], runner=runner)
             yield workspace
 
 
 def invoke(workspace: DbtWorkspace, command: Sequence[str], dbt_vars: Mapping[str, Any] | None = None,
-           callbacks: Sequence[Callable[[Any], None]] = ()) -> Any:
-    """Run one dbt command in-process; raise :class:`DbtCommandError` with dbt's messages when it fails."""
-    result = _run(workspace, command, dbt_vars, callbacks)
+           callbacks: Sequence[Callable[[Any], None]] = (), *, global_flags: Sequence[str] = (),
+           runner: DbtSubprocess | None = None) -> Any:
+    """Run one dbt command, in-process or with ``runner``; raise :class:`DbtCommandError` with dbt's messages
+    when it fails. In-process it returns dbt's result; through a subprocess, None."""
+    args = workspace.args(command, dbt_vars, global_flags)
+    if runner is not None:
+        code, tail = runner.run(args, workspace.env)
+        if code == 0:
+            return None
+        output = "\n".join(line for line in tail if line.strip())
+        raise DbtCommandError(f"dbt {' '.join(command)} failed (exit {code}): {output}")
+    result = _run(args, callbacks)
     if result.success:
         return result
     raise DbtCommandError(f"dbt {' '.join(command)} failed: {_failure_text(result)}")
@@ -112,7 +130,7 @@ class NodeOutcome:
 def node_outcomes(workspace: DbtWorkspace, command: Sequence[str], dbt_vars: Mapping[str, Any] | None = None,
                   callbacks: Sequence[Callable[[Any], None]] = ()) -> list[NodeOutcome]:
     """Run a dbt command and report each node's outcome; raise only when dbt itself could not run."""
-    result = _run(workspace, command, dbt_vars, callbacks)
+    result = _run(workspace.args(command, dbt_vars), callbacks)
     if result.exception is not None or result.result is None:
         raise DbtCommandError(f"dbt {' '.join(command)} could not run: {_failure_text(result)}")
     outcomes = []
@@ -124,11 +142,10 @@ def node_outcomes(workspace: DbtWorkspace, command: Sequence[str], dbt_vars: Map
     return outcomes
 
 
-def _run(workspace: DbtWorkspace, command: Sequence[str], dbt_vars: Mapping[str, Any] | None,
-         callbacks: Sequence[Callable[[Any], None]]) -> Any:
+def _run(args: list[str], callbacks: Sequence[Callable[[Any], None]]) -> Any:
     from dbt.cli.main import dbtRunner
 
-    return dbtRunner(callbacks=list(callbacks)).invoke(workspace.args(command, dbt_vars))
+    return dbtRunner(callbacks=list(callbacks)).invoke(args)
 
 
 def _failure_text(result: Any) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from functools import cached_property
 from pathlib import Path
@@ -12,11 +13,13 @@ from airflow.sdk import DAG, Asset, BaseOperator, TaskGroup
 from cosmos_async.config import (
     ExecutionConfig,
     ExecutionMode,
+    InvocationMode,
     ProfileConfig,
     ProjectConfig,
     RenderConfig,
     check_operator_args,
 )
+from cosmos_async.dbt_executable import DbtInvocation
 from cosmos_async.errors import ConfigurationError, SelectionError
 from cosmos_async.plan import TaskPlan, node_selector, plan_tasks
 from cosmos_async.project.load import load_project
@@ -25,7 +28,10 @@ from cosmos_async.project.select import select_nodes
 
 # operator_args consumed by the dbt invocation or the async tasks rather than passed to BaseOperator.
 _TOOLKIT_ARGS = ("install_deps", "full_refresh", "vars", "env", "append_env", "gcp_conn_id", "location", "project",
-                 "poll_interval", "start_from_trigger", "remote_target_path", "remote_target_path_conn_id")
+                 "poll_interval", "start_from_trigger", "remote_target_path", "remote_target_path_conn_id",
+                 "dbt_cmd_flags", "dbt_cmd_global_flags", "quiet", "fail_fast", "cancel_query_on_kill",
+                 "py_requirements", "py_system_site_packages")
+log = logging.getLogger(__name__)
 
 
 def asset_for(node: DbtNode) -> Asset | None:
@@ -52,7 +58,8 @@ class _Renderer:
                                          or self.project.dbt_project_path)
         if self.profile is None:
             raise ConfigurationError("profile_config is required to run dbt nodes.")
-        self.manifest: Manifest = load_project(self.project, self.render, self.profile, self.project_dir)
+        self.manifest: Manifest = load_project(self.project, self.render, self.profile, self.project_dir,
+                                               self.execution.dbt_executable_path)
         self.selected = select_nodes(self.manifest, self.render.select, self.render.exclude)
         self.plans = plan_tasks(self.manifest, self.selected, self.render.test_behavior)
         if not self.plans:
@@ -87,6 +94,40 @@ class _Renderer:
                 "env": {**self.project.env_vars, **(args.get("env") or {})}}
 
     @cached_property
+    def invocation(self) -> DbtInvocation:
+        """How workers start dbt, from ExecutionConfig and operator_args (checked here, at parse)."""
+        args, execution = self.operator_args, self.execution
+        requirements = tuple(_strings(args, "py_requirements"))
+        virtualenv = execution.execution_mode == ExecutionMode.VIRTUALENV
+        if virtualenv and not requirements:
+            raise ConfigurationError("ExecutionMode.VIRTUALENV needs operator_args={'py_requirements': "
+                                     "['dbt-bigquery==<version>']}: the virtualenv dbt runs from.")
+        if requirements and not virtualenv:
+            # Cosmos LOCAL accepts and ignores them too (seed DAGs carry them over from VIRTUALENV).
+            log.warning("operator_args py_requirements / py_system_site_packages only apply with "
+                        "ExecutionMode.VIRTUALENV; %s runs the dbt installed next to Airflow%s.",
+                        execution.execution_mode, " (for the setup task: ExecutionConfig(async_py_requirements="
+                        "...))" if execution.execution_mode == ExecutionMode.AIRFLOW_ASYNC else "")
+        subprocess = execution.invocation_mode == InvocationMode.SUBPROCESS
+        append_env = bool(args.get("append_env", True))
+        if not append_env and not subprocess:
+            raise ConfigurationError("operator_args append_env=False needs "
+                                     "ExecutionConfig(invocation_mode=InvocationMode.SUBPROCESS): in-process dbt "
+                                     "(DBT_RUNNER) always sees the worker's environment.")
+        return DbtInvocation(
+            subprocess=subprocess, executable=str(execution.dbt_executable_path or "") or None,
+            py_requirements=requirements if virtualenv else (),
+            py_system_site_packages=bool(args.get("py_system_site_packages", False)), append_env=append_env,
+            cancel_query_on_kill=bool(args.get("cancel_query_on_kill", True)))
+
+    @cached_property
+    def dbt_flags(self) -> dict[str, list[str]]:
+        """Global flags (before the command) and command flags (after it) for dbt runs on workers."""
+        args = self.operator_args
+        return {"global_flags": ["--quiet"] * bool(args.get("quiet")) + _strings(args, "dbt_cmd_global_flags"),
+                "cmd_flags": ["--fail-fast"] * bool(args.get("fail_fast")) + _strings(args, "dbt_cmd_flags")}
+
+    @cached_property
     def airflow_kwargs(self) -> dict[str, Any]:
         return {k: v for k, v in self.operator_args.items() if k not in _TOOLKIT_ARGS}
 
@@ -98,7 +139,7 @@ class _Renderer:
 
     def build(self, group_id: str | None = None) -> dict[str, BaseOperator]:
         """The tasks, in the current DAG / task group context; ``group_id`` names the DbtTaskGroup (None: DbtDag)."""
-        if self.execution.execution_mode == ExecutionMode.LOCAL:
+        if self.execution.execution_mode in (ExecutionMode.LOCAL, ExecutionMode.VIRTUALENV):
             return self.wire(self.local_operator)
         return self.build_async(group_id)
 
@@ -113,7 +154,7 @@ class _Renderer:
         return {"project_dir": self.require_project_dir(), "profile_config": self.profile,
                 "command": plan.command,
                 "select": [node_selector(self.manifest.nodes[uid]) for uid in plan.node_ids],
-                **self.dbt_kwargs}
+                "invocation": self.invocation, **self.dbt_flags, **self.dbt_kwargs}
 
     def wire(self, make: Callable[[TaskPlan], BaseOperator]) -> dict[str, BaseOperator]:
         tasks: dict[str, BaseOperator] = {}
@@ -165,7 +206,8 @@ class _Renderer:
         setup = DbtAsyncSetupOperator(
             task_id="dbt_setup_async", project_dir=self.require_project_dir(), profile_config=self.profile,
             node_ids=sorted({uid for plan in self.plans for uid in plan.node_ids}), select=self.render.select,
-            exclude=self.render.exclude, py_requirements=self.execution.async_py_requirements, **remote_kwargs,
+            exclude=self.render.exclude, py_requirements=self.execution.async_py_requirements,
+            dbt_executable_path=self.execution.dbt_executable_path, **remote_kwargs,
             **self.dbt_kwargs, **node_airflow_kwargs,
         ).as_setup()
         start = node_task("dbt_on_run_start", [{"id": HOOK_IDS["on-run-start"], "kind": "hook",
@@ -192,6 +234,15 @@ class _Renderer:
         if node.resource_type == "test":
             entry["severity"] = str(node.config.get("severity") or "error").lower()
         return entry
+
+
+def _strings(operator_args: dict[str, Any], name: str) -> list[str]:
+    """A list-of-strings operator_arg; a bare string is refused (dbt would get it one character at a time)."""
+    value = operator_args.get(name) or []
+    if isinstance(value, str) or not all(isinstance(v, str) for v in value):
+        raise ConfigurationError(f"operator_args {name} must be a list of strings, e.g. {name}=['--threads', '4'];"
+                                 f" got {value!r}.")
+    return list(value)
 
 
 def async_settings(profile: ProfileConfig, operator_args: dict[str, Any]) -> dict[str, Any]:

@@ -24,6 +24,8 @@ class DbtBigQueryAsyncOperator(BaseOperator):
     """Run one dbt node (or one node's tests) as BigQuery job(s) without holding a worker while they run."""
 
     operator_extra_links = (BigQueryJobLink(),)
+    # The LOCAL fallback's env and vars may hold run-time templates (``{{ var.value.x }}``), as in LOCAL.
+    template_fields: Sequence[str] = ("local_fallback",)
     ui_color = "#c6e2ff"
 
     def __init__(self, *, nodes: Sequence[dict[str, Any]], gcp_conn_id: str | None, remote_target_path: str,
@@ -95,7 +97,7 @@ class DbtBigQueryAsyncOperator(BaseOperator):
         if not self.local_fallback:
             raise AirflowException(f"this node cannot run as a BigQuery job ({reason}) and has no LOCAL fallback")
         self.log.info("running through dbt on this worker (LOCAL) because %s", reason)
-        run_dbt_command(**self.local_fallback)
+        run_dbt_command(**self.local_fallback, log=self.log)
 
 
 def _describe(job: dict[str, Any]) -> str:

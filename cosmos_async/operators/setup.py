@@ -41,11 +41,12 @@ class DbtAsyncSetupOperator(BaseOperator):
                  exclude: Sequence[str] = (), dbt_vars: dict[str, Any] | None = None, full_refresh: bool = False,
                  install_deps: bool = False, env: dict[str, str] | None = None,
                  py_requirements: Sequence[str] = (), use_venv: bool | None = None,
-                 dbt_group_id: str | None = None, **kwargs: Any) -> None:
+                 dbt_group_id: str | None = None, dbt_executable_path: str | Path | None = None,
+                 **kwargs: Any) -> None:
         """``dbt_group_id``: the DbtTaskGroup this setup serves (its files get their own directory of the run).
         ``py_requirements``: ExecutionConfig.async_py_requirements, installed into a cached virtualenv when
         dbt is not importable here. ``use_venv``: True forces the virtualenv, False forbids it, None decides by
-        whether dbt is installed."""
+        whether dbt is installed. ``dbt_executable_path``: capture with that dbt's interpreter instead."""
         super().__init__(**kwargs)
         self.project_dir = str(project_dir)
         self.profile_config = profile_config
@@ -61,9 +62,16 @@ class DbtAsyncSetupOperator(BaseOperator):
         self.py_requirements = list(py_requirements)
         self.use_venv = use_venv
         self.dbt_group_id = dbt_group_id
+        self.dbt_executable_path = str(dbt_executable_path) if dbt_executable_path else None
 
-    def _venv(self) -> Path | None:
-        """The dbt virtualenv to capture in, or None to capture in this process."""
+    def _python(self) -> Path | None:
+        """The interpreter of the dbt to capture with, or None to capture in this process."""
+        if self.dbt_executable_path:
+            from cosmos_async.dbt_executable import dbt_python
+
+            python = dbt_python(self.dbt_executable_path)
+            self.log.info("capturing with the Python of %s: %s", self.dbt_executable_path, python)
+            return python
         wanted = self.use_venv if self.use_venv is not None else not dbt_installed()
         if not wanted:
             return None
@@ -73,26 +81,26 @@ class DbtAsyncSetupOperator(BaseOperator):
                 "set ExecutionConfig(async_py_requirements=['dbt-bigquery==<version>']) so the setup task builds "
                 "a virtualenv with it."
             )
-        from cosmos_async.dbt_venv import ensure_venv
+        from cosmos_async.dbt_venv import ensure_venv, venv_python
 
         started = time.monotonic()
         venv = ensure_venv(self.py_requirements)
         self.log.info("dbt virtualenv for %s ready at %s in %.2fs", self.py_requirements, venv,
                       time.monotonic() - started)
-        return venv
+        return venv_python(venv)
 
     def _capture(self) -> Any:
         options: dict[str, Any] = {"select": self.select, "exclude": self.exclude, "dbt_vars": self.dbt_vars,
                                    "full_refresh": self.full_refresh, "install_deps": self.install_deps,
                                    "env": self.env}
-        venv = self._venv()
-        if venv is None:
+        python = self._python()
+        if python is None:
             from cosmos_async.capture import capture_project
 
             return capture_project(Path(self.project_dir), self.profile_config, **options)
-        from cosmos_async.capture_cli import capture_in_venv
+        from cosmos_async.capture_cli import capture_in_python
 
-        return capture_in_venv(venv, Path(self.project_dir), self.profile_config, log=self.log, **options)
+        return capture_in_python(python, Path(self.project_dir), self.profile_config, log=self.log, **options)
 
     def execute(self, context: Any) -> dict[str, Any]:
         from cosmos_async.remote import RemoteTarget, upload_capture

@@ -92,7 +92,8 @@ class Manifest:
                    MappingProxyType({k: tuple(v) for k, v in children.items()}), frozenset(hooks))
 
 
-def _node(raw: Mapping[str, Any]) -> DbtNode:
+def node_from_dict(raw: Mapping[str, Any]) -> DbtNode:
+    """A node from its manifest.json (or ``dbt ls --output json``) dict."""
     depends = raw.get("depends_on") or {}
     version = raw.get("version")
     return DbtNode(
@@ -160,7 +161,7 @@ def _compact(raw: Mapping[str, Any]) -> dict[str, Any]:
 
 def _from_graph(graph: Mapping[str, Any], origin: str) -> Manifest:
     try:
-        nodes = [_node(raw) for raw in graph["nodes"]]
+        nodes = [node_from_dict(raw) for raw in graph["nodes"]]
     except (KeyError, TypeError, AttributeError) as exc:
         raise ManifestError(f"{origin} is corrupt: a node lacks {exc}; regenerate it with `dbt parse`.") from None
     project = graph.get("project_name") or _guess_project(nodes)

@@ -8,38 +8,34 @@ from __future__ import annotations
 import json
 import logging
 import time
-from importlib import metadata
 from pathlib import Path
 
 import pytest
 
 from bench.synthetic import write_project
 from cosmos_async.capture import Capture, capture_project
-from cosmos_async.capture_cli import capture_in_venv, decode, encode
+from cosmos_async.capture_cli import capture_in_python, decode, encode
 from cosmos_async.config import ProfileConfig
-from cosmos_async.dbt_venv import VenvBuildError, ensure_venv, venv_key
+from cosmos_async.dbt_venv import VenvBuildError, ensure_venv, venv_key, venv_python
 from cosmos_async.errors import ConfigurationError, CosmosAsyncError
+from tests.support.dbt_oracle import DBT_REQUIREMENTS
 
-REQUIREMENTS = [f"dbt-bigquery=={metadata.version('dbt-bigquery')}", f"dbt-core=={metadata.version('dbt-core')}"]
+REQUIREMENTS = DBT_REQUIREMENTS
 FAKE_TOKEN = "ya29.fake-secret-token-3f9c2e71"
 log = logging.getLogger(__name__)
 
 
 @pytest.fixture(scope="module")
-def venv_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def venv_root(dbt_venv: Path) -> Path:
     # Laid out like [cosmos] cache_dir/venvs, so the operator finds the same venv through the setting.
-    return tmp_path_factory.mktemp("cache") / "venvs"
+    return dbt_venv.parent
 
 
 @pytest.fixture(scope="module")
-def venv(venv_root: Path) -> Path:
-    started = time.monotonic()
-    built = ensure_venv(REQUIREMENTS, root=venv_root)
-    cold = time.monotonic() - started
-    log.warning("ensure_venv cold build (uv cache as found): %.1fs", cold)
-    info = json.loads((built / "cosmos-async-venv.json").read_text())
-    print(f"\nensure_venv cold build: {cold:.1f}s ({info['tool']})")
-    return built
+def venv(dbt_venv: Path) -> Path:
+    info = json.loads((dbt_venv / "cosmos-async-venv.json").read_text())
+    print(f"\nensure_venv build: {info['build_s']:.1f}s ({info['tool']})")
+    return dbt_venv
 
 
 @pytest.fixture
@@ -70,7 +66,7 @@ def test_capture_in_venv_equals_in_process_and_keeps_secrets_off_disk(venv: Path
                                                                         tmp_path: Path) -> None:
     workdir = tmp_path / "exchange"
     started = time.monotonic()
-    theirs = capture_in_venv(venv, project, _profile(project), workdir=workdir)
+    theirs = capture_in_python(venv_python(venv), project, _profile(project), workdir=workdir)
     in_venv = time.monotonic() - started
     started = time.monotonic()
     ours = capture_project(project, _profile(project))
@@ -90,7 +86,7 @@ def test_capture_in_venv_equals_in_process_and_keeps_secrets_off_disk(venv: Path
 def test_child_errors_come_back_with_their_message(venv: Path, project: Path) -> None:
     # The child's CosmosAsyncError comes back as the same class, with the child's message.
     with pytest.raises(CosmosAsyncError, match=r"no dbt_project\.yml in .*missing"):
-        capture_in_venv(venv, project / "missing", _profile(project))
+        capture_in_python(venv_python(venv), project / "missing", _profile(project))
 
 
 def test_bad_requirement_is_one_clear_error(venv_root: Path) -> None:
@@ -154,3 +150,14 @@ def test_encode_decode_round_trip_and_unserializable_field() -> None:
 
     with pytest.raises(CaptureError, match=r"capture\.when is a object, which is not JSON-serializable"):
         encode(Odd(object()))
+
+
+def test_setup_operator_captures_with_the_python_of_dbt_executable_path(venv: Path, project: Path) -> None:
+    """ExecutionConfig(dbt_executable_path=<venv>/bin/dbt): the capture runs in that dbt's interpreter."""
+    from cosmos_async.operators.setup import DbtAsyncSetupOperator
+
+    setup = DbtAsyncSetupOperator(task_id="setup", project_dir=project, profile_config=_profile(project),
+                                  node_ids=[], remote_target_path="gs://b/p", remote_target_path_conn_id=None,
+                                  dbt_executable_path=venv / "bin" / "dbt")
+    assert setup._python() == venv_python(venv)
+    assert setup._capture() == capture_project(project, _profile(project))

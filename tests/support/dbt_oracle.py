@@ -5,9 +5,13 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from importlib import metadata
 from pathlib import Path
 
 from google.cloud import bigquery
+
+# The dbt of test virtualenvs: the versions installed here, so uv builds them from its cache.
+DBT_REQUIREMENTS = [f"dbt-bigquery=={metadata.version('dbt-bigquery')}", f"dbt-core=={metadata.version('dbt-core')}"]
 
 
 def dbt_build(project: Path, *, seeds_only: bool = False) -> None:

@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from cosmos_async import ExecutionConfig, ExecutionMode, ProfileConfig, ProjectConfig, RenderConfig, TestBehavior
-from cosmos_async.config import LoadMode, check_operator_args
+from cosmos_async.config import InvocationMode, LoadMode, check_operator_args
 from cosmos_async.errors import ConfigurationError, UnsupportedArgumentError
 
 
@@ -23,13 +23,36 @@ def test_unsupported_execution_mode_is_named() -> None:
 
 
 @pytest.mark.parametrize("kwargs, name", [
-    ({"load_method": LoadMode.CUSTOM}, "CUSTOM"),
+    ({"load_method": LoadMode.DBT_LS_CACHE}, "DBT_LS_CACHE"),
     ({"test_behavior": TestBehavior.BUILD}, "BUILD"),
     ({"node_converters": {}}, "node_converters"),
 ])
 def test_unsupported_render_options(kwargs: dict, name: str) -> None:
     with pytest.raises(UnsupportedArgumentError, match=name):
         RenderConfig(**kwargs)
+
+
+def test_dbt_executable_path_defaults_to_subprocess_and_refuses_dbt_runner() -> None:
+    config = ExecutionConfig(dbt_executable_path="/opt/dbt-env/bin/dbt")
+    assert config.invocation_mode == InvocationMode.SUBPROCESS
+    assert ExecutionConfig().invocation_mode == InvocationMode.DBT_RUNNER
+    assert ExecutionConfig(invocation_mode=InvocationMode.SUBPROCESS).dbt_executable_path is None
+    with pytest.raises(ConfigurationError, match=r"dbt_executable_path=.*invocation_mode=DBT_RUNNER.*SUBPROCESS"):
+        ExecutionConfig(dbt_executable_path="/opt/dbt-env/bin/dbt", invocation_mode=InvocationMode.DBT_RUNNER)
+
+
+def test_virtualenv_mode_runs_its_own_dbt() -> None:
+    assert ExecutionConfig(execution_mode=ExecutionMode.VIRTUALENV).invocation_mode == InvocationMode.SUBPROCESS
+    with pytest.raises(ConfigurationError, match=r"VIRTUALENV.*drop dbt_executable_path"):
+        ExecutionConfig(execution_mode=ExecutionMode.VIRTUALENV, dbt_executable_path="/x/bin/dbt")
+
+
+def test_dbt_ls_file_and_its_path_go_together(tmp_path) -> None:
+    assert RenderConfig(load_method=LoadMode.DBT_LS_FILE, dbt_ls_path=tmp_path / "ls.json").dbt_ls_path
+    assert RenderConfig(load_method=LoadMode.CUSTOM).load_method == LoadMode.CUSTOM
+    for kwargs in ({"load_method": LoadMode.DBT_LS_FILE}, {"dbt_ls_path": "ls.json"}):
+        with pytest.raises(ConfigurationError, match="DBT_LS_FILE and dbt_ls_path go together"):
+            RenderConfig(**kwargs)
 
 
 def test_operator_args_reject_unknown_keys() -> None:

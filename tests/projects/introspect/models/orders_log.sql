@@ -1,0 +1,4 @@
+-- Reads only itself (is_incremental, its own columns for the merge): not a dependency on another node.
+{{ config(materialized='incremental', unique_key='order_id') }}
+select order_id, amount from {{ ref('stg_orders') }}
+{% if is_incremental() %}where order_id > (select coalesce(max(order_id), 0) from {{ this }}){% endif %}
