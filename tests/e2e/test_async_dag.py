@@ -74,7 +74,7 @@ def key(token_endpoint) -> dict:
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory, bigquery_emulator, gcs_emulator, key) -> Iterator[AirflowStack]:
+def stack(tmp_path_factory, bigquery_emulator, gcs_emulator, key, airflow_database_url) -> Iterator[AirflowStack]:
     dags = tmp_path_factory.mktemp("dags")
     shutil.copytree(DAGS, dags, dirs_exist_ok=True, ignore=shutil.ignore_patterns("__pycache__", "target", "logs"))
     broken = dags / "broken_project"
@@ -92,7 +92,8 @@ def stack(tmp_path_factory, bigquery_emulator, gcs_emulator, key) -> Iterator[Ai
            "AIRFLOW__COSMOS__REMOTE_TARGET_PATH_CONN_ID": "gcp_conn",
            "AIRFLOW__COSMOS__POLL_INTERVAL": "0.5",
            "PYTHONPATH": str(REPO)}
-    with AirflowStack(tmp_path_factory.mktemp("airflow"), dags, env=env, parallelism=4) as af:
+    with AirflowStack(tmp_path_factory.mktemp("airflow"), dags, env=env, parallelism=4,
+                      database_url=airflow_database_url) as af:
         for dag_id in ("corner_shop", "corner_shop_worker", "corner_shop_broken", "corner_shop_twice"):
             af.wait_for_dag(dag_id, timeout=120)
         yield af
