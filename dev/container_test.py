@@ -50,6 +50,7 @@ DEV = REPO / "dev"
 CONTAINERS = DEV / "containers"
 STATE = REPO / ".container-test"
 COMPOSE_PROJECT = "cosmos-async-devstack"
+ASTRO_UID = 50000
 AIRFLOW_SERVICES = ("scheduler", "dag-processor", "triggerer", "api-server")
 # Fixed by dev/docker-compose.override.yml and gcp_conn (airflow_settings.yaml): they must be free on the host.
 EMULATOR_PORTS = {"bigquery-emulator": (9050, 9060), "gcs-emulator": (9023,)}
@@ -107,7 +108,10 @@ class ComposeStack(AirflowApi):
         # Written by us so the password is known; the auth manager only adds users missing from the file.
         passwords = include / "simple_auth_manager_passwords.json"
         passwords.write_text(json.dumps({"admin": self.password}))
-        passwords.chmod(0o644)
+        # The auth manager opens it for appending, as the image's user (astro, uid 50000); private otherwise.
+        passwords.chmod(0o600)
+        with contextlib.suppress(PermissionError):  # not root: the user's own files, Docker maps nothing
+            os.chown(passwords, ASTRO_UID, 0)
         self.python_image = images["PYTHON_IMAGE"]
         self.files = [CONTAINERS / "docker-compose.yml", DEV / "docker-compose.override.yml"]
         self.env = {
