@@ -280,9 +280,18 @@ def wait_url(url: str, what: str, timeout: float, stack: ComposeStack, service: 
 
 def expected_relations() -> set[str]:
     """``dataset.name`` of every relation dbt builds for the example project (ephemeral models build none)."""
-    manifest = json.loads((DEV / "dags" / "dbt" / "corner_shop" / "manifest.json").read_text())
-    return {f"{n['schema']}.{n.get('alias') or n['name']}" for n in manifest["nodes"].values()
+    return {f"{n['schema']}.{n.get('alias') or n['name']}" for n in _manifest()["nodes"].values()
             if n["resource_type"] in ("model", "seed", "snapshot") and n["config"].get("materialized") != "ephemeral"}
+
+
+def model_names() -> set[str]:
+    """The example project's models that build a relation (each one ``<name>.run`` task)."""
+    return {n["name"] for n in _manifest()["nodes"].values()
+            if n["resource_type"] == "model" and n["config"].get("materialized") != "ephemeral"}
+
+
+def _manifest() -> dict[str, Any]:
+    return json.loads((DEV / "dags" / "dbt" / "corner_shop" / "manifest.json").read_text())
 
 
 def check_run(stack: ComposeStack, run_id: str, rows: Sequence[TaskRow], sampler: Sampler) -> list[str]:
@@ -295,14 +304,16 @@ def check_run(stack: ComposeStack, run_id: str, rows: Sequence[TaskRow], sampler
                           f"{failure_excerpts(stack, run_id, rows)}")
     report.append(f"run success, {len(rows)} tasks success")
 
-    models = {t["id"]: t["task_id"] for t in stack.task_instances(DAG_ID, run_id)
-              if t["task_id"] in {r.task_id for r in rows if r.is_model}}
+    tis = {t["id"]: t["task_id"] for t in stack.task_instances(DAG_ID, run_id)}
     scheduler_log = _run(["docker", "logs", stack.containers()["scheduler"]])
     stints = worker_stints_in(scheduler_log.stdout + scheduler_log.stderr)
-    on_workers = sorted(task for ti_id, task in models.items() if ti_id in stints)
-    if not models or on_workers:
-        raise CheckFailed(f"model tasks that held a worker slot: {on_workers or '(no model task found)'}")
-    report.append(f"{len(models)} model tasks ran in the triggerer (no worker stint in the scheduler's log)")
+    on_workers = {task for ti_id, task in tis.items() if ti_id in stints}
+    models = {task for task in tis.values() if task.removesuffix(".run") in model_names()}
+    if len(models) != len(model_names()) or models & on_workers:
+        raise CheckFailed(f"model tasks that held a worker slot: {sorted(models & on_workers)}; "
+                          f"model tasks found {sorted(models)}")
+    report.append(f"{len(models)} model tasks ran in the triggerer (no worker stint in the scheduler's log); "
+                  f"on a worker: {', '.join(sorted(on_workers))} (setup, teardown, LOCAL fallbacks)")
 
     tables = {t.split(" ")[0] for t in built_tables(BIGQUERY)}
     missing = expected_relations() - tables
