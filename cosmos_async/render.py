@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from contextlib import nullcontext
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ from cosmos_async.config import (
     RenderConfig,
     check_operator_args,
 )
+from cosmos_async.config import _reject as reject_unsupported
 from cosmos_async.dbt_executable import DbtInvocation
 from cosmos_async.errors import ConfigurationError, SelectionError
 from cosmos_async.plan import TaskPlan, node_selector, plan_tasks
@@ -246,28 +248,46 @@ def _strings(operator_args: dict[str, Any], name: str) -> list[str]:
 
 
 def async_settings(profile: ProfileConfig, operator_args: dict[str, Any]) -> dict[str, Any]:
-    """Connection, project, location and polling for AIRFLOW_ASYNC tasks: operator_args, then profile, then [cosmos]."""
+    """Credentials, project, location and polling for AIRFLOW_ASYNC tasks: operator_args, then profile, then [cosmos].
+
+    The triggers authenticate with ``operator_args['gcp_conn_id']``, else the profile mapping's connection, else
+    the profiles.yml target itself (only its reference travels: the triggerer reads and renders the file).
+    """
     from cosmos_async.config import cosmos_setting
+    from cosmos_async.profiles import check_async_target
 
     mapping = profile.profile_mapping
     profile_args = getattr(mapping, "profile_args", {}) or {}
     conn_id = operator_args.get("gcp_conn_id") or getattr(mapping, "conn_id", None)
-    if not conn_id:
-        raise ConfigurationError("AIRFLOW_ASYNC needs a google_cloud_platform connection for the triggerer: use a "
-                                 "profile_mapping (its conn_id) or operator_args={'gcp_conn_id': ...}.")
     start = operator_args.get("start_from_trigger")
     if start is None:
         start = str(cosmos_setting("start_from_trigger", "True")).lower() == "true"
+    settings: dict[str, Any] = {
+        "poll_interval": float(operator_args.get("poll_interval") or cosmos_setting("poll_interval", "2.0")),
+        "start_from_trigger": bool(start),
+    }
+    if not conn_id:
+        # project, execution_project and location come from the target as the triggerer renders it.
+        return {**settings, "gcp_conn_id": None, "dbt_target": check_async_target(profile).to_kwargs(),
+                "project": operator_args.get("project"), "location": operator_args.get("location")}
     return {
+        **settings,
         "gcp_conn_id": conn_id,
+        "dbt_target": None,
         # dbt's execution_project bills the jobs to another project than the data's (astronomer-cosmos #1933).
         "project": operator_args.get("project") or profile_args.get("execution_project")
         or profile_args.get("project"),
         "location": operator_args.get("location") or profile_args.get("location")
         or cosmos_setting("default_location", "US"),
-        "poll_interval": float(operator_args.get("poll_interval") or cosmos_setting("poll_interval", "2.0")),
-        "start_from_trigger": bool(start),
     }
+
+
+# Cosmos DbtDag / DbtTaskGroup arguments without a counterpart here; Airflow would report them as unknown kwargs.
+_COSMOS_ONLY_KWARGS = ("on_warning_callback", "task_group")
+
+
+def _reject_cosmos_only(owner: str, kwargs: dict[str, Any]) -> None:
+    reject_unsupported(owner, {k: kwargs[k] for k in _COSMOS_ONLY_KWARGS if k in kwargs})
 
 
 class DbtDag(DAG):
@@ -276,6 +296,7 @@ class DbtDag(DAG):
     def __init__(self, project_config: ProjectConfig, profile_config: ProfileConfig | None = None,
                  execution_config: ExecutionConfig | None = None, render_config: RenderConfig | None = None,
                  operator_args: dict[str, Any] | None = None, **dag_kwargs: Any) -> None:
+        _reject_cosmos_only("DbtDag", dag_kwargs)
         super().__init__(**dag_kwargs)
         renderer = _Renderer(project_config, profile_config, execution_config, render_config, operator_args)
         with self:
@@ -291,7 +312,9 @@ class DbtTaskGroup(TaskGroup):
                  **group_kwargs: Any) -> None:
         if project_config is None:
             raise ConfigurationError("DbtTaskGroup needs project_config.")
+        _reject_cosmos_only("DbtTaskGroup", group_kwargs)
         super().__init__(group_id=group_id, **group_kwargs)
         renderer = _Renderer(project_config, profile_config, execution_config, render_config, operator_args)
-        with self:
+        # DbtTaskGroup(dag=...) outside a `with dag:` block, as Cosmos allows: the tasks need that DAG's context.
+        with self.dag if self.dag is not None else nullcontext(), self:
             self.dbt_tasks = renderer.build(self.group_id)

@@ -28,15 +28,19 @@ class DbtBigQueryAsyncOperator(BaseOperator):
     template_fields: Sequence[str] = ("local_fallback",)
     ui_color = "#c6e2ff"
 
-    def __init__(self, *, nodes: Sequence[dict[str, Any]], gcp_conn_id: str, remote_target_path: str,
-                 remote_target_path_conn_id: str | None, location: str, project: str | None = None,
+    def __init__(self, *, nodes: Sequence[dict[str, Any]], gcp_conn_id: str | None, remote_target_path: str,
+                 remote_target_path_conn_id: str | None, location: str | None, project: str | None = None,
                  poll_interval: float = 2.0, start_from_trigger: bool = True,
                  labels: dict[str, str] | None = None, local_fallback: dict[str, Any] | None = None,
-                 dbt_group_id: str | None = None, **kwargs: Any) -> None:
-        """``dbt_group_id``: the DbtTaskGroup whose setup uploads this node's SQL (None in a DbtDag)."""
+                 dbt_group_id: str | None = None, dbt_target: dict[str, str] | None = None,
+                 **kwargs: Any) -> None:
+        """``dbt_group_id``: the DbtTaskGroup whose setup uploads this node's SQL (None in a DbtDag). Credentials:
+        ``gcp_conn_id``, or when it is None ``dbt_target`` (profiles.yml path, profile, target), which the trigger
+        reads in the triggerer; neither holds a secret."""
         super().__init__(**kwargs)
         self.nodes = [dict(n) for n in nodes]
         self.gcp_conn_id = gcp_conn_id
+        self.dbt_target = dict(dbt_target) if dbt_target else None
         self.remote_target_path = remote_target_path
         self.remote_target_path_conn_id = remote_target_path_conn_id
         self.location = location
@@ -57,7 +61,8 @@ class DbtBigQueryAsyncOperator(BaseOperator):
         return {"nodes": self.nodes, "gcp_conn_id": self.gcp_conn_id,
                 "storage_conn_id": self.remote_target_path_conn_id, "remote_target_path": self.remote_target_path,
                 "project": self.project, "location": self.location, "poll_interval": self.poll_interval,
-                "labels": self.labels, "end_task": end_task, "run": run, "group_id": self.dbt_group_id}
+                "labels": self.labels, "end_task": end_task, "run": run, "group_id": self.dbt_group_id,
+                "dbt_target": self.dbt_target}
 
     def execute(self, context: Any) -> None:
         from cosmos_async_triggers.bigquery import BigQueryNodeTrigger
