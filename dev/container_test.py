@@ -382,7 +382,7 @@ def main(argv: Sequence[str] | None = None, out: TextIO = sys.stdout) -> int:
         t1 = time.monotonic()
         with running(stack, args.keep, out):
             sampler.start()
-            stack.wait_api(timeout=300)
+            stack.wait_api(timeout=600)
             wait_url(f"{BIGQUERY}/bigquery/v2/projects/{PROJECT}/datasets", "BigQuery emulator", 300, stack,
                      "bigquery-emulator")
             wait_url(f"{GCS}/storage/v1/b/{BUCKET}", "GCS emulator", 300, stack, "gcs-emulator")
