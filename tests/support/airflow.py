@@ -268,7 +268,9 @@ class AirflowStack(AirflowApi):
         self.startup_timeout = startup_timeout
         self.stop_timeout = stop_timeout
         self.logs = self.home / "logs"
-        self.database_url = database_url or f"sqlite:///{self.home / 'airflow.db'}"
+        # SQLite serialises writers: under load a writer can wait more than pysqlite's default 5 s for the lock
+        # (an api-server 500 "Database error" in the middle of a run), so let it wait longer.
+        self.database_url = database_url or f"sqlite:///{self.home / 'airflow.db'}?timeout=60"
         self._components: dict[str, _Component] = {}
         self.env = self._build_env(parallelism, env or {})
 
