@@ -76,6 +76,7 @@ class Route:
     pattern: re.Pattern[str]
     spec: dict[str, Any]
     upload: bool = False
+    download: bool = False
 
     @property
     def literal_length(self) -> int:
@@ -114,7 +115,7 @@ def _methods(resource: dict[str, Any]) -> list[dict[str, Any]]:
 
 @cache
 def routes() -> tuple[Route, ...]:
-    """Every method of the three APIs as a path pattern (service path included; media paths as uploads)."""
+    """Every method of the three APIs as a path pattern (service path included), and its media paths."""
     table = []
     for api in API_NAMES:
         doc = document(api)
@@ -126,6 +127,10 @@ def routes() -> tuple[Route, ...]:
             if simple:
                 table.append(Route(api, spec["id"], spec["httpMethod"], simple["path"],
                                    _template_regex(simple["path"]), spec, upload=True))
+            if spec.get("useMediaDownloadService"):  # media also comes from the download service's path
+                media = "/download" + template
+                table.append(Route(api, spec["id"], spec["httpMethod"], media, _template_regex(media), spec,
+                                   download=True))
     return tuple(table)
 
 
@@ -256,14 +261,16 @@ def _check_params(checker: _Checker, route: Route, path_match: re.Match[str], qu
     for name, spec in params.items():
         if spec.get("location") == "query" and spec.get("required") and name not in names:
             checker.fail(f"query {name}", "required parameter missing")
+    if route.download and dict(query).get("alt") != "media":
+        checker.fail("query alt", "the download path serves media only (alt=media)")
     upload_type = dict(query).get("uploadType")
     if route.upload and upload_type not in UPLOAD_TYPES:
         checker.fail("query uploadType", f"{upload_type!r}: a media path needs one of {sorted(UPLOAD_TYPES)}")
 
 
 def _typed(value: str, spec: dict[str, Any]) -> Any:
-    if spec.get("type") == "boolean":
-        return {"true": True, "false": False}.get(value, value)
+    if spec.get("type") == "boolean":  # Google's parameter parser takes either case (Python clients send True)
+        return {"true": True, "false": False}.get(value.lower(), value)
     return value
 
 
@@ -275,6 +282,10 @@ def check_request(http_method: str, target: str, body: bytes = b"",
     if http_method == "POST" and path.startswith("/batch/"):
         return _check_batch(path, body, content_type)
     route = find_route(http_method, path)
+    if route is None and http_method == "PUT" and "upload_id" in dict(query):
+        # A resumable upload's later requests: PUT to the session URI the first POST answered with, i.e. the
+        # media path with upload_id (Google's resumable-upload documentation; not a discovery method).
+        route = next((r for r in routes() if r.upload and r.pattern.fullmatch(path)), None)
     if route is None:
         return "unknown", [Violation(http_method, path, "unknown", "path",
                                      "no method of bigquery v2, storage v1 or iamcredentials v1 has this "
