@@ -93,7 +93,7 @@ def airflow_database_url(postgres: PostgresServer | None) -> str | None:
 @pytest.fixture(scope="module")
 def proxy(bigquery_emulator: Emulator) -> Iterator[LifecycleProxy]:
     """The BigQuery job-lifecycle proxy (RUNNING phase, 409s, cancels, injected faults), one per test module."""
-    p = LifecycleProxy(bigquery_emulator.endpoint).start()
+    p = LifecycleProxy(bigquery_emulator.extra["direct"]).start()
     yield p
     p.stop()
 

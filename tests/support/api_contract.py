@@ -19,7 +19,7 @@ import email.policy
 import json
 import re
 import threading
-from collections import Counter
+from collections import Counter, deque
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
@@ -65,6 +65,20 @@ class Violation:
 
     def __str__(self) -> str:
         return f"{self.http_method} {self.path} ({self.api_method}): {self.where}: {self.problem}"
+
+
+@dataclass(frozen=True)
+class Checked:
+    """One checked request: the Google method it calls, its path and query, its JSON resource, the violations."""
+
+    method_id: str
+    http_method: str
+    target: str
+    resource: Any = None
+    violations: list[Violation] = field(default_factory=list)
+
+    def query(self) -> dict[str, str]:
+        return dict(parse_qsl(urlsplit(self.target).query, keep_blank_values=True))
 
 
 @dataclass(frozen=True)
@@ -274,22 +288,21 @@ def _typed(value: str, spec: dict[str, Any]) -> Any:
     return value
 
 
-def check_request(http_method: str, target: str, body: bytes = b"",
-                  content_type: str = "") -> tuple[str, list[Violation]]:
-    """(the Google method called, the violations) of one request; ``target`` is the path with its query."""
+def check_request(http_method: str, target: str, body: bytes = b"", content_type: str = "") -> Checked:
+    """Check one request; ``target`` is the path with its query."""
     url = urlsplit(target)
     path, query = url.path, parse_qsl(url.query, keep_blank_values=True)
     if http_method == "POST" and path.startswith("/batch/"):
-        return _check_batch(path, body, content_type)
+        return Checked("batch", http_method, target, None, _check_batch(path, body, content_type))
     route = find_route(http_method, path)
     if route is None and http_method == "PUT" and "upload_id" in dict(query):
         # A resumable upload's later requests: PUT to the session URI the first POST answered with, i.e. the
         # media path with upload_id (Google's resumable-upload documentation; not a discovery method).
         route = next((r for r in routes() if r.upload and r.pattern.fullmatch(path)), None)
     if route is None:
-        return "unknown", [Violation(http_method, path, "unknown", "path",
-                                     "no method of bigquery v2, storage v1 or iamcredentials v1 has this "
-                                     "HTTP method and path template")]
+        return Checked("unknown", http_method, target, None, [Violation(
+            http_method, path, "unknown", "path",
+            "no method of bigquery v2, storage v1 or iamcredentials v1 has this HTTP method and path template")])
     checker = _Checker(route.api, http_method, path, route.method_id, request=True)
     _check_params(checker, route, route.pattern.fullmatch(path), query)  # type: ignore[arg-type]
     resource = _request_resource(checker, route, dict(query), body, content_type)
@@ -299,7 +312,7 @@ def check_request(http_method: str, target: str, body: bytes = b"",
             checker.fail("body", "this method takes no request body")
         else:
             checker.object("body", resource, ref)
-    return route.method_id, checker.found
+    return Checked(route.method_id, http_method, target, resource, checker.found)
 
 
 def _request_resource(checker: _Checker, route: Route, query: dict[str, str], body: bytes,
@@ -324,11 +337,11 @@ def _request_resource(checker: _Checker, route: Route, query: dict[str, str], bo
         return None
 
 
-def _check_batch(path: str, body: bytes, content_type: str) -> tuple[str, list[Violation]]:
+def _check_batch(path: str, body: bytes, content_type: str) -> list[Violation]:
     """A batch request (``multipart/mixed`` of ``application/http`` parts): each inner request is checked."""
     batch_paths = {"/" + document(api).get("batchPath", "") for api in API_NAMES}
     if path.rstrip("/") not in batch_paths:
-        return "batch", [Violation("POST", path, "batch", "path", f"not a batch path ({sorted(batch_paths)})")]
+        return [Violation("POST", path, "batch", "path", f"not a batch path ({sorted(batch_paths)})")]
     message = email.parser.BytesParser(policy=email.policy.default).parsebytes(
         f"Content-Type: {content_type}\r\n\r\n".encode() + body)
     found: list[Violation] = []
@@ -339,11 +352,9 @@ def _check_batch(path: str, body: bytes, content_type: str) -> tuple[str, list[V
         method, _, rest = request_line.partition(" ")
         target = rest.rsplit(" ", 1)[0]
         headers = dict(line.split(":", 1) for line in header_lines if ":" in line)
-        _, violations = check_request(method, urlsplit(target).path + (f"?{urlsplit(target).query}"
-                                      if urlsplit(target).query else ""), inner_body.strip(),
-                                      headers.get("Content-Type", "").strip())
-        found.extend(violations)
-    return "batch", found
+        found.extend(check_request(method, target, inner_body.strip(),
+                                   headers.get("Content-Type", "").strip()).violations)
+    return found
 
 
 def check_response(http_method: str, target: str, status: int, body: bytes) -> list[Violation]:
@@ -389,16 +400,27 @@ def check_token_request(http_method: str, content_type: str, form: dict[str, str
 
 @dataclass
 class ContractLog:
-    """Every checked request of the session: counts per Google method, and the violations found."""
+    """Every checked request of the session: counts per Google method, the violations found, and the recent
+    requests themselves (tests assert on them, e.g. that each carries the job's location)."""
 
     calls: Counter[str] = field(default_factory=Counter)
     violations: list[Violation] = field(default_factory=list)
+    requests: deque[Checked] = field(default_factory=lambda: deque(maxlen=5000))
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
-    def add(self, method_id: str, violations: list[Violation]) -> None:
+    def add(self, method_id: str, violations: list[Violation], checked: Checked | None = None) -> None:
         with self._lock:
             self.calls[method_id] += 1
             self.violations.extend(violations)
+            if checked is not None:
+                self.requests.append(checked)
+
+    def record(self, checked: Checked) -> None:
+        self.add(checked.method_id, checked.violations, checked)
+
+    def recent(self, method_id: str) -> list[Checked]:
+        with self._lock:
+            return [c for c in self.requests if c.method_id == method_id]
 
     def since(self, mark: int) -> list[Violation]:
         with self._lock:

@@ -58,8 +58,7 @@ class ContractFront:
             def _relay(self) -> None:
                 body = self._body()
                 content_type = self.headers.get("Content-Type") or ""
-                method_id, violations = check_request(self.command, self.path, body, content_type)
-                log.add(method_id, violations)
+                log.record(check_request(self.command, self.path, body, content_type))
                 headers = {k: v for k, v in self.headers.items() if k.lower() not in _HOP | {"content-length"}}
                 headers["Content-Length"] = str(len(body))
                 for attempt in (0, 1):  # a keep-alive connection the upstream closed meanwhile: reconnect once
@@ -101,7 +100,7 @@ class ContractFront:
 
             def do_HEAD(self) -> None:
                 body_less = self._body()
-                log.add(*check_request("HEAD", self.path, body_less))
+                log.record(check_request("HEAD", self.path, body_less))
                 conn = connection(fresh=True)
                 conn.request("HEAD", self.path, headers=dict(self.headers.items()))
                 resp = conn.getresponse()

@@ -124,7 +124,7 @@ class IamCredentialsEndpoint:
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:
                 raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                CONTRACT_LOG.add(*check_request(self.command, self.path, raw, self.headers.get("Content-Type") or ""))
+                CONTRACT_LOG.record(check_request(self.command, self.path, raw, self.headers.get("Content-Type") or ""))
                 body = json.loads(raw or b"{}")
                 prefix, _, rest = self.path.partition("/v1/projects/-/serviceAccounts/")
                 account, _, method = rest.partition(":")
