@@ -9,8 +9,11 @@ upstream's JSON answers too (used in front of the capture's recording endpoint, 
 
 from __future__ import annotations
 
+import hashlib
 import http.client
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import urlsplit
@@ -25,7 +28,10 @@ _CHUNK = 64 * 1024
 class ContractFront:
     """Check and forward to ``upstream`` (``http://127.0.0.1:P``); ``url`` is the front's own base URL."""
 
-    def __init__(self, upstream: str, *, log: ContractLog = LOG, check_answers: bool = False) -> None:
+    def __init__(self, upstream: str, *, log: ContractLog = LOG, check_answers: bool = False,
+                 relayed: set[str] | None = None) -> None:
+        """``relayed``: with ``check_answers``, answers whose sha256 is in it are not checked (another front
+        relayed them from the emulator verbatim); without, this front adds the sha256 of each answer to it."""
         self.upstream = upstream.rstrip("/")
         parts = urlsplit(self.upstream)
         host, port = parts.hostname or "127.0.0.1", parts.port or 80
@@ -78,9 +84,13 @@ class ContractFront:
                     if key.lower() == "location":  # resumable-upload sessions must come back through the front
                         value = value.replace(owner.upstream, owner.url)
                     self.send_header(key, value)
-                if check_answers:
+                if check_answers or relayed is not None:
                     data = resp.read()
-                    log.add("answer", check_response(self.command, self.path, resp.status, data))
+                    digest = hashlib.sha256(data).hexdigest()
+                    if not check_answers:
+                        relayed.add(digest)  # type: ignore[union-attr]
+                    elif relayed is None or digest not in relayed:
+                        log.add("answer", check_response(self.command, self.path, resp.status, data))
                     self.send_header("Content-Length", str(len(data)))
                     self.end_headers()
                     self.wfile.write(data)
@@ -119,3 +129,15 @@ class ContractFront:
     def stop(self) -> None:
         self._server.shutdown()
         self._server.server_close()
+
+
+@contextmanager
+def answers_checked(url: str, relayed: set[str] | None = None) -> Iterator[str]:
+    """A front of ``url`` that also checks its JSON answers against the response schemas (for the capture's
+    recording endpoint, which answers dbt as BigQuery would), except those in ``relayed`` (the emulator's own,
+    which the endpoint forwarded); yields the URL to use instead of ``url``."""
+    front = ContractFront(url, check_answers=True, relayed=relayed)
+    try:
+        yield front.url
+    finally:
+        front.stop()
