@@ -101,14 +101,14 @@ def test_every_job_of_a_europe_west2_project_runs_there_and_builds_what_dbt_buil
     upload_capture(target, "eu_dag", run_id, capture, set(capture.nodes))
     proxy.reset()
     proxy.set_hold(0.15)  # a RUNNING phase: the trigger polls jobs.get before each job is DONE
-    mark = len(LOG.requests)
+    mark = LOG.recorded
     try:
         for node_id in ["on_run_start", *nodes, "on_run_end"]:
             (event,) = run_async(collect(_trigger(target, run_id, node_id)))
             assert event.payload["status"] == "success", (node_id, event.payload)
     finally:
         proxy.set_hold(0.0)
-    ours_requests = list(LOG.requests)[mark:]  # the triggers' requests, before this test's own queries
+    ours_requests = LOG.requests_since(mark)  # the triggers' requests, before this test's own queries
 
     built, expected = built_tables(client, ours), built_tables(client, oracle)
     assert len(built) >= 8 and built == {name: rows for name, rows in expected.items() if name in built}
@@ -135,7 +135,7 @@ def test_cancel_of_a_europe_west2_job_names_its_location(shop, tmp_path: Path, p
                                                      on_run_end=NodeCapture()), {"model.p.m"})
     proxy.reset()
     proxy.set_hold(30)
-    mark = len(LOG.requests)
+    mark = LOG.recorded
 
     async def scenario() -> None:
         trigger = _trigger(target, run_id, "model.p.m")
@@ -151,5 +151,5 @@ def test_cancel_of_a_europe_west2_job_names_its_location(shop, tmp_path: Path, p
     finally:
         proxy.set_hold(0.0)
     assert list(proxy.cancels.values()) == [1]
-    cancels = [c for c in list(LOG.requests)[mark:] if c.method_id == "bigquery.jobs.cancel"]
+    cancels = [c for c in LOG.requests_since(mark) if c.method_id == "bigquery.jobs.cancel"]
     assert [c.query().get("location") for c in cancels] == [LOCATION]

@@ -406,6 +406,7 @@ class ContractLog:
     calls: Counter[str] = field(default_factory=Counter)
     violations: list[Violation] = field(default_factory=list)
     requests: deque[Checked] = field(default_factory=lambda: deque(maxlen=5000))
+    recorded: int = 0  # requests ever recorded (the deque keeps the latest only)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def add(self, method_id: str, violations: list[Violation], checked: Checked | None = None) -> None:
@@ -414,13 +415,17 @@ class ContractLog:
             self.violations.extend(violations)
             if checked is not None:
                 self.requests.append(checked)
+                self.recorded += 1
 
     def record(self, checked: Checked) -> None:
         self.add(checked.method_id, checked.violations, checked)
 
-    def recent(self, method_id: str) -> list[Checked]:
+    def requests_since(self, mark: int) -> list[Checked]:
+        """The requests recorded after ``mark`` (an earlier value of :attr:`recorded`), if still kept."""
         with self._lock:
-            return [c for c in self.requests if c.method_id == method_id]
+            count = self.recorded - mark
+            assert count <= len(self.requests), f"{count} requests since the mark, only the last 5000 are kept"
+            return list(self.requests)[len(self.requests) - count:] if count else []
 
     def since(self, mark: int) -> list[Violation]:
         with self._lock:

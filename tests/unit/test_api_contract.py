@@ -149,3 +149,13 @@ def test_the_front_records_what_it_forwards_and_streams_the_answer() -> None:
     assert [str(v) for v in log.violations] == [
         "POST /bigquery/v2/projects/demo-proj/jobs (bigquery.jobs.insert): body.configuration.labels.Bad Key: "
         "label key is not 1-63 lowercase letters, digits, _ or -, starting with a letter"]
+
+
+def test_requests_since_a_mark_survive_the_log_dropping_old_ones() -> None:
+    log = ContractLog()
+    for i in range(5003):
+        log.record(check_request("GET", f"{JOBS}/j_{i}"))
+    mark = log.recorded
+    log.record(check_request("POST", f"{JOBS}/j_x/cancel?location=EU"))
+    assert [c.query() for c in log.requests_since(mark)] == [{"location": "EU"}]
+    assert log.requests_since(log.recorded) == []
