@@ -425,8 +425,10 @@ def recording_endpoint(upstream: str) -> Iterator[tuple[str, _Recorder]]:
 def capture_project(project_dir: Path, profile_config: ProfileConfig, *, select: Sequence[str] = (),
                     exclude: Sequence[str] = (), dbt_vars: Mapping[str, Any] | None = None,
                     full_refresh: bool = False, install_deps: bool = False,
-                    env: Mapping[str, str] | None = None) -> Capture:
+                    env: Mapping[str, str] | None = None, partial_parse: Path | None = None) -> Capture:
     """Run ``dbt build`` once against the recording endpoint and return every node's statements.
+
+    ``partial_parse``: where dbt's partial-parse state is kept between runs (see :mod:`cosmos_async.partial_parse`).
 
     A node whose capture fails, or that dbt skipped because an upstream capture failed, is retried in a
     further pass on its own; a node that still fails falls back to LOCAL with dbt's message as the reason.
@@ -440,7 +442,7 @@ def capture_project(project_dir: Path, profile_config: ProfileConfig, *, select:
     failed: dict[str, str] = {}
     with recording_endpoint(upstream) as (url, recorder), dbt_workspace(
         project_dir, profile_config, install_deps=install_deps, env=env,
-        target={**target, "api_endpoint": url, "threads": 1},
+        target={**target, "api_endpoint": url, "threads": 1}, partial_parse=partial_parse,
     ) as workspace:
         base = ["build", "--resource-type", "model", "seed", "snapshot", "test"]
         if full_refresh:

@@ -65,6 +65,7 @@ def run_dbt_command(project_dir: str | Path, profile_config: ProfileConfig, comm
     ``runner`` (or one made from ``invocation``) runs dbt as a subprocess; neither runs it in-process.
     """
     from cosmos_async.dbt_invoke import dbt_workspace, invoke
+    from cosmos_async.partial_parse import state_file
 
     if runner is None and invocation is not None:
         runner = invocation.runner(log)
@@ -74,6 +75,6 @@ def run_dbt_command(project_dir: str | Path, profile_config: ProfileConfig, comm
     if full_refresh and command in _FULL_REFRESH_COMMANDS:
         args.append("--full-refresh")
     args += cmd_flags
-    with dbt_workspace(Path(project_dir), profile_config, install_deps=install_deps, env=env,
-                       runner=runner) as workspace:
+    with dbt_workspace(Path(project_dir), profile_config, install_deps=install_deps, env=env, runner=runner,
+                       partial_parse=state_file(Path(project_dir), profile_config)) as workspace:
         invoke(workspace, args, dbt_vars, global_flags=global_flags, runner=runner)

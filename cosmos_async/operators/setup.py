@@ -13,6 +13,7 @@ from airflow.sdk import BaseOperator
 
 from cosmos_async.config import ProfileConfig
 from cosmos_async.errors import ConfigurationError
+from cosmos_async.partial_parse import state_file
 
 
 def dbt_installed() -> bool:
@@ -92,7 +93,8 @@ class DbtAsyncSetupOperator(BaseOperator):
     def _capture(self) -> Any:
         options: dict[str, Any] = {"select": self.select, "exclude": self.exclude, "dbt_vars": self.dbt_vars,
                                    "full_refresh": self.full_refresh, "install_deps": self.install_deps,
-                                   "env": self.env}
+                                   "env": self.env,
+                                   "partial_parse": state_file(Path(self.project_dir), self.profile_config)}
         python = self._python()
         if python is None:
             from cosmos_async.capture import capture_project
