@@ -142,3 +142,20 @@ def test_job_retry_deadline_stops_retrying_fault_injected(tmp_path, proxy: Lifec
     payload = _run(tmp_path, {"job_retries": "5", "job_retry_deadline_seconds": "0.2"})
     assert payload["status"] == "failed" and len(proxy.inserts) == 1, payload
     assert time.monotonic() - started < 5
+
+
+def test_profile_mappings_job_retries_reach_the_trigger_through_the_index_fault_injected(
+        tmp_path, proxy: LifecycleProxy) -> None:
+    """A profile mapping's profile_args set job_retries: setup records it (and no other target field) in the index."""
+    from cosmos_async import GoogleCloudOauthProfileMapping, ProfileConfig
+    from cosmos_async.operators.setup import DbtAsyncSetupOperator
+
+    mapping = GoogleCloudOauthProfileMapping(conn_id="gcp_proxy", profile_args={"dataset": "ds", "job_retries": 2})
+    setup = DbtAsyncSetupOperator(task_id="setup", project_dir=tmp_path, node_ids=["model.p.m"],
+                                  profile_config=ProfileConfig("p", "dev", profile_mapping=mapping),
+                                  remote_target_path=f"file://{tmp_path}", remote_target_path_conn_id=None)
+    settings = setup._target_settings()
+    assert settings == {"job_retries": "2"}
+    proxy.add_fault("POST", INSERT, "job_error", count=10, reason="jobRateLimitExceeded", message="Exceeded.")
+    assert _run(tmp_path, settings)["status"] == "failed"
+    assert len(proxy.inserts) == 3
