@@ -271,6 +271,9 @@ class _Recorder:
             "statistics": {"creationTime": now, "startTime": now, "endTime": now,
                            "query": {"statementType": statement_type, "totalBytesProcessed": "0"}},
         }
+        if job["configuration"].get("createSession"):
+            # dbt passes the session on to its next jobs; the trigger swaps in the session its replay creates.
+            job["statistics"]["sessionInfo"] = {"sessionId": f"cosmos_async_capture_session_{uuid.uuid4().hex}"}
         with self.lock:
             self.fake_jobs[ref["jobId"]] = {"job": job, "test": self.current_is_test()}
         return job

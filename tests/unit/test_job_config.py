@@ -54,3 +54,15 @@ def test_job_retry_fields_as_dbt_bigquery_reads_them() -> None:
     assert JobRetry(5, 1.0).delay(1, 0.9) is None
     with pytest.raises(JobRetrySettingError, match="job_retries must be an integer"):
         JobRetry.from_settings({"job_retries": "three"})
+
+
+def test_a_step_joins_the_session_an_earlier_step_of_the_run_created() -> None:
+    from cosmos_async_triggers.job_config import in_session, session_of
+
+    captured = {"query": {}, "connectionProperties": [{"key": "session_id", "value": "capture-session"},
+                                                      {"key": "time_zone", "value": "UTC"}]}
+    assert in_session(captured, "live") == {"query": {}, "connectionProperties": [
+        {"key": "session_id", "value": "live"}, {"key": "time_zone", "value": "UTC"}]}
+    assert in_session(captured, None) == captured
+    assert session_of({"statistics": {"sessionInfo": {"sessionId": "live"}}}) == "live"
+    assert session_of({"statistics": {}}) is None

@@ -25,6 +25,7 @@ still deferred. A timeout is recognised in :meth:`run` itself, from ``timeout_af
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import re
 import time
 from collections.abc import AsyncIterator
@@ -277,12 +278,15 @@ class BigQueryNodeTrigger(BaseTrigger):
             location = entry.get("location") or self.location or gcp.location
             labels = {**base_labels, "dbt_node": bq_label(node["id"])}
             job: dict[str, Any] | None = None
+            session: str | None = None  # the BigQuery session a step of this node created (createSession)
             for j, step in enumerate(steps):
                 if step.kind == "query" and not step.sql.strip():
                     continue  # e.g. no on-run-end hooks: nothing to run
                 # A one-script node keeps the job ids it always had; steps get their own.
                 job_stem = f"{stem}_{i}" if "steps" not in entry else f"{stem}_{i}_s{j}"
+                step = dataclasses.replace(step, configuration=job_config.in_session(step.configuration, session))
                 job = await self._run_step(project, location, job_stem, step, labels, created_after_ms, retry)
+                session = job_config.session_of(job) or session
                 jobs.append(_summary(job, location))
                 error = job.get("status", {}).get("errorResult")
                 if error:

@@ -2,7 +2,8 @@
 
 The capture records each script's configuration without its SQL text and job id (see
 ``cosmos_async.capture.replayable_configuration``); here it is completed, never extended with settings dbt did
-not ask for. An index written before configurations were recorded gives ``{}``: a plain standard-SQL query.
+not ask for, except that a session created during capture (which ran nothing) is replaced by the live one. An
+index written before configurations were recorded gives ``{}``: a plain standard-SQL query.
 """
 
 from __future__ import annotations
@@ -40,3 +41,19 @@ def query_configuration(captured: Mapping[str, Any], sql: str,
     query = {**(captured.get("query") or {}), "query": sql}
     query.setdefault("useLegacySql", False)
     return labelled({**captured, "query": query}, labels)
+
+
+def in_session(configuration: Mapping[str, Any], session_id: str | None) -> dict[str, Any]:
+    """``configuration`` joined to the live ``session_id``: dbt's ``session_id`` connection property names the
+    session of the capture (which never ran), so it is replaced by the one an earlier step of this run created."""
+    properties = configuration.get("connectionProperties")
+    if session_id is None or not isinstance(properties, list):
+        return dict(configuration)
+    joined = [{**p, "value": session_id} if isinstance(p, dict) and p.get("key") == "session_id" else p
+              for p in properties]
+    return {**configuration, "connectionProperties": joined}
+
+
+def session_of(job: Mapping[str, Any]) -> str | None:
+    """The id of the session a finished job created or ran in (``statistics.sessionInfo``), if any."""
+    return ((job.get("statistics") or {}).get("sessionInfo") or {}).get("sessionId")
