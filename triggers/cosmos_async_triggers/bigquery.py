@@ -13,6 +13,11 @@ restart, redistribution) finds the job its predecessor submitted instead of runn
 * attempt N is DONE with an error, or was created before this run's index (an earlier setup of the same
   run, i.e. the DAG run was cleared) → look at attempt N+1.
 
+A job that fails for a transient reason (:mod:`cosmos_async_triggers.bq_errors`) is run again as attempt N+1,
+as the profile's ``job_retries`` and ``job_retry_deadline_seconds`` allow (:mod:`cosmos_async_triggers.job_retry`);
+the count restarts with each trigger (a triggerer restart, an Airflow retry), bounded by ``MAX_ATTEMPTS``. Each
+job carries the configuration dbt-bigquery gave its statements (:mod:`cosmos_async_triggers.job_config`).
+
 The BigQuery job is cancelled when the user stops the task or its ``execution_timeout`` passes, never on a
 triggerer restart. Airflow 3.3 cancels a trigger's asyncio task on triggerer shutdown (no message), on a
 timeout (``timeout_after`` has passed; ``on_kill`` is not called) and when the trigger leaves this triggerer's
