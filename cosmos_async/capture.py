@@ -83,10 +83,26 @@ class LoadCapture:
 
 
 @dataclass
+class ScriptCapture:
+    """Consecutive statements of a node run as one multi-statement query job, with dbt's job configuration."""
+
+    statements: list[str]
+    # What dbt-bigquery put on these statements' jobs (see :func:`replayable_configuration`); {} when unknown.
+    configuration: dict[str, Any] = field(default_factory=dict)
+
+    def script(self) -> str:
+        """The statements as one BigQuery multi-statement job."""
+        return "\n".join(_as_script_statement(s) for s in self.statements)
+
+
+@dataclass
 class NodeCapture:
     """What one node (or one hook phase) would execute."""
 
     statements: list[str] = field(default_factory=list)
+    # Per statement, the job configuration dbt sent with it; None for a statement dbt made through another API
+    # (dataset creation, table delete) or recorded before configurations were. Shorter lists mean None.
+    configurations: list[dict[str, Any] | None] = field(default_factory=list)
     # Why the node must run through dbt in LOCAL mode instead; None when the statements are complete.
     fallback: str | None = None
     # BigQuery location of the recorded jobs (from dbt's job reference), when known.
@@ -97,20 +113,40 @@ class NodeCapture:
 
     def script(self) -> str:
         """The statements as one BigQuery multi-statement job (loads left out: see :meth:`steps`)."""
-        return "\n".join(_as_script_statement(s) for s in self.statements)
+        return ScriptCapture(self.statements).script()
 
-    def steps(self) -> list[list[str] | LoadCapture]:
-        """The node in dbt's order: runs of statements (one script each) and the loads between them."""
-        steps: list[list[str] | LoadCapture] = []
+    def configuration(self, i: int) -> dict[str, Any] | None:
+        return self.configurations[i] if i < len(self.configurations) else None
+
+    def steps(self) -> list[ScriptCapture | LoadCapture]:
+        """The node in dbt's order: runs of statements (one script each) and the loads between them.
+
+        A run is also split where dbt changed the job configuration between two statements, so each script
+        carries the configuration dbt gave all of its statements. A statement without one joins its run.
+        """
+        steps: list[ScriptCapture | LoadCapture] = []
         start = 0
         for load in sorted(self.loads, key=lambda x: x.after):
             if load.after > start:
-                steps.append(self.statements[start:load.after])
+                steps.extend(self._scripts(start, load.after))
             steps.append(load)
             start = load.after
         if start < len(self.statements) or not steps:
-            steps.append(self.statements[start:])
+            steps.extend(self._scripts(start, len(self.statements)) or [ScriptCapture([])])
         return steps
+
+    def _scripts(self, start: int, end: int) -> list[ScriptCapture]:
+        scripts: list[ScriptCapture] = []
+        current: ScriptCapture | None = None
+        for i in range(start, end):
+            config = self.configuration(i)
+            if current is None or (config is not None and current.configuration and config != current.configuration):
+                current = ScriptCapture([], dict(config or {}))
+                scripts.append(current)
+            elif config is not None and not current.configuration:
+                current.configuration = dict(config)
+            current.statements.append(self.statements[i])
+        return scripts
 
 
 @dataclass
@@ -182,9 +218,12 @@ class _Recorder:
         return self.current is not None and self.current.startswith(("test.", "unit_test."))
 
     # -- requests ---------------------------------------------------------------------------------
-    def record(self, sql: str, location: str | None) -> None:
+    def record(self, sql: str, location: str | None, configuration: dict[str, Any] | None = None) -> None:
         with self.lock:
             target = self.target()
+            if configuration is not None:
+                target.configurations.extend([None] * (len(target.statements) - len(target.configurations)))
+                target.configurations.append(configuration)
             target.statements.append(sql)
             target.location = target.location or location
 
@@ -232,6 +271,9 @@ class _Recorder:
             "statistics": {"creationTime": now, "startTime": now, "endTime": now,
                            "query": {"statementType": statement_type, "totalBytesProcessed": "0"}},
         }
+        if job["configuration"].get("createSession"):
+            # dbt passes the session on to its next jobs; the trigger swaps in the session its replay creates.
+            job["statistics"]["sessionInfo"] = {"sessionId": f"cosmos_async_capture_session_{uuid.uuid4().hex}"}
         with self.lock:
             self.fake_jobs[ref["jobId"]] = {"job": job, "test": self.current_is_test()}
         return job
@@ -367,7 +409,7 @@ def _handler(recorder: _Recorder) -> type[BaseHTTPRequestHandler]:
                 recorder.note_reads(relations_read(query, default.get("projectId") or project,
                                                    default.get("datasetId")))
                 return self._forward(raw)
-            recorder.record(query, location)
+            recorder.record(query, location, replayable_configuration(config))
             return self._send(200, recorder.fake_job(project, body, "SCRIPT"))
 
         def _create_dataset(self, project: str, raw: bytes) -> None:
@@ -386,6 +428,19 @@ def _handler(recorder: _Recorder) -> type[BaseHTTPRequestHandler]:
         do_POST = do_PUT = do_PATCH = do_DELETE = do_HEAD = do_GET
 
     return Handler
+
+
+def replayable_configuration(configuration: Mapping[str, Any]) -> dict[str, Any]:
+    """A query job's configuration as dbt-bigquery sent it, minus what each replay sets itself: the SQL text
+    (uploaded as the node's script) and ``dryRun``. The job id and location travel in ``jobReference``, not here.
+
+    Kept: ``maximumBytesBilled``, ``priority``, ``jobTimeoutMs``, ``labels``, ``defaultDataset``,
+    ``destinationEncryptionConfiguration``, ``createSession``/``connectionProperties``, ``reservation`` and
+    whatever later dbt-bigquery versions add, so the trigger replays what dbt asked for and nothing else.
+    """
+    kept = {k: v for k, v in configuration.items() if k != "dryRun"}
+    kept["query"] = {k: v for k, v in (configuration.get("query") or {}).items() if k != "query"}
+    return json.loads(json.dumps(kept))  # a deep copy of plain JSON values
 
 
 def _metadata_read(m: re.Match) -> Relation:

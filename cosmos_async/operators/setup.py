@@ -105,17 +105,19 @@ class DbtAsyncSetupOperator(BaseOperator):
         return capture_in_python(python, Path(self.project_dir), self.profile_config, log=self.log, **options)
 
     def _target_settings(self) -> dict[str, Any] | None:
-        """A profiles.yml target's public fields rendered here, where operator_args' env is set (the triggerer
-        may lack those variables); None for a profile mapping, whose connection the triggers read themselves."""
-        if self.profile_config.profiles_yml_filepath is None:
-            return None
-        from cosmos_async_triggers.dbt_profile import public_settings
+        """The target's public fields rendered here, where operator_args' env is set (the triggerer may lack those
+        variables). For a profile mapping, whose connection the triggers read themselves, only the job retry
+        fields (its profile_args may set them); None when there is nothing to record."""
+        from cosmos_async_triggers.dbt_profile import JOB_FIELDS, public_settings
 
         from cosmos_async.dbt_invoke import environment
         from cosmos_async.profiles import resolve_target
 
         with environment(self.env):
-            return public_settings(resolve_target(self.profile_config))
+            settings = public_settings(resolve_target(self.profile_config))
+        if self.profile_config.profiles_yml_filepath is None:
+            settings = {k: v for k, v in settings.items() if k in JOB_FIELDS}
+        return settings or None
 
     def execute(self, context: Any) -> dict[str, Any]:
         from cosmos_async.remote import RemoteTarget, upload_capture
