@@ -113,7 +113,11 @@ def test_sources_render_upstream_of_their_readers_only(captured) -> None:
     assert "raw_regions_source" not in dag.task_ids  # neither freshness nor tests
     assert dag.get_task("calendar_run").upstream_task_ids == {"dbt_on_run_start"}
     assert sorted(dag.get_task("dbt_setup_async").sources) == [
-        "source:fresh_shop.raw.customers", "source:fresh_shop.raw.orders", "source:fresh_shop.raw.payments"]
+        "source:fresh_shop.raw.customers", "source:fresh_shop.raw.events", "source:fresh_shop.raw.orders",
+        "source:fresh_shop.raw.payments"]
+    # The wait: the DAG's operator_args for every source, the source's own meta over it.
+    assert dag.get_task("raw_orders_source").nodes[0]["wait"] is None
+    assert dag.get_task("raw_events_source").nodes[0]["wait"] == {"interval_s": 3.0, "timeout_s": 180.0}
 
 
 def test_stale_source_fails_with_dbts_wording(captured, client) -> None:

@@ -2,8 +2,9 @@
 
 Sources (schema ``RAW_DATASET``): ``orders`` (loaded_at_field, error_after 1 h), ``payments`` (warn_after 1 h
 only), ``customers`` (no loaded_at_field: judged from table metadata, error_after 1 h), ``stores`` (no freshness,
-a not_null test), ``regions`` (neither: rendered only with SourceRenderingBehavior.ALL). ``calendar`` reads no
-source, so it must run whatever the sources do.
+a not_null test), ``regions`` (neither: rendered only with SourceRenderingBehavior.ALL), ``events``
+(loaded_at_field, error_after 1 h, and its own wait for late data in ``meta``). ``calendar`` reads no source, so it
+must run whatever the sources do.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ MODELS = {
     "stg_customers": "select id from {{ source('raw', 'customers') }}",
     "stg_stores": "select id from {{ source('raw', 'stores') }}",
     "stg_regions": "select id from {{ source('raw', 'regions') }}",
+    "stg_events": "select id from {{ source('raw', 'events') }}",
     "calendar": "select 1 as day",
 }
 SOURCES_YML = """\
@@ -43,6 +45,13 @@ sources:
           - name: id
             data_tests: [not_null]
       - name: regions
+      - name: events
+        loaded_at_field: loaded_at
+        meta:
+          cosmos_async:
+            freshness_wait: {interval_minutes: 0.05, timeout_minutes: 3}
+        freshness:
+          error_after: {count: 1, period: hour}
 """
 PROFILES_YML = """\
 fresh_shop:
@@ -60,28 +69,22 @@ fresh_shop:
 """
 
 
-def write_source_project(root: Path, *, wait: dict[str, Any] | None = None) -> Path:
-    """Write the project under ``root`` and return its directory; ``wait`` goes into the orders source's meta."""
+def write_source_project(root: Path) -> Path:
+    """Write the project under ``root`` and return its directory."""
     root.mkdir(parents=True, exist_ok=True)
     (root / "models").mkdir(exist_ok=True)
     (root / "dbt_project.yml").write_text(f"name: {PROJECT}\nversion: '1.0'\nprofile: {PROJECT}\n"
                                           "config-version: 2\nmodel-paths: [models]\n"
                                           "models:\n  fresh_shop:\n    +materialized: table\n")
     (root / "profiles.yml").write_text(PROFILES_YML)
-    sources = SOURCES_YML
-    if wait is not None:
-        meta = ", ".join(f"{k}: {v}" for k, v in wait.items())
-        sources = sources.replace("        loaded_at_field: loaded_at\n        freshness:\n          error_after",
-                                  f"        loaded_at_field: loaded_at\n        meta: {{cosmos_async: "
-                                  f"{{freshness_wait: {{{meta}}}}}}}\n        freshness:\n          error_after", 1)
-    (root / "models" / "_sources.yml").write_text(sources)
+    (root / "models" / "_sources.yml").write_text(SOURCES_YML)
     for name, sql in MODELS.items():
         (root / "models" / f"{name}.sql").write_text(sql + "\n")
     return root
 
 
 def load_raw(client: Any, dataset: str, *, orders_age: timedelta, payments_age: timedelta,
-             stores_null: bool = False) -> None:
+             stores_null: bool = False, events_age: timedelta = timedelta(hours=30)) -> None:
     """(Re)create the raw tables; ``*_age`` sets how old their newest ``loaded_at`` is."""
     now = datetime.now(timezone.utc)
     client.create_dataset(dataset, exists_ok=True)
@@ -97,12 +100,18 @@ def load_raw(client: Any, dataset: str, *, orders_age: timedelta, payments_age: 
         f"create or replace table `{dataset}`.customers as select 1 as id",
         f"create or replace table `{dataset}`.stores as select {'cast(null as int64)' if stores_null else '1'} as id",
         f"create or replace table `{dataset}`.regions as select 1 as id",
+        f"create or replace table `{dataset}`.events as select 1 as id, timestamp '{ts(events_age)}' as loaded_at",
     ]
     for sql in statements:
         client.query(sql).result()
 
 
 def insert_fresh_order(client: Any, dataset: str) -> None:
-    """Late data arrives: a row loaded now."""
+    """Late data arrives: an order loaded now."""
     client.query(f"insert into `{dataset}`.orders (id, amount, loaded_at) "
                  "values (2, 20, current_timestamp())").result()
+
+
+def insert_fresh_event(client: Any, dataset: str) -> None:
+    """Late data arrives: an event loaded now."""
+    client.query(f"insert into `{dataset}`.events (id, loaded_at) values (2, current_timestamp())").result()
