@@ -41,3 +41,23 @@ def test_wait_settings_are_checked() -> None:
             freshness_wait(bad, "x")
     with pytest.raises(ConfigurationError, match="minute, hour or day"):
         threshold({"count": 1, "period": "week"})
+
+
+def test_a_sources_own_wait_wins_over_the_dags() -> None:
+    from cosmos_async.project.manifest import DbtNode
+    from cosmos_async.sources import source_check
+
+    def source(meta: dict) -> DbtNode:
+        return DbtNode(unique_id="source.p.raw.orders", resource_type="source", name="orders", package_name="p",
+                       original_file_path="", fqn=(), tags=frozenset(), config={}, depends_on=(), source_name="raw",
+                       database="proj", schema="raw", loaded_at_field="loaded_at",
+                       freshness={"error_after": {"count": 2, "period": "day"}}, meta=meta)
+
+    dag_wait = {"interval_minutes": 5, "timeout_minutes": 60}
+    assert source_check(source({}), dag_wait)["wait"] == {"interval_s": 300, "timeout_s": 3600}
+    own = source({"cosmos_async": {"freshness_wait": {"interval_minutes": 1, "timeout_minutes": 2}}})
+    assert source_check(own, dag_wait)["wait"] == {"interval_s": 60, "timeout_s": 120}
+    assert source_check(source({"cosmos_async": {"freshness_wait": None}}), dag_wait)["wait"] is None
+    check = source_check(source({}), None)
+    assert check["error_after"] == {"seconds": 172800, "text": "2 days"} and check["warn_after"] is None
+    assert check["relation"] == {"project": "proj", "dataset": "raw", "table": "orders"}
