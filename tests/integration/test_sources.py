@@ -130,6 +130,13 @@ def test_stale_source_fails_with_dbts_wording(captured, client) -> None:
     assert len(payload["jobs"]) == 1  # only the freshness query ran
 
 
+def test_the_freshness_filter_comes_with_dbts_query(captured, client) -> None:
+    load_raw(client, RAW, orders_age=timedelta(hours=30), payments_age=timedelta(minutes=1))
+    insert_fresh_order(client, RAW, order_id=500)  # fresh, but outside `filter: "id < 100"`
+    payload = _payload(_trigger(captured, "raw_orders_source"))
+    assert payload["status"] == "failed" and "30.0 hours ago" in payload["message"], payload
+
+
 def test_fresh_source_passes(captured, client) -> None:
     load_raw(client, RAW, orders_age=timedelta(minutes=5), payments_age=timedelta(minutes=1))
     payload = _payload(_trigger(captured, "raw_orders_source"))

@@ -1,6 +1,7 @@
 """A small dbt project whose models read sources with freshness rules and source tests (issue 16).
 
-Sources (schema ``RAW_DATASET``): ``orders`` (loaded_at_field, error_after 1 h), ``payments`` (warn_after 1 h
+Sources (schema ``RAW_DATASET``): ``orders`` (loaded_at_field, error_after 1 h, a filter: rows with id >= 100
+do not count), ``payments`` (warn_after 1 h
 only), ``customers`` (no loaded_at_field: judged from table metadata, error_after 1 h), ``stores`` (no freshness,
 a not_null test), ``regions`` (neither: rendered only with SourceRenderingBehavior.ALL), ``events``
 (loaded_at_field, error_after 1 h, and its own wait for late data in ``meta``). ``calendar`` reads no source, so it
@@ -33,6 +34,7 @@ sources:
         loaded_at_field: loaded_at
         freshness:
           error_after: {count: 1, period: hour}
+          filter: "id < 100"
       - name: payments
         loaded_at_field: loaded_at
         freshness:
@@ -106,10 +108,10 @@ def load_raw(client: Any, dataset: str, *, orders_age: timedelta, payments_age: 
         client.query(sql).result()
 
 
-def insert_fresh_order(client: Any, dataset: str) -> None:
+def insert_fresh_order(client: Any, dataset: str, order_id: int = 2) -> None:
     """Late data arrives: an order loaded now."""
     client.query(f"insert into `{dataset}`.orders (id, amount, loaded_at) "
-                 "values (2, 20, current_timestamp())").result()
+                 f"values ({order_id}, 20, current_timestamp())").result()
 
 
 def insert_fresh_event(client: Any, dataset: str) -> None:
