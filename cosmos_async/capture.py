@@ -254,6 +254,9 @@ class _Recorder:
 def _handler(recorder: _Recorder) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
+        # Headers and body go out as two writes; with Nagle's algorithm the body then waits for the client's
+        # delayed ACK of the headers (~40 ms on Linux), on every one of the thousands of requests dbt sends.
+        disable_nagle_algorithm = True
 
         def log_message(self, format: str, *args: Any) -> None:
             pass
