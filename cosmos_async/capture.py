@@ -217,6 +217,9 @@ class _Recorder:
     def current_is_test(self) -> bool:
         return self.current is not None and self.current.startswith(("test.", "unit_test."))
 
+    def current_is_source(self) -> bool:
+        return self.current is not None and self.current.startswith("source.")
+
     # -- requests ---------------------------------------------------------------------------------
     def record(self, sql: str, location: str | None, configuration: dict[str, Any] | None = None) -> None:
         with self.lock:
@@ -404,6 +407,11 @@ def _handler(recorder: _Recorder) -> type[BaseHTTPRequestHandler]:
                 kind = next(iter(k for k in config if k not in ("labels", "dryRun", "jobTimeoutMs")), "job")
                 recorder.fall_back(f"dbt-bigquery runs a {kind} job for this node")
                 return self._send(200, recorder.fake_job(project, body, kind.upper()))
+            if recorder.current_is_source() and not config.get("dryRun"):
+                # `dbt source freshness`: its query is what the source task runs; forwarded too, since dbt
+                # needs its row to go on.
+                recorder.record(query, location)
+                return self._forward(raw)
             if config.get("dryRun") or (is_read_only(query) and not recorder.current_is_test()):
                 default = (config.get("query") or {}).get("defaultDataset") or {}
                 recorder.note_reads(relations_read(query, default.get("projectId") or project,
@@ -480,9 +488,13 @@ def recording_endpoint(upstream: str) -> Iterator[tuple[str, _Recorder]]:
 def capture_project(project_dir: Path, profile_config: ProfileConfig, *, select: Sequence[str] = (),
                     exclude: Sequence[str] = (), dbt_vars: Mapping[str, Any] | None = None,
                     full_refresh: bool = False, install_deps: bool = False,
-                    env: Mapping[str, str] | None = None, partial_parse: Path | None = None) -> Capture:
+                    env: Mapping[str, str] | None = None, sources: Sequence[str] = (),
+                    partial_parse: Path | None = None) -> Capture:
     """Run ``dbt build`` once against the recording endpoint and return every node's statements.
 
+    ``sources`` (``source:...`` selectors): also run ``dbt source freshness`` for them and record the query
+    dbt sends per source (none for a source judged from table metadata). Their freshness verdicts at setup
+    time do not matter: the source tasks judge again when they run.
     ``partial_parse``: where dbt's partial-parse state is kept between runs (see :mod:`cosmos_async.partial_parse`).
 
     A node whose capture fails, or that dbt skipped because an upstream capture failed, is retried in a
@@ -521,6 +533,8 @@ def capture_project(project_dir: Path, profile_config: ProfileConfig, *, select:
                 failed.update((o.unique_id, "dbt skipped it after an upstream capture failed") for o in skipped)
                 break
             pending_select, pending_exclude = [o.selector for o in skipped], []
+        if sources:
+            _capture_freshness(workspace, list(sources), dbt_vars, recorder)
         manifest = _run_manifest(workspace.target_dir)
     for unique_id, message in failed.items():
         node = recorder.nodes.setdefault(unique_id, NodeCapture())
@@ -529,6 +543,14 @@ def capture_project(project_dir: Path, profile_config: ProfileConfig, *, select:
     project = recorder.project if recorder.project != "unknown" else str(target.get("project") or "")
     mark_run_dependencies(capture, manifest, project)
     return capture
+
+
+def _capture_freshness(workspace: Any, sources: list[str], dbt_vars: Mapping[str, Any] | None,
+                       recorder: _Recorder) -> None:
+    from cosmos_async.dbt_invoke import node_outcomes
+
+    # Stale or missing sources are no capture failure: the source tasks judge them when they run.
+    node_outcomes(workspace, ["source", "freshness", "--select", *sources], dbt_vars, [recorder.on_event])
 
 
 def _run_manifest(target_dir: Path) -> Manifest | None:

@@ -43,11 +43,12 @@ class DbtAsyncSetupOperator(BaseOperator):
                  install_deps: bool = False, env: dict[str, str] | None = None,
                  py_requirements: Sequence[str] = (), use_venv: bool | None = None,
                  dbt_group_id: str | None = None, dbt_executable_path: str | Path | None = None,
-                 **kwargs: Any) -> None:
+                 sources: Sequence[str] = (), **kwargs: Any) -> None:
         """``dbt_group_id``: the DbtTaskGroup this setup serves (its files get their own directory of the run).
         ``py_requirements``: ExecutionConfig.async_py_requirements, installed into a cached virtualenv when
         dbt is not importable here. ``use_venv``: True forces the virtualenv, False forbids it, None decides by
-        whether dbt is installed. ``dbt_executable_path``: capture with that dbt's interpreter instead."""
+        whether dbt is installed. ``dbt_executable_path``: capture with that dbt's interpreter instead.
+        ``sources``: ``source:...`` selectors whose freshness queries the capture records."""
         super().__init__(**kwargs)
         self.project_dir = str(project_dir)
         self.profile_config = profile_config
@@ -64,6 +65,7 @@ class DbtAsyncSetupOperator(BaseOperator):
         self.use_venv = use_venv
         self.dbt_group_id = dbt_group_id
         self.dbt_executable_path = str(dbt_executable_path) if dbt_executable_path else None
+        self.sources = list(sources)
 
     def _python(self) -> Path | None:
         """The interpreter of the dbt to capture with, or None to capture in this process."""
@@ -93,7 +95,7 @@ class DbtAsyncSetupOperator(BaseOperator):
     def _capture(self) -> Any:
         options: dict[str, Any] = {"select": self.select, "exclude": self.exclude, "dbt_vars": self.dbt_vars,
                                    "full_refresh": self.full_refresh, "install_deps": self.install_deps,
-                                   "env": self.env,
+                                   "env": self.env, "sources": self.sources,
                                    "partial_parse": state_file(Path(self.project_dir), self.profile_config)}
         python = self._python()
         if python is None:

@@ -4,6 +4,9 @@ A node is one script (a query job), or, for a seed, steps in dbt's order: script
 uploaded with the jobs.insert request (:mod:`cosmos_async_triggers.load`). Every job, query or load, follows the
 same lifecycle below.
 
+A source node is a freshness check instead (dbt's query captured at setup, or the table's metadata), repeated
+while a configured wait lasts (:meth:`BigQueryNodeTrigger._check_source`).
+
 Job ids are deterministic per (DAG, task, run, map index, node, step, attempt), so a trigger that restarts (triggerer
 restart, redistribution) finds the job its predecessor submitted instead of running the SQL a second time:
 
@@ -40,12 +43,15 @@ from typing import Any
 
 from airflow.triggers.base import BaseTrigger, TaskSuccessEvent, TriggerEvent
 
-from cosmos_async_triggers import bq_errors, job_config, layout, load, rest
+from cosmos_async_triggers import bq_errors, freshness, job_config, layout, load, rest
 from cosmos_async_triggers.auth import GcpAuthError, GcpSource, get_connection, get_profile_target, get_token
 from cosmos_async_triggers.dbt_profile import ProfileTargetError, TargetRef
 from cosmos_async_triggers.job_retry import JobRetry, JobRetrySettingError
 from cosmos_async_triggers.layout import job_id_base
 from cosmos_async_triggers.storage import RemoteReadError, Step, read_index, read_node_steps
+
+# A task's node of this kind is a freshness check: its captured script is the query dbt sends for it.
+SOURCE_KIND = "source"
 
 CLASSPATH = "cosmos_async_triggers.bigquery.BigQueryNodeTrigger"
 # Same key as cosmos_async.operators.links.JOB_LINK_KEY (not imported: this package must stay light).
@@ -282,6 +288,12 @@ class BigQueryNodeTrigger(BaseTrigger):
         for i, (node, entry, steps) in enumerate(zip(self.nodes, entries, plans, strict=True)):
             location = entry.get("location") or self.location or gcp.location
             labels = {**base_labels, "dbt_node": bq_label(node["id"])}
+            if node.get("kind") == SOURCE_KIND:
+                failure = await self._check_source(node, steps, project, location, f"{stem}_{i}", labels, jobs,
+                                                   warnings)
+                if failure:
+                    return {"status": "failed", "message": failure, "jobs": jobs, "warnings": warnings}
+                continue
             job: dict[str, Any] | None = None
             session: str | None = None  # the BigQuery session a step of this node created (createSession)
             for j, step in enumerate(steps):
@@ -303,6 +315,69 @@ class BigQueryNodeTrigger(BaseTrigger):
                     return {"status": "failed", "message": failure, "jobs": jobs, "warnings": warnings}
         return {"status": "success", "message": f"{len(jobs)} BigQuery job(s) succeeded", "jobs": jobs,
                 "warnings": warnings}
+
+    # ---- sources ------------------------------------------------------------------------------------------
+
+    async def _check_source(self, node: dict[str, Any], steps: list[Step], project: str, location: str | None,
+                            stem: str, labels: dict[str, str], jobs: list[dict[str, Any]],
+                            warnings: list[str]) -> str | None:
+        """dbt's freshness check, repeated every ``wait.interval_s`` while the source is not fresh and the wait
+        lasts; a message when it ends past error_after. Sleeping here holds no worker slot (the trigger waits).
+
+        The wait is counted from this trigger's start: a triggerer restart starts it again, and the task's
+        execution_timeout (the trigger's timeout) stays the last word."""
+        sql = next((s.sql for s in steps if s.kind == "query" and s.sql.strip()), "")
+        if node.get("loaded_at_field") and not sql:
+            raise NodeRunError(f"{node['id']}: the setup task recorded no freshness query for it (loaded_at_field "
+                               f"{node['loaded_at_field']!r}); re-run the setup task with this task.")
+        wait = node.get("wait") or {}
+        deadline = time.monotonic() + float(wait.get("timeout_s") or 0)
+        checks = 0
+        while True:
+            checks += 1
+            verdict = await self._freshness(node, sql, project, location, stem, labels, jobs)
+            interval = float(wait.get("interval_s") or 0)
+            if verdict.status == "pass" or not wait or time.monotonic() + interval > deadline:
+                break
+            self.log.info("%s; checking again in %.0f s (wait ends in %.0f s)", verdict.message, interval,
+                          deadline - time.monotonic())
+            await asyncio.sleep(interval)
+        after = f" (after {checks} checks)" if checks > 1 else ""
+        if verdict.status == "error":
+            return verdict.message + after
+        if verdict.status == "warn":
+            warnings.append(verdict.message + after)
+        else:
+            self.log.info("%s%s", verdict.message, after)
+        return None
+
+    async def _freshness(self, node: dict[str, Any], sql: str, project: str, location: str | None, stem: str,
+                         labels: dict[str, str], jobs: list[dict[str, Any]]) -> freshness.Verdict:
+        if not sql:  # no loaded_at_field: dbt-bigquery reads the table's lastModifiedTime (tables.get)
+            relation = node.get("relation") or {}
+            assert self._gcp is not None
+            url = (f"{self._gcp.bigquery_endpoint}/bigquery/v2/projects/{relation.get('project') or project}"
+                   f"/datasets/{relation.get('dataset')}/tables/{relation.get('table')}")
+            table = await rest.request_json("GET", url, token=await self._token())
+            modified = datetime.fromtimestamp(int(table["lastModifiedTime"]) / 1000, tz=timezone.utc)
+            return freshness.judge(node, modified, datetime.now(timezone.utc))
+        # A read-only query: each check is a new job (re-running it after a restart is harmless).
+        job = await self._run_job(project, location, f"{stem}_f{int(time.time() * 1000)}", Step("query", sql=sql),
+                                  labels, 0.0)
+        jobs.append(_summary(job, location))
+        error = job.get("status", {}).get("errorResult")
+        if error:
+            raise NodeRunError(_error_message(node, job, error))
+        ref = job["jobReference"]
+        url = self._jobs_url(ref["projectId"]).replace("/jobs", "/queries") + f"/{ref['jobId']}"
+        result = await rest.request_json("GET", url, token=await self._token(),
+                                         params={**_loc(ref.get("location") or location), "maxResults": 2,
+                                                 "formatOptions.useInt64Timestamp": "true"})
+        try:
+            loaded, snapshotted = freshness.freshness_row(result)
+        except ValueError as exc:
+            raise NodeRunError(f"{node['id']}: {exc}") from None
+        return freshness.judge(node, loaded, snapshotted)
 
     # ---- one job --------------------------------------------------------------------------------------------
 
