@@ -29,7 +29,7 @@ def _dag(monkeypatch: pytest.MonkeyPatch, profile_args: dict | None = None, **kw
                   project_config=ProjectConfig(dbt_project_path=PROJECT, manifest_path=PROJECT / "manifest.json"),
                   profile_config=ProfileConfig(profile_name="corner_shop", target_name="dev",
                                                profile_mapping=mapping),
-                  execution_config=ExecutionConfig(execution_mode=ExecutionMode.AIRFLOW_ASYNC), **kwargs)
+                  **{"execution_config": ExecutionConfig(execution_mode=ExecutionMode.AIRFLOW_ASYNC), **kwargs})
 
 
 def test_jobs_are_billed_to_execution_project(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -69,3 +69,11 @@ def test_parsing_with_a_manifest_imports_no_dbt(tmp_path: Path) -> None:
     out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True)
     tasks, heavy = out.stdout.split(maxsplit=1)
     assert int(tasks) > 20 and heavy.strip() == "[]"
+
+
+def test_a_freshness_wait_in_local_mode_is_refused_naming_the_fix(monkeypatch: pytest.MonkeyPatch) -> None:
+    from cosmos_async.errors import ConfigurationError
+
+    with pytest.raises(ConfigurationError, match=r"source_freshness_wait needs ExecutionMode\.AIRFLOW_ASYNC"):
+        _dag(monkeypatch, execution_config=ExecutionConfig(execution_mode=ExecutionMode.LOCAL),
+             operator_args={"source_freshness_wait": {"interval_minutes": 5, "timeout_minutes": 60}})
