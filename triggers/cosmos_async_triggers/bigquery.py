@@ -371,7 +371,7 @@ class BigQueryNodeTrigger(BaseTrigger):
         ref = job["jobReference"]
         url = self._jobs_url(ref["projectId"]).replace("/jobs", "/queries") + f"/{ref['jobId']}"
         result = await rest.request_json("GET", url, token=await self._token(),
-                                         params={**_loc(ref.get("location") or location), "maxResults": 2,
+                                         params={**_loc(location or ref.get("location")), "maxResults": 2,
                                                  "formatOptions.useInt64Timestamp": "true"})
         try:
             loaded, snapshotted = freshness.freshness_row(result)
