@@ -28,9 +28,9 @@ from bench.synthetic import write_project
 OURS = """
 import json, sys, time
 from pathlib import Path
-from cosmos_async.capture import capture_project
+from cosmos_async.dbt.capture import capture_project
 from cosmos_async.config import ProfileConfig
-from cosmos_async.partial_parse import state_file
+from cosmos_async.dbt.partial_parse import state_file
 from cosmos_async.remote import RemoteTarget, upload_capture
 project, url, conn, run_id = sys.argv[1:5]
 t0 = time.perf_counter()

@@ -15,8 +15,8 @@ from typing import Any
 
 from cosmos_async_triggers.layout import DAG_LEVEL_NAMES, index_path, node_relpath, run_prefix, step_relpath
 
-from cosmos_async.capture import Capture, LoadCapture, NodeCapture, ScriptCapture
 from cosmos_async.config import cosmos_setting
+from cosmos_async.dbt.captured import Capture, LoadCapture, NodeCapture, ScriptCapture
 from cosmos_async.errors import ConfigurationError, CosmosAsyncError
 
 SUPPORTED_SCHEMES = ("gs", "gcs", "file", "memory")
@@ -98,7 +98,7 @@ def upload_capture(target: RemoteTarget, dag_id: str, run_id: str, capture: Capt
     ``steps`` instead, in dbt's order: ``{"kind": "query", "path", "sha256", ...}`` for a script and
     ``{"kind": "load", "configuration", "path", "sha256", ...}`` for a load job whose data is the file at path.
     A script (entry or step) also has the ``configuration`` dbt-bigquery sent with its statements' query jobs
-    (:func:`cosmos_async.capture.replayable_configuration`), which the trigger replays; a node's statements are
+    (:func:`cosmos_async.dbt.endpoint.replayable_configuration`), which the trigger replays; a node's statements are
     split into several scripts where dbt changed it between them.
     """
     fs, _ = _filesystem(target)

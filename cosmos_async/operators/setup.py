@@ -12,8 +12,8 @@ from typing import Any
 from airflow.sdk import BaseOperator
 
 from cosmos_async.config import ProfileConfig
+from cosmos_async.dbt.partial_parse import state_file
 from cosmos_async.errors import ConfigurationError
-from cosmos_async.partial_parse import state_file
 
 
 def dbt_installed() -> bool:
@@ -70,7 +70,7 @@ class DbtAsyncSetupOperator(BaseOperator):
     def _python(self) -> Path | None:
         """The interpreter of the dbt to capture with, or None to capture in this process."""
         if self.dbt_executable_path:
-            from cosmos_async.dbt_executable import dbt_python
+            from cosmos_async.dbt.executable import dbt_python
 
             python = dbt_python(self.dbt_executable_path)
             self.log.info("capturing with the Python of %s: %s", self.dbt_executable_path, python)
@@ -84,7 +84,7 @@ class DbtAsyncSetupOperator(BaseOperator):
                 "set ExecutionConfig(async_py_requirements=['dbt-bigquery==<version>']) so the setup task builds "
                 "a virtualenv with it."
             )
-        from cosmos_async.dbt_venv import ensure_venv, venv_python
+        from cosmos_async.dbt.venv import ensure_venv, venv_python
 
         started = time.monotonic()
         venv = ensure_venv(self.py_requirements)
@@ -99,10 +99,10 @@ class DbtAsyncSetupOperator(BaseOperator):
                                    "partial_parse": state_file(Path(self.project_dir), self.profile_config)}
         python = self._python()
         if python is None:
-            from cosmos_async.capture import capture_project
+            from cosmos_async.dbt.capture import capture_project
 
             return capture_project(Path(self.project_dir), self.profile_config, **options)
-        from cosmos_async.capture_cli import capture_in_python
+        from cosmos_async.dbt.capture_cli import capture_in_python
 
         return capture_in_python(python, Path(self.project_dir), self.profile_config, log=self.log, **options)
 
@@ -112,7 +112,7 @@ class DbtAsyncSetupOperator(BaseOperator):
         fields (its profile_args may set them); None when there is nothing to record."""
         from cosmos_async_triggers.dbt_profile import JOB_FIELDS, public_settings
 
-        from cosmos_async.dbt_invoke import environment
+        from cosmos_async.dbt.invoke import environment
         from cosmos_async.profiles import resolve_target
 
         with environment(self.env):

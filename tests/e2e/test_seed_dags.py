@@ -27,7 +27,7 @@ from google.auth.credentials import AnonymousCredentials
 from google.cloud import bigquery
 
 from cosmos_async.config import SUPPORTED_EXECUTION_MODES, ExecutionMode
-from cosmos_async.dbt_venv import ensure_venv
+from cosmos_async.dbt.venv import ensure_venv
 from tests.support.airflow import AirflowStack, AirflowStackError
 from tests.support.credentials import service_account_key
 from tests.support.dbt_oracle import built_tables, dbt_build

@@ -8,7 +8,7 @@ import json
 import pytest
 from cosmos_async_triggers.layout import segment
 
-from cosmos_async.capture import Capture, NodeCapture
+from cosmos_async.dbt.captured import Capture, NodeCapture
 from cosmos_async.remote import RemoteStorageError, RemoteTarget, delete_run, read_index, upload_capture
 
 HOSTILE = ["../../etc/passwd", "a/b", "..", ".", "~x", "run id with spaces", "manual__2026-11-25T00:00:00+00:00"]

@@ -19,7 +19,7 @@ from airflow.triggers.base import TriggerEvent
 from cosmos_async_triggers import rest
 from cosmos_async_triggers.bigquery import BigQueryNodeTrigger
 
-from cosmos_async.capture import Capture, LoadCapture, NodeCapture
+from cosmos_async.dbt.captured import Capture, LoadCapture, NodeCapture
 from cosmos_async.remote import RemoteStorageError, RemoteTarget, upload_capture
 from tests.support.bq_lifecycle_proxy import LifecycleProxy
 from tests.support.connections import emulator_connections
