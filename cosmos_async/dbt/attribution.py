@@ -12,12 +12,14 @@ import re
 import threading
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from cosmos_async.dbt.captured import LoadCapture, NodeCapture
 from cosmos_async.dbt.sql_relations import Relation
 
+# Told of each node as dbt finishes it: (unique_id, what was recorded for it).
+NodeCallback = Callable[[str, NodeCapture], None]
 _TEST_RESULT = {
     "schema": {"fields": [{"name": "failures", "type": "INTEGER"}, {"name": "should_warn", "type": "BOOLEAN"},
                           {"name": "should_error", "type": "BOOLEAN"}]},
@@ -26,11 +28,11 @@ _TEST_RESULT = {
 }
 
 
-
 class Recorder:
     """State shared by the endpoint's request threads and dbt's event callback."""
 
-    def __init__(self, upstream: str) -> None:
+    def __init__(self, upstream: str, on_node_captured: NodeCallback | None = None) -> None:
+        """``on_node_captured(unique_id, node)`` is called in dbt's thread as each node finishes (its upload)."""
         import requests
 
         self.upstream = upstream.rstrip("/")
@@ -47,6 +49,7 @@ class Recorder:
         self.fake_jobs: dict[str, dict[str, Any]] = {}
         self.project = "unknown"
         self.uploads: dict[str, dict[str, Any]] = {}
+        self.on_node_captured = on_node_captured
 
     # -- dbt events -------------------------------------------------------------------------------
     def on_event(self, msg: Any) -> None:
@@ -54,6 +57,7 @@ class Recorder:
         if name not in ("NodeStart", "NodeFinished"):
             return
         unique_id = msg.data.node_info.unique_id
+        finished = None
         with self.lock:
             if name == "NodeStart":
                 self.current = unique_id
@@ -61,6 +65,9 @@ class Recorder:
                 self.nodes[unique_id] = NodeCapture()
             elif self.current == unique_id:
                 self.current = None
+                finished = self.nodes[unique_id]
+        if finished is not None and self.on_node_captured is not None:
+            self.on_node_captured(unique_id, finished)
 
     def target(self) -> NodeCapture:
         if self.current is not None:

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from cosmos_async.config import ProfileConfig
-from cosmos_async.dbt.attribution import Recorder
+from cosmos_async.dbt.attribution import NodeCallback, Recorder
 from cosmos_async.dbt.captured import Capture, CaptureError, NodeCapture
 from cosmos_async.dbt.endpoint import recording_endpoint
 from cosmos_async.dbt.run_dependencies import mark_run_dependencies
@@ -32,13 +32,16 @@ def capture_project(project_dir: Path, profile_config: ProfileConfig, *, select:
                     exclude: Sequence[str] = (), dbt_vars: Mapping[str, Any] | None = None,
                     full_refresh: bool = False, install_deps: bool = False,
                     env: Mapping[str, str] | None = None, sources: Sequence[str] = (),
-                    partial_parse: Path | None = None) -> Capture:
+                    partial_parse: Path | None = None,
+                    on_node_captured: NodeCallback | None = None) -> Capture:
     """Run ``dbt build`` once against the recording endpoint and return every node's statements.
 
     ``sources`` (``source:...`` selectors): also run ``dbt source freshness`` for them and record the query
     dbt sends per source (none for a source judged from table metadata). Their freshness verdicts at setup
     time do not matter: the source tasks judge again when they run.
     ``partial_parse``: where dbt's partial-parse state is kept between runs (see :mod:`cosmos_async.dbt.partial_parse`).
+    ``on_node_captured``: told of each node as dbt finishes it, so its files can go up while dbt goes on
+    (:class:`cosmos_async.remote.RunUpload`); a node retried in a later pass is told again.
 
     A node whose capture fails, or that dbt skipped because an upstream capture failed, is retried in a
     further pass on its own; a node that still fails falls back to LOCAL with dbt's message as the reason.
@@ -50,7 +53,7 @@ def capture_project(project_dir: Path, profile_config: ProfileConfig, *, select:
         target = resolve_target(profile_config)
     upstream = target.get("api_endpoint") or DEFAULT_BIGQUERY_ENDPOINT
     failed: dict[str, str] = {}
-    with recording_endpoint(upstream) as (url, recorder), dbt_workspace(
+    with recording_endpoint(upstream, on_node_captured) as (url, recorder), dbt_workspace(
         project_dir, profile_config, install_deps=install_deps, env=env,
         target={**target, "api_endpoint": url, "threads": 1}, partial_parse=partial_parse,
     ) as workspace:

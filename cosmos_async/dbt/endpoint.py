@@ -26,7 +26,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from cosmos_async.dbt.attribution import Recorder
+from cosmos_async.dbt.attribution import NodeCallback, Recorder
 from cosmos_async.dbt.captured import CaptureError
 from cosmos_async.dbt.sql_relations import Relation, relations_read
 
@@ -231,9 +231,10 @@ def _parse_multipart(content_type: str, body: bytes) -> tuple[dict[str, Any], by
 
 
 @contextmanager
-def recording_endpoint(upstream: str) -> Iterator[tuple[str, Recorder]]:
+def recording_endpoint(upstream: str, on_node_captured: NodeCallback | None = None
+                       ) -> Iterator[tuple[str, Recorder]]:
     """Serve the recording endpoint on 127.0.0.1 for the duration of the block."""
-    recorder = Recorder(upstream)
+    recorder = Recorder(upstream, on_node_captured)
     server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(recorder))
     server.daemon_threads = True
     thread = threading.Thread(target=server.serve_forever, name="cosmos-async-capture", daemon=True)

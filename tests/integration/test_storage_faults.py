@@ -124,6 +124,24 @@ def test_upload_refused_fails_setup_with_one_message_and_no_index(target: Remote
     assert "index.json" not in uploaded(target, prefix)
 
 
+def test_upload_refused_while_capturing_fails_naming_the_file_and_writes_no_index(
+        target: RemoteTarget, storage_proxy: LifecycleProxy) -> None:
+    from cosmos_async.remote import RunUpload
+
+    capture, wanted = capture_of(3)
+    run_id = f"deny-early-{uuid.uuid4().hex[:8]}"
+    storage_proxy.add_fault("POST", UPLOAD, 403, count=1000)
+    with RunUpload(target, "dag", run_id, wanted) as upload, pytest.raises(RemoteStorageError) as err:
+        for unique_id, node in capture.nodes.items():  # as dbt finishes each node
+            upload.node_captured(unique_id, node)
+        upload.finish(capture)
+
+    message = str(err.value)
+    prefix = target.run_prefix("dag", run_id)
+    assert f"cannot write the run's SQL under {prefix}: nodes/" in message and "may write to it" in message, message
+    assert "index.json" not in uploaded(target, prefix)
+
+
 def test_sql_fetch_retried_fault_injected_503_429_reset_delay(target: RemoteTarget, storage_proxy: LifecycleProxy,
                                                               proxy: LifecycleProxy) -> None:
     capture, wanted = capture_of(1)
