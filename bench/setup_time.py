@@ -167,7 +167,7 @@ def run(models: list[int], runs: int, workdir: Path, warmup: bool = True,
                     row["variants"][name] = _measure(measure, runs, warmup)
             row["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
             for ref in ("dbt_compile", "dbt_compile_partial_parse"):
-                base = row["variants"][ref].get("median_s")
+                base = row["variants"].get(ref, {}).get("median_s")
                 row[f"ratio_vs_{ref}"] = {k: round(v["median_s"] / base, 2) for k, v in row["variants"].items()
                                           if base and "median_s" in v and k.startswith("ours_")}
             rows.append(row)
@@ -188,8 +188,10 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/cosmos-async-bench/setup"))
     parser.add_argument("--variants", nargs="+", help="measure only these (e.g. dbt_compile ours_setup_file)")
     parser.add_argument("--name", default="setup", help="results file name part")
+    parser.add_argument("--no-warmup", action="store_true", help="no untimed first sample (both parse in full)")
     args = parser.parse_args()
-    rows = run(args.models, args.runs, args.workdir, variants=set(args.variants) if args.variants else None)
+    rows = run(args.models, args.runs, args.workdir, warmup=not args.no_warmup,
+               variants=set(args.variants) if args.variants else None)
     print("results:", write_results(args.name, rows))
 
 
