@@ -32,6 +32,9 @@ def _extra(extras: Mapping[str, Any], key: str) -> Any:
     return None if value == "" else value
 
 
+DEFAULT_THREADS = 4  # dbt's threads in targets built from a connection, unless profile_args set them
+
+
 @dataclass
 class _BigQueryProfileMapping:
     """Base of the BigQuery profile mappings: connection fields + ``profile_args`` → dbt target dict."""
@@ -50,7 +53,8 @@ class _BigQueryProfileMapping:
             )
         if not self.profile_args.get("dataset"):
             raise ConfigurationError("profile_args needs 'dataset' (the default BigQuery dataset for dbt).")
-        target: dict[str, Any] = {"type": "bigquery", "method": self.dbt_method, "project": project, "threads": 4}
+        target: dict[str, Any] = {"type": "bigquery", "method": self.dbt_method, "project": project,
+                                  "threads": DEFAULT_THREADS}
         endpoint = _extra(extras, "bigquery_api_endpoint")
         if endpoint:
             target["api_endpoint"] = endpoint
