@@ -216,7 +216,9 @@ class _Renderer:
             **self.dbt_kwargs, **{**node_airflow_kwargs, **self.execution.setup_operator_args},
         ).as_setup()
         start = node_task("dbt_on_run_start", [{"id": HOOK_IDS["on-run-start"], "kind": "hook",
-                                                "name": "on-run-start"}], None)
+                                                "name": "on-run-start"}], None,
+                          # Airflow requires all_success right after a setup task: one scheduler hop here.
+                          wait_for_parents="scheduler")
         tasks = self.wire(make)
         roots = [t for key, t in tasks.items() if not self.plan_by_key[key].upstream]
         leaves = [t for t in tasks.values() if not t.downstream_list]

@@ -76,8 +76,11 @@ class DbtBigQueryAsyncOperator(BaseOperator):
         )
 
     def parent_task_ids(self) -> list[str]:
-        """The upstream task ids this task waits for when it waits in the triggerer."""
-        return sorted(self.upstream_task_ids)
+        """The task ids this task waits for when it waits in the triggerer: its upstream tasks, and the setup
+        tasks above it (trigger rule ``always`` turns off Airflow's own wait for them, e.g. when a clear
+        re-runs the setup)."""
+        setups = {t.task_id for t in self.get_flat_relatives(upstream=True) if t.is_setup}
+        return sorted(set(self.upstream_task_ids) | setups)
 
     def trigger_kwargs(self, *, end_task: bool, run: dict[str, Any] | None = None,
                        parents: list[str] | None = None) -> dict[str, Any]:

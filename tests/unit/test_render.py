@@ -84,8 +84,10 @@ def test_models_wait_for_their_parents_in_the_triggerer(monkeypatch: pytest.Monk
     dag = _dag(monkeypatch)
     daily = dag.task_dict["daily_revenue.run"]
     assert daily.trigger_rule == "always"
-    assert _trigger_parents(daily) == sorted(daily.upstream_task_ids)  # dbt's edges kept, handed to the trigger
-    assert _trigger_parents(dag.task_dict["dbt_on_run_start"]) == ["dbt_setup_async"]
+    # dbt's edges kept and handed to the trigger, with the setup (a clear re-runs it before the model).
+    assert _trigger_parents(daily) == sorted({*daily.upstream_task_ids, "dbt_setup_async"})
+    start = dag.task_dict["dbt_on_run_start"]  # Airflow wants all_success right after a setup task
+    assert start.trigger_rule == "all_success" and _trigger_parents(start) == []
     assert daily.start_trigger_args.timeout is None  # waiting does not count against execution_timeout
     end = dag.task_dict["dbt_on_run_end"]
     assert end.trigger_rule != "always" and _trigger_parents(end) == []  # a teardown: scheduler-gated, runs last
