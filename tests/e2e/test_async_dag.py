@@ -142,7 +142,7 @@ def test_async_run_builds_tables_without_worker_slots_and_cleans_up(
         stack: AirflowStack, client, gcs, gcs_emulator, bigquery_emulator, key, token_endpoint, tmp_path: Path,
         monkeypatch: pytest.MonkeyPatch) -> None:
     run_id = stack.trigger("corner_shop")
-    assert stack.wait_for_run("corner_shop", run_id, timeout=300) == "success", _states(stack, "corner_shop", run_id)
+    assert stack.wait_for_run("corner_shop", run_id, timeout=300) == "success", _failures(stack, "corner_shop", run_id)
     states = _states(stack, "corner_shop", run_id)
     assert set(states.values()) == {"success"}, states
 

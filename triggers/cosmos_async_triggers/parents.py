@@ -94,7 +94,7 @@ async def supervisor_states(dag_id: str, run_id: str, task_ids: list[str]) -> Ma
     return result.task_states.get(run_id) or {}
 
 
-@dataclass
+@dataclass(eq=False)  # held in sets: identity, not field equality
 class _Waiter:
     parents: frozenset[str]
     future: asyncio.Future[Verdict]
