@@ -5,6 +5,9 @@ holds a worker slot. A failure resumes it on a worker just long enough to raise 
 callbacks behave as for any task); a node the capture marked unsafe resumes on a worker and runs through dbt
 (LOCAL). With start-from-trigger off, and under ``airflow dags test`` / ``dag.test()``, ``execute`` defers to the
 same trigger.
+
+With ``wait_for_parents="triggerer"`` the task starts with its DAG run and its trigger waits for the upstream
+tasks (see :mod:`cosmos_async_triggers.parents`); ``execute`` judges them itself and reschedules while they run.
 """
 
 from __future__ import annotations
