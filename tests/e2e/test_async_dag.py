@@ -198,7 +198,7 @@ def test_broken_model_fails_with_bigquery_message_and_teardown_still_cleans(stac
     assert states["stg_orders.run"] == "failed", states
     # No trigger may set upstream_failed: the child fails without retries, naming its failed parent.
     assert states["orders.run"] == "failed", states
-    assert "not run: upstream task 'stg_orders.run' ended failed" in stack.task_log(
+    assert "not run: upstream task 'stg_orders.test' ended failed" in stack.task_log(
         "corner_shop_broken", run_id, "orders.run"), states
     assert states["stg_customers.run"] == "success", states
     assert states["dbt_teardown_async"] == "success", states
