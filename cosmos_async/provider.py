@@ -44,6 +44,11 @@ OPTIONS: dict[str, tuple[str, str, str | None, str | None]] = {
         "429/5xx or a dropped connection (at most 8 attempts) before the task fails with the last error.",
         "float", None, "30",
     ),
+    "iam_credentials_endpoint": (
+        "IAM Credentials API the triggers call (generateAccessToken) for a profiles.yml target with "
+        "impersonate_service_account; change it only for a private endpoint or a test double.",
+        "string", None, "https://iamcredentials.googleapis.com",
+    ),
     "default_location": (
         "BigQuery location used when neither operator_args nor the profile give one.",
         "string", None, "US",

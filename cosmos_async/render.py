@@ -254,15 +254,17 @@ def _strings(operator_args: dict[str, Any], name: str) -> list[str]:
 
 def async_settings(profile: ProfileConfig, operator_args: dict[str, Any],
                    mode: ExecutionMode = ExecutionMode.AIRFLOW_ASYNC) -> dict[str, Any]:
-    """Connection, project, location and polling for AIRFLOW_ASYNC tasks: operator_args, then profile, then [cosmos]."""
+    """Credentials, project, location and polling for AIRFLOW_ASYNC tasks: operator_args, then profile, then [cosmos].
+
+    The triggers authenticate with ``operator_args['gcp_conn_id']``, else the profile mapping's connection, else
+    the profiles.yml target itself (only its reference travels: the triggerer reads and renders the file).
+    """
     from cosmos_async.config import cosmos_setting
+    from cosmos_async.profiles import check_async_target
 
     mapping = profile.profile_mapping
     profile_args = getattr(mapping, "profile_args", {}) or {}
     conn_id = operator_args.get("gcp_conn_id") or getattr(mapping, "conn_id", None)
-    if not conn_id:
-        raise ConfigurationError("AIRFLOW_ASYNC needs a google_cloud_platform connection for the triggerer: use a "
-                                 "profile_mapping (its conn_id) or operator_args={'gcp_conn_id': ...}.")
     start = operator_args.get("start_from_trigger")
     if start is None:
         start = str(cosmos_setting("start_from_trigger", "True")).lower() == "true"
@@ -279,18 +281,26 @@ def async_settings(profile: ProfileConfig, operator_args: dict[str, Any],
             "'triggerer' model tasks start with the run and wait for all their parents to succeed themselves.")
     jobs = operator_args.get("max_concurrent_jobs") or cosmos_setting("max_concurrent_jobs", "") \
         or profile_threads(profile)
-    return {
+    settings: dict[str, Any] = {
+        "poll_interval": float(operator_args.get("poll_interval") or cosmos_setting("poll_interval", "2.0")),
+        "start_from_trigger": bool(start),
         "wait_for_parents": wait,
         "max_jobs": int(jobs),
         "parent_check_interval": float(cosmos_setting("parent_check_interval", "1.0") or 1.0),
+    }
+    if not conn_id:
+        # project, execution_project and location come from the target as the triggerer renders it.
+        return {**settings, "gcp_conn_id": None, "dbt_target": check_async_target(profile).to_kwargs(),
+                "project": operator_args.get("project"), "location": operator_args.get("location")}
+    return {
+        **settings,
         "gcp_conn_id": conn_id,
+        "dbt_target": None,
         # dbt's execution_project bills the jobs to another project than the data's (astronomer-cosmos #1933).
         "project": operator_args.get("project") or profile_args.get("execution_project")
         or profile_args.get("project"),
         "location": operator_args.get("location") or profile_args.get("location")
         or cosmos_setting("default_location", "US"),
-        "poll_interval": float(operator_args.get("poll_interval") or cosmos_setting("poll_interval", "2.0")),
-        "start_from_trigger": bool(start),
     }
 
 

@@ -32,13 +32,16 @@ class DbtBigQueryAsyncOperator(BaseOperator):
     template_fields: Sequence[str] = ("local_fallback",)
     ui_color = "#c6e2ff"
 
-    def __init__(self, *, nodes: Sequence[dict[str, Any]], gcp_conn_id: str, remote_target_path: str,
-                 remote_target_path_conn_id: str | None, location: str, project: str | None = None,
+    def __init__(self, *, nodes: Sequence[dict[str, Any]], gcp_conn_id: str | None, remote_target_path: str,
+                 remote_target_path_conn_id: str | None, location: str | None, project: str | None = None,
                  poll_interval: float = 2.0, start_from_trigger: bool = True,
                  labels: dict[str, str] | None = None, local_fallback: dict[str, Any] | None = None,
-                 dbt_group_id: str | None = None, wait_for_parents: str = "scheduler",
-                 parent_check_interval: float = 1.0, max_jobs: int | None = None, **kwargs: Any) -> None:
-        """``dbt_group_id``: the DbtTaskGroup whose setup uploads this node's SQL (None in a DbtDag).
+                 dbt_group_id: str | None = None, dbt_target: dict[str, str] | None = None,
+                 wait_for_parents: str = "scheduler", parent_check_interval: float = 1.0,
+                 max_jobs: int | None = None, **kwargs: Any) -> None:
+        """``dbt_group_id``: the DbtTaskGroup whose setup uploads this node's SQL (None in a DbtDag). Credentials:
+        ``gcp_conn_id``, or when it is None ``dbt_target`` (profiles.yml path, profile, target), which the trigger
+        reads in the triggerer; neither holds a secret.
 
         ``wait_for_parents="triggerer"``: the task starts with its DAG run (trigger rule ``always``) and waits for
         its upstream tasks itself, in the trigger; ``"scheduler"``: Airflow releases it after its upstream tasks.
@@ -51,6 +54,7 @@ class DbtBigQueryAsyncOperator(BaseOperator):
         super().__init__(**kwargs)
         self.nodes = [dict(n) for n in nodes]
         self.gcp_conn_id = gcp_conn_id
+        self.dbt_target = dict(dbt_target) if dbt_target else None
         self.remote_target_path = remote_target_path
         self.remote_target_path_conn_id = remote_target_path_conn_id
         self.location = location
@@ -93,6 +97,7 @@ class DbtBigQueryAsyncOperator(BaseOperator):
                 "storage_conn_id": self.remote_target_path_conn_id, "remote_target_path": self.remote_target_path,
                 "project": self.project, "location": self.location, "poll_interval": self.poll_interval,
                 "labels": self.labels, "end_task": end_task, "run": run, "group_id": self.dbt_group_id,
+                "dbt_target": self.dbt_target,
                 "parents": parents or [], "parent_check_interval": self.parent_check_interval,
                 "max_jobs": self.max_jobs, "execution_timeout_s": timeout}
 

@@ -13,7 +13,7 @@ every request to the emulator and rewrites the job lifecycle to match BigQuery:
   request goes through) for the next ``count`` requests matching a method and path regex; a status or reset
   either instead of forwarding or after forwarding (the answer is lost on the way back). Paths that are not
   BigQuery's are forwarded unchanged, so the proxy also fronts the storage emulator;
-* it counts inserts, jobs.get calls and cancels per job id.
+* it counts inserts, jobs.get calls and cancels per job id, and records each request's Authorization header.
 
 Use :class:`LifecycleProxy` from pytest (it runs its own event loop in a thread), or run it as a process:
 ``python -m tests.support.bq_lifecycle_proxy --upstream URL --port P --hold S`` and control it over HTTP:
@@ -84,6 +84,8 @@ class LifecycleProxy:
         self.cancels: Counter[str] = Counter()
         self.configs: dict[str, Any] = {}  # job id -> the inserted job's configuration (labels, query)
         self.faults_fired: Counter[str] = Counter()
+        # The Authorization header of every request, in order: tests check which credential reached BigQuery.
+        self.authorizations: list[str] = []
         self._faults: list[Fault] = []
         self._jobs: dict[str, _HeldJob] = {}
         self._lock = threading.Lock()
@@ -112,7 +114,8 @@ class LifecycleProxy:
         with self._lock:
             self._faults.clear()
             self._jobs.clear()
-            for counter in (self.inserts, self.gets, self.cancels, self.faults_fired, self.configs):
+            for counter in (self.inserts, self.gets, self.cancels, self.faults_fired, self.configs,
+                            self.authorizations):
                 counter.clear()
 
     def stats(self) -> dict[str, Any]:
@@ -179,6 +182,8 @@ class LifecycleProxy:
         path = request.path
         if path.startswith("/_proxy/"):
             return await self._control(request)
+        with self._lock:
+            self.authorizations.append(request.headers.get("Authorization", ""))
         fault = self._take_fault(request.method, path)
         if fault is not None and fault.action == "delay":
             await asyncio.sleep(fault.delay_s)

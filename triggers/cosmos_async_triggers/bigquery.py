@@ -35,7 +35,8 @@ from airflow.triggers.base import BaseTrigger, TaskSkippedEvent, TaskSuccessEven
 
 from cosmos_async_triggers import layout, load, rest
 from cosmos_async_triggers import parents as parent_wait
-from cosmos_async_triggers.auth import GcpAuthError, GcpConnection, get_connection, get_token
+from cosmos_async_triggers.auth import GcpAuthError, GcpSource, get_connection, get_profile_target, get_token
+from cosmos_async_triggers.dbt_profile import ProfileTargetError, TargetRef
 from cosmos_async_triggers.layout import job_id_base
 from cosmos_async_triggers.storage import RemoteReadError, Step, read_index, read_node_steps
 
@@ -72,20 +73,29 @@ def bq_label_key(value: str) -> str:
 
 
 class BigQueryNodeTrigger(BaseTrigger):
-    """Submit (or reattach to) one BigQuery job per node and report the outcome as a dbt run would."""
+    """Submit (or reattach to) one BigQuery job per node and report the outcome as a dbt run would.
 
-    def __init__(self, *, nodes: list[dict[str, Any]], gcp_conn_id: str, storage_conn_id: str | None,
+    BigQuery credentials come from ``gcp_conn_id`` or, when it is None, from ``dbt_target`` (a
+    :class:`~cosmos_async_triggers.dbt_profile.TargetRef` as kwargs: profiles.yml path, profile, target), read
+    here. The kwargs hold references only: Airflow stores them in its database.
+    """
+
+    def __init__(self, *, nodes: list[dict[str, Any]], gcp_conn_id: str | None, storage_conn_id: str | None,
                  remote_target_path: str, project: str | None, location: str | None, poll_interval: float = 2.0,
                  labels: dict[str, str] | None = None, end_task: bool = False,
                  run: dict[str, Any] | None = None, group_id: str | None = None,
+                 dbt_target: dict[str, str] | None = None,
                  parents: list[str] | None = None, parent_check_interval: float = 1.0,
                  max_jobs: int | None = None, execution_timeout_s: float | None = None) -> None:
         """``parents``: task ids of this run that must succeed before any job is submitted (waited for here);
         ``max_jobs``: at most this many tasks of the run hold BigQuery jobs at once in this triggerer process;
         ``execution_timeout_s``: the task's execution_timeout, counted from the moment its parents are done."""
         super().__init__()
+        if (gcp_conn_id is None) == (dbt_target is None):
+            raise ValueError("BigQueryNodeTrigger needs exactly one of gcp_conn_id and dbt_target")
         self.nodes = [dict(n) for n in nodes]
         self.gcp_conn_id = gcp_conn_id
+        self.dbt_target = TargetRef.from_kwargs(dbt_target) if dbt_target else None
         self.storage_conn_id = storage_conn_id
         self.remote_target_path = remote_target_path
         self.project = project
@@ -99,7 +109,7 @@ class BigQueryNodeTrigger(BaseTrigger):
         self.parent_check_interval = float(parent_check_interval)
         self.max_jobs = int(max_jobs) if max_jobs else None
         self.execution_timeout_s = float(execution_timeout_s) if execution_timeout_s else None
-        self._gcp: GcpConnection | None = None
+        self._gcp: GcpSource | None = None
         self._active: _JobRef | None = None  # the job on_kill must cancel
         self._ids: dict[str, Any] | None = None
 
@@ -108,7 +118,8 @@ class BigQueryNodeTrigger(BaseTrigger):
             "nodes": self.nodes, "gcp_conn_id": self.gcp_conn_id, "storage_conn_id": self.storage_conn_id,
             "remote_target_path": self.remote_target_path, "project": self.project, "location": self.location,
             "poll_interval": self.poll_interval, "labels": self.labels, "end_task": self.end_task,
-            "run": self.run_info, "group_id": self.group_id, "parents": self.parents,
+            "run": self.run_info, "group_id": self.group_id,
+            "dbt_target": self.dbt_target.to_kwargs() if self.dbt_target else None, "parents": self.parents,
             "parent_check_interval": self.parent_check_interval, "max_jobs": self.max_jobs,
             "execution_timeout_s": self.execution_timeout_s,
         }
@@ -165,7 +176,7 @@ class BigQueryNodeTrigger(BaseTrigger):
                 self.log.info("the task's execution_timeout passed while its BigQuery job ran")
                 await self._cancel_active()
             raise
-        except (NodeRunError, RemoteReadError, GcpAuthError, rest.BigQueryApiError) as exc:
+        except (NodeRunError, RemoteReadError, GcpAuthError, ProfileTargetError, rest.BigQueryApiError) as exc:
             return {"status": "failed", "message": str(exc), "jobs": jobs, "warnings": warnings}
         except Exception as exc:  # an event with the cause beats a trigger crash with a traceback only
             self.log.exception("BigQuery trigger failed unexpectedly")
@@ -242,14 +253,19 @@ class BigQueryNodeTrigger(BaseTrigger):
         ids = self._run_ids()
         dag_id, run_id, task_id = ids["dag_id"], ids["run_id"], ids["task_id"]
         map_index = -1 if ids.get("map_index") is None else int(ids["map_index"])
-        gcp = self._gcp = await get_connection(self.gcp_conn_id)
-        storage_conn = gcp
-        if self.remote_target_path.startswith(("gs://", "gcs://")) and self.storage_conn_id not in (
-                None, self.gcp_conn_id):
-            storage_conn = await get_connection(self.storage_conn_id)  # type: ignore[arg-type]
+        gcp = self._gcp = await self._bigquery_source()
+        storage_conn: GcpSource | None = gcp if self.dbt_target is None else None
+        if self.remote_target_path.startswith(("gs://", "gcs://")):
+            if self.storage_conn_id not in (None, self.gcp_conn_id):
+                storage_conn = await get_connection(self.storage_conn_id)  # type: ignore[arg-type]
+            elif storage_conn is None:
+                raise NodeRunError(f"{self.remote_target_path}: a gs:// remote target path needs a "
+                                   "google_cloud_platform connection for the bucket, also with a profiles.yml: set "
+                                   "AIRFLOW__COSMOS__REMOTE_TARGET_PATH_CONN_ID (or operator_args"
+                                   "['remote_target_path_conn_id'])")
 
         async def storage_token() -> str | None:
-            return await get_token(storage_conn)
+            return await get_token(storage_conn) if storage_conn is not None else None
 
         prefix, index = await read_index(self.remote_target_path, dag_id, run_id, conn=storage_conn,
                                          token_for=storage_token, group_id=self.group_id)
@@ -279,8 +295,9 @@ class BigQueryNodeTrigger(BaseTrigger):
                                    f"{layout.MAX_MULTIPART_BYTES} a trigger uploads")
         project = self.project or gcp.project
         if not project:
-            raise NodeRunError(f"no BigQuery project: set the operator's 'project' or the 'project' extra of "
-                               f"connection {self.gcp_conn_id!r}")
+            where = (f"the 'project' extra of connection {self.gcp_conn_id!r}" if self.dbt_target is None
+                     else f"project (or execution_project) in {gcp.source}")
+            raise NodeRunError(f"no BigQuery project: set the operator's 'project' or {where}")
         created_after_ms = float(index.get("created_at") or 0) * 1000
         stem = job_id_base(dag_id, task_id, run_id, map_index)
         base_labels = {bq_label_key(k): bq_label(v) for k, v in self.labels.items()}
@@ -288,7 +305,7 @@ class BigQueryNodeTrigger(BaseTrigger):
                            airflow_run=bq_label(run_id))
 
         for i, (node, entry, steps) in enumerate(zip(self.nodes, entries, plans, strict=True)):
-            location = entry.get("location") or self.location
+            location = entry.get("location") or self.location or gcp.location
             labels = {**base_labels, "dbt_node": bq_label(node["id"])}
             job: dict[str, Any] | None = None
             for j, step in enumerate(steps):
@@ -310,6 +327,11 @@ class BigQueryNodeTrigger(BaseTrigger):
                 "warnings": warnings}
 
     # ---- one job --------------------------------------------------------------------------------------------
+
+    async def _bigquery_source(self) -> GcpSource:
+        if self.dbt_target is not None:
+            return await get_profile_target(self.dbt_target)
+        return await get_connection(self.gcp_conn_id)  # type: ignore[arg-type]
 
     def _jobs_url(self, project: str) -> str:
         assert self._gcp is not None
