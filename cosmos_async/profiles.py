@@ -53,10 +53,15 @@ class _BigQueryProfileMapping:
                 f"connection {self.conn_id!r} has no project and profile_args has none: set the connection's "
                 "'project' extra or profile_args={'project': ...}."
             )
-        if not self.profile_args.get("dataset"):
-            raise ConfigurationError("profile_args needs 'dataset' (the default BigQuery dataset for dbt).")
+        # Like Cosmos's BigQuery mappings, the connection's 'dataset' extra serves when profile_args has none.
+        dataset = self.profile_args.get("dataset") or _extra(extras, "dataset")
+        if not dataset:
+            raise ConfigurationError(
+                f"connection {self.conn_id!r} has no dataset and profile_args has none: set profile_args="
+                "{'dataset': ...} or the connection's 'dataset' extra (the default BigQuery dataset for dbt)."
+            )
         target: dict[str, Any] = {"type": "bigquery", "method": self.dbt_method, "project": project,
-                                  "threads": DEFAULT_THREADS}
+                                  "dataset": dataset, "threads": DEFAULT_THREADS}
         endpoint = _extra(extras, "bigquery_api_endpoint")
         if endpoint:
             target["api_endpoint"] = endpoint
@@ -184,6 +189,38 @@ def resolve_target(profile_config: ProfileConfig, extras: Mapping[str, Any] | No
     if extras is None:
         extras = connection_extras(mapping.conn_id)
     return mapping.target(extras)
+
+
+PARSE_PLACEHOLDER = "cosmos-async-parse-placeholder"
+
+
+def parse_time_target(profile_config: ProfileConfig, env: Mapping[str, str]) -> tuple[dict[str, Any] | None,
+                                                                                       list[str]]:
+    """The target ``dbt ls`` runs with at DAG parse: (None, []) when the profile renders here as it is; else a
+    profiles.yml target with a placeholder for every ``env_var()`` that only the tasks' run-time env sets (seed 001
+    fills its profile from operator_args env templated from Variables), and those variables' names.
+
+    ``dbt ls`` opens no connection, so placeholders cannot change which nodes exist or how they depend on each other;
+    they can change node database/schema, which the caller must then not trust.
+    """
+    if profile_config.profile_mapping is not None:
+        return None, []
+    ref = target_ref(profile_config)
+    raw = profiles_yml.read_target(ref)
+    filled: dict[str, str] = {}
+    while True:
+        try:
+            target = profiles_yml.render_value(raw, {**os.environ, **env, **filled}, f"profiles.yml {ref.describe()}")
+        except profiles_yml.MissingEnvVar as exc:
+            if exc.name in filled:  # cannot happen: the name is set now; guards the loop
+                raise ConfigurationError(str(exc)) from None
+            filled[exc.name] = PARSE_PLACEHOLDER
+            continue
+        except profiles_yml.ProfileTargetError as exc:
+            failure = str(exc)
+            break
+        return (target if filled else None), sorted(filled)
+    raise ConfigurationError(failure)
 
 
 def target_ref(profile_config: ProfileConfig) -> profiles_yml.TargetRef:
