@@ -56,14 +56,15 @@ OPTIONS: dict[str, tuple[str, str, str | None, str | None]] = {
     "wait_for_parents": (
         "Who releases an AIRFLOW_ASYNC model once its parents succeed: 'triggerer' (every model task of a run "
         "starts in the triggerer with the run and submits its job the moment its parents are done) or "
-        "'scheduler' (Airflow's trigger rules, one scheduler and triggerer round trip per dependency). Empty: "
-        "'triggerer' when start_from_trigger is on, else 'scheduler'. operator_args wait_for_parents overrides it.",
-        "string", "scheduler", "",
+        "'scheduler' (the default: Airflow's trigger rules, one scheduler and triggerer round trip per "
+        "dependency). 'triggerer' is opt-in (ExecutionMode.WATCHER always uses it); operator_args "
+        "wait_for_parents overrides it.",
+        "string", "triggerer", "scheduler",
     ),
     "max_concurrent_jobs": (
         "At most this many model tasks of one DAG run (or DbtTaskGroup) hold BigQuery jobs at once in one "
-        "triggerer process, like dbt's threads. Empty: the profile's threads. operator_args max_concurrent_jobs "
-        "overrides it.",
+        "triggerer process, like dbt's threads. Empty: the profile's threads with wait_for_parents 'triggerer', "
+        "no cap with 'scheduler'. operator_args max_concurrent_jobs overrides it.",
         "integer", "8", "",
     ),
     "parent_check_interval": (

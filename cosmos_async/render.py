@@ -270,10 +270,10 @@ def async_settings(profile: ProfileConfig, operator_args: dict[str, Any],
     start = operator_args.get("start_from_trigger")
     if start is None:
         start = str(cosmos_setting("start_from_trigger", "True")).lower() == "true"
-    # WATCHER is this engine with the dependencies in the triggerer, whatever [cosmos] says for AIRFLOW_ASYNC.
+    # AIRFLOW_ASYNC: Airflow's scheduler gates the edges unless the user opts in to waiting in the triggerer;
+    # WATCHER is this engine with the dependencies in the triggerer, whatever [cosmos] says.
     default_wait = "triggerer" if mode == ExecutionMode.WATCHER else cosmos_setting("wait_for_parents", "")
-    wait = str(operator_args.get("wait_for_parents") or default_wait or
-               ("triggerer" if start else "scheduler")).lower()
+    wait = str(operator_args.get("wait_for_parents") or default_wait or "scheduler").lower()
     if wait not in ("triggerer", "scheduler"):
         raise ConfigurationError(f"wait_for_parents={wait!r} (operator_args or [cosmos]): use 'triggerer' or "
                                  "'scheduler'.")
@@ -281,13 +281,16 @@ def async_settings(profile: ProfileConfig, operator_args: dict[str, Any],
         raise ConfigurationError(
             f"operator_args trigger_rule={operator_args['trigger_rule']!r} needs wait_for_parents='scheduler': with "
             "'triggerer' model tasks start with the run and wait for all their parents to succeed themselves.")
-    jobs = operator_args.get("max_concurrent_jobs") or cosmos_setting("max_concurrent_jobs", "") \
-        or profile_threads(profile)
+    jobs = operator_args.get("max_concurrent_jobs") or cosmos_setting("max_concurrent_jobs", "")
+    if not jobs and wait == "triggerer":
+        # Waiting in the triggerer, every ready model would submit at once: dbt's threads bound them instead.
+        # Scheduler-gated runs keep main's behaviour (no cap) unless the user sets one.
+        jobs = profile_threads(profile)
     settings: dict[str, Any] = {
         "poll_interval": float(operator_args.get("poll_interval") or cosmos_setting("poll_interval", "2.0")),
         "start_from_trigger": bool(start),
         "wait_for_parents": wait,
-        "max_jobs": int(jobs),
+        "max_jobs": int(jobs) if jobs else None,
         "parent_check_interval": float(cosmos_setting("parent_check_interval", "1.0") or 1.0),
     }
     if not conn_id:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -79,9 +80,19 @@ def _trigger_parents(task) -> list[str] | None:
     return None if args is None else args.trigger_kwargs["parents"]
 
 
-def test_models_wait_for_their_parents_in_the_triggerer(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Default: every model task starts with the run and its trigger waits for exactly its graph parents."""
-    dag = _dag(monkeypatch)
+def test_models_are_scheduler_gated_by_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Default (AIRFLOW_ASYNC): Airflow's trigger rules release each model, as before the triggerer mode existed."""
+    daily = _dag(monkeypatch).task_dict["daily_revenue.run"]
+    assert daily.trigger_rule == "all_success" and _trigger_parents(daily) == []
+    assert daily.wait_for_parents == "scheduler" and daily.max_jobs is None  # no cap unless the user sets one
+    timed = _dag(monkeypatch, operator_args={"execution_timeout": timedelta(seconds=7)}).task_dict["orders.run"]
+    assert timed.start_trigger_args.timeout == timedelta(seconds=7)  # Airflow times the trigger, as before
+    assert timed.start_trigger_args.trigger_kwargs["execution_timeout_s"] is None
+
+
+def test_triggerer_mode_models_wait_for_their_parents_in_the_triggerer(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Opt-in: every model task starts with the run and its trigger waits for exactly its graph parents."""
+    dag = _dag(monkeypatch, operator_args={"wait_for_parents": "triggerer"})
     daily = dag.task_dict["daily_revenue.run"]
     assert daily.trigger_rule == "always"
     # dbt's edges kept and handed to the trigger, with the setup (a clear re-runs it before the model).
@@ -92,34 +103,31 @@ def test_models_wait_for_their_parents_in_the_triggerer(monkeypatch: pytest.Monk
     end = dag.task_dict["dbt_on_run_end"]
     assert end.trigger_rule != "always" and _trigger_parents(end) == []  # a teardown: scheduler-gated, runs last
     assert daily.max_jobs == 4  # the mapping's default threads
-
-
-def test_wait_for_parents_scheduler_keeps_airflow_trigger_rules(monkeypatch: pytest.MonkeyPatch) -> None:
-    dag = _dag(monkeypatch, operator_args={"wait_for_parents": "scheduler"})
-    daily = dag.task_dict["daily_revenue.run"]
-    assert daily.trigger_rule == "all_success" and _trigger_parents(daily) == []
-    monkeypatch.setenv("AIRFLOW__COSMOS__WAIT_FOR_PARENTS", "scheduler")
-    assert _dag(monkeypatch).task_dict["daily_revenue.run"].trigger_rule == "all_success"
+    monkeypatch.setenv("AIRFLOW__COSMOS__WAIT_FOR_PARENTS", "triggerer")
+    assert _dag(monkeypatch).task_dict["daily_revenue.run"].trigger_rule == "always"
     # WATCHER is the triggerer engine whatever [cosmos] says.
+    monkeypatch.setenv("AIRFLOW__COSMOS__WAIT_FOR_PARENTS", "scheduler")
     assert _dag(monkeypatch, mode=ExecutionMode.WATCHER).task_dict["daily_revenue.run"].trigger_rule == "always"
 
 
 def test_edges_added_after_rendering_are_waited_for(monkeypatch: pytest.MonkeyPatch) -> None:
     from airflow.sdk import BaseOperator
 
-    dag = _dag(monkeypatch)
+    dag = _dag(monkeypatch, operator_args={"wait_for_parents": "triggerer"})
     with dag:
         extra = BaseOperator(task_id="extract")
     extra >> dag.task_dict["stg_orders.run"]
     assert "extract" in _trigger_parents(dag.task_dict["stg_orders.run"])
 
 
-def test_job_cap_follows_threads(monkeypatch: pytest.MonkeyPatch) -> None:
-    assert _dag(monkeypatch, {"threads": 8}).task_dict["orders.run"].max_jobs == 8
-    assert _dag(monkeypatch, {"threads": 8}, operator_args={"max_concurrent_jobs": 2}).task_dict[
+def test_job_cap_follows_threads_when_waiting_in_the_triggerer(monkeypatch: pytest.MonkeyPatch) -> None:
+    wait = {"wait_for_parents": "triggerer"}
+    assert _dag(monkeypatch, {"threads": 8}, operator_args=wait).task_dict["orders.run"].max_jobs == 8
+    assert _dag(monkeypatch, {"threads": 8}, operator_args={**wait, "max_concurrent_jobs": 2}).task_dict[
         "orders.run"].max_jobs == 2
     monkeypatch.setenv("AIRFLOW__COSMOS__MAX_CONCURRENT_JOBS", "3")
-    assert _dag(monkeypatch, {"threads": 8}).task_dict["orders.run"].max_jobs == 3
+    assert _dag(monkeypatch, {"threads": 8}, operator_args=wait).task_dict["orders.run"].max_jobs == 3
+    # An explicit cap also holds for scheduler-gated runs (which have none by default).
     task = _dag(monkeypatch).task_dict["orders.run"]
     assert task.start_trigger_args.trigger_kwargs["max_jobs"] == 3
 
@@ -139,7 +147,9 @@ def test_bad_scheduling_arguments_name_the_fix(monkeypatch: pytest.MonkeyPatch) 
     with pytest.raises(ConfigurationError, match="wait_for_parents='sideways'"):
         _dag(monkeypatch, operator_args={"wait_for_parents": "sideways"})
     with pytest.raises(ConfigurationError, match="trigger_rule='all_done' needs wait_for_parents='scheduler'"):
-        _dag(monkeypatch, operator_args={"trigger_rule": "all_done"})
+        _dag(monkeypatch, operator_args={"trigger_rule": "all_done", "wait_for_parents": "triggerer"})
+    assert _dag(monkeypatch, operator_args={"trigger_rule": "all_done"}).task_dict["orders.run"].trigger_rule == \
+        "all_done"  # scheduler-gated (the default): any trigger rule, as before
     with pytest.raises(ConfigurationError, match="vars belong in operator_args"):
         _dag(monkeypatch, mode=ExecutionMode.WATCHER, setup_operator_args={"vars": {"a": 1}})
     with pytest.raises(ConfigurationError, match="setup_operator_args"):
