@@ -34,7 +34,7 @@ def _reject(owner: str, unsupported: dict[str, Any]) -> None:
         names = ", ".join(sorted(unsupported))
         raise UnsupportedArgumentError(
             f"{owner}: argument(s) {names} are not supported by cosmos-async; remove them "
-            f"(supported arguments are listed in the README's configuration table)."
+            f"(the README's migration table lists every Cosmos argument and what cosmos-async does with it)."
         )
 
 

@@ -18,6 +18,11 @@ from tests.support.bq_lifecycle_proxy import LifecycleProxy
 from tests.support.credentials import TokenEndpoint
 from tests.support.dbt_oracle import DBT_REQUIREMENTS
 from tests.support.emulators import Emulator, start_bigquery, start_gcs
+from tests.support.postgres import PostgresServer
+
+# The metadata database of the Airflow stacks the e2e tests start: SQLite (fastest, the default) or a PostgreSQL
+# server of the session's own (COSMOS_TEST_DATABASE=postgres; .ci/run runs tests/e2e/test_async_dag.py so once).
+DATABASES = ("sqlite", "postgres")
 
 
 @pytest.fixture(scope="session")
@@ -32,6 +37,25 @@ def gcs_emulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Emulator]
     emulator = start_gcs(tmp_path_factory.mktemp("gcs"))
     yield emulator
     emulator.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer | None]:
+    """The session's PostgreSQL server when COSMOS_TEST_DATABASE=postgres, else None."""
+    choice = os.environ.get("COSMOS_TEST_DATABASE", "sqlite")
+    if choice not in DATABASES:
+        raise pytest.UsageError(f"COSMOS_TEST_DATABASE={choice!r}: expected one of {', '.join(DATABASES)}")
+    if choice == "sqlite":
+        yield None
+        return
+    with PostgresServer() as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def airflow_database_url(postgres: PostgresServer | None) -> str | None:
+    """``database_url`` for a module's AirflowStack: a fresh PostgreSQL database, or None for SQLite in its home."""
+    return postgres.new_database() if postgres else None
 
 
 @pytest.fixture(scope="module")

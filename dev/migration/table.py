@@ -43,8 +43,8 @@ def _callback(context: Any) -> None:
 
 def refused(owner: str, name: str) -> str:
     """The message of ``config._reject`` for one argument cosmos-async does not implement."""
-    return (f"{owner}: argument(s) {name} are not supported by cosmos-async; remove them (supported arguments are "
-            "listed in the README's configuration table).")
+    return (f"{owner}: argument(s) {name} are not supported by cosmos-async; remove them (the README's migration "
+            "table lists every Cosmos argument and what cosmos-async does with it).")
 
 
 @dataclass(frozen=True)

@@ -94,7 +94,7 @@ def key(token_endpoint) -> dict:
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory, bigquery_emulator, gcs_emulator, key) -> Iterator[AirflowStack]:
+def stack(tmp_path_factory, bigquery_emulator, gcs_emulator, key, airflow_database_url) -> Iterator[AirflowStack]:
     dags = tmp_path_factory.mktemp("dags")
     shutil.copytree(DAGS, dags, dirs_exist_ok=True, ignore=shutil.ignore_patterns("__pycache__", "target", "logs"))
     broken = dags / "broken_project"
@@ -117,7 +117,8 @@ def stack(tmp_path_factory, bigquery_emulator, gcs_emulator, key) -> Iterator[Ai
            # Set for the processes only (the triggerer renders it there): no DAG or connection holds it.
            "CORNER_SHOP_KEYFILE_JSON": json.dumps(key),
            "PYTHONPATH": str(REPO)}
-    with AirflowStack(tmp_path_factory.mktemp("airflow"), dags, env=env, parallelism=4) as af:
+    with AirflowStack(tmp_path_factory.mktemp("airflow"), dags, env=env, parallelism=4,
+                      database_url=airflow_database_url) as af:
         for dag_id in ("corner_shop", "corner_shop_worker", "corner_shop_broken", "corner_shop_broken_triggerer",
                        "corner_shop_twice", *PROFILE_DAGS):
             af.wait_for_dag(dag_id, timeout=120)
@@ -127,7 +128,7 @@ def stack(tmp_path_factory, bigquery_emulator, gcs_emulator, key) -> Iterator[Ai
 @pytest.fixture(scope="module")
 def trigger_rows(stack: AirflowStack) -> Iterator[TriggerRowRecorder]:
     """Every trigger row Airflow stores while this module's DAGs run, decrypted as Airflow reads it."""
-    with TriggerRowRecorder(stack.home) as recorder:
+    with TriggerRowRecorder(stack.home, database_url=stack.database_url) as recorder:
         yield recorder
 
 

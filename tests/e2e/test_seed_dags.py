@@ -32,6 +32,10 @@ from tests.support.airflow import AirflowStack, AirflowStackError
 from tests.support.credentials import service_account_key
 from tests.support.dbt_oracle import built_tables, dbt_build
 
+# One module fixture runs every variant (dags test processes and one stack at once): allow it more than the
+# suite's per-test limit, which it is counted against.
+pytestmark = pytest.mark.timeout(1200)
+
 REPO = Path(__file__).resolve().parents[2]
 SEED_DAGS = Path(__file__).parent / "seed_dags"
 AIRFLOW = Path(sys.executable).with_name("airflow")

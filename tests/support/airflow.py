@@ -1,5 +1,6 @@
-"""Run a real Airflow 3 stack (api-server, scheduler, dag-processor, triggerer) on SQLite for tests, demos, benchmarks.
+"""Run a real Airflow 3 stack (api-server, scheduler, dag-processor, triggerer) for tests, demos, benchmarks.
 
+On SQLite by default, on PostgreSQL given ``database_url``.
 No pytest dependency: ``with AirflowStack(home, dags) as af: run_id = af.trigger("my_dag"); af.wait_for_run(...)``.
 Each component is its own process group, so fault tests can kill and restart one (``kill_triggerer``).
 The REST API v2 is reached with a token of the simple auth manager (user ``admin``, password in ``login``).
@@ -74,181 +75,34 @@ class _Component:
     log: Path
 
 
-class AirflowStack:
-    """Airflow 3 on SQLite with the LocalExecutor, each component a separate process; a context manager."""
+class AirflowApi:
+    """A client of a running Airflow 3's REST API v2, signed in as a simple-auth-manager user.
 
-    def __init__(
-        self,
-        home: Path,
-        dags_folder: Path,
-        env: Mapping[str, str] | None = None,
-        parallelism: int = 4,
-        port: int | None = None,
-        startup_timeout: float = 120.0,
-        stop_timeout: float = 5.0,
-    ) -> None:
-        self.home = Path(home).resolve()
-        self.dags_folder = Path(dags_folder).resolve()
-        self.port = port or free_port()
-        self.startup_timeout = startup_timeout
-        self.stop_timeout = stop_timeout
-        self.logs = self.home / "logs"
-        self.password = secrets.token_urlsafe(12)
-        self._components: dict[str, _Component] = {}
+    ``AirflowStack`` is one that also runs the processes; ``dev/container_test.py`` uses it alone, on the stack
+    running in containers. Between polls, waiting calls run ``check_alive`` and a timeout's message adds
+    ``process_logs``: both know nothing here, the processes' state in ``AirflowStack``.
+    """
+
+    def __init__(self, api_url: str, password: str, dags_folder: Path) -> None:
+        self.api_url = api_url
+        self.password = password
+        self.dags_folder = Path(dags_folder)
         self._token: str | None = None
-        self.env = self._build_env(parallelism, env or {})
 
-    # -- configuration -----------------------------------------------------------------------------------------
+    def check_alive(self) -> None:
+        """Raise when the stack behind the API is known to be down."""
 
-    def _build_env(self, parallelism: int, extra: Mapping[str, str]) -> dict[str, str]:
-        # Inherited AIRFLOW* settings (e.g. the test session's own AIRFLOW_HOME) must not leak into the stack.
-        base = {k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW")}
-        base.pop("PYTHONDONTWRITEBYTECODE", None)  # cold imports double start-up time; the cache lives in home
-        url = f"http://127.0.0.1:{self.port}"
-        return {
-            **base,
-            "PYTHONPYCACHEPREFIX": str(self.home / "pycache"),
-            "AIRFLOW_HOME": str(self.home),
-            "AIRFLOW__CORE__DAGS_FOLDER": str(self.dags_folder),
-            "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-            "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
-            "AIRFLOW__CORE__PARALLELISM": str(parallelism),
-            "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False",
-            "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{url}/execution/",
-            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": f"{USERNAME}:admin",
-            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(self.home / "passwords.json"),
-            # SQLite serialises writers: under load a writer can wait more than pysqlite's default 5 s for the lock
-            # (an api-server 500 "Database error" in the middle of a run), so let it wait longer.
-            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{self.home / 'airflow.db'}?timeout=60",
-            "AIRFLOW__LOGGING__BASE_LOG_FOLDER": str(self.logs),
-            "AIRFLOW__API__HOST": "127.0.0.1",
-            "AIRFLOW__API__PORT": str(self.port),
-            "AIRFLOW__API__BASE_URL": url,
-            # The executor and the triggerer serve logs on fixed ports by default: two stacks would collide.
-            "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(free_port()),
-            "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": str(free_port()),
-            # All processes must share these, or the api-server rejects the workers' execution tokens.
-            "AIRFLOW__API_AUTH__JWT_SECRET": secrets.token_urlsafe(32),
-            "AIRFLOW__API__SECRET_KEY": secrets.token_urlsafe(32),
-            "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "2",
-            "AIRFLOW__DAG_PROCESSOR__MIN_FILE_PROCESS_INTERVAL": "5",
-            "AIRFLOW__SCHEDULER__ENABLE_HEALTH_CHECK": "False",
-            # A killed triggerer's triggers move to a live one once its heartbeat is this old (default 30 s).
-            "AIRFLOW__TRIGGERER__JOB_HEARTBEAT_SEC": "1",
-            "AIRFLOW__TRIGGERER__TRIGGERER_HEALTH_CHECK_THRESHOLD": "5",
-            **extra,
-        }
-
-    @property
-    def api_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+    def process_logs(self, chars: int = 3000) -> str:
+        return ""
 
     @property
     def login(self) -> dict[str, str]:
         """UI login: open ``url`` and sign in with ``username`` / ``password``."""
         return {"url": self.api_url, "username": USERNAME, "password": self.password}
 
-    # -- lifecycle ---------------------------------------------------------------------------------------------
-
-    def __enter__(self) -> AirflowStack:
-        self.start()
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
-
-    def start(self) -> None:
-        """Migrate the database (once per home), then start the four components and wait for the API."""
-        self.logs.mkdir(parents=True, exist_ok=True)
-        # Written by us so the password is known; the auth manager only adds users missing from the file.
-        (self.home / "passwords.json").write_text(json.dumps({USERNAME: self.password}))
-        atexit.register(self.stop)
-        try:
-            if not (self.home / "airflow.db").exists():
-                self._run_cli(["db", "migrate"], self.logs / "db-migrate.log", timeout=180)
-            for name in COMPONENTS:
-                self.start_component(name)
-            self._wait_api()
-        except BaseException:
-            self.stop()
-            raise
-
-    def _run_cli(self, args: list[str], log: Path, timeout: float) -> None:
-        with log.open("ab") as out:
-            res = subprocess.run([str(BIN / "airflow"), *args], env=self.env, stdout=out, stderr=out, timeout=timeout)
-        if res.returncode:
-            raise AirflowStackError(f"airflow {' '.join(args)} exited {res.returncode}:\n{_tail(log)}")
-
-    def start_component(self, name: str) -> None:
-        """Start one component (``api-server``, ``scheduler``, ``dag-processor``, ``triggerer``); log appends."""
-        if name in self._components and self._components[name].proc.poll() is None:
-            raise AirflowStackError(f"{name} is already running")
-        args = [str(BIN / "airflow"), name]
-        if name == "api-server":
-            args += ["--port", str(self.port), "--host", "127.0.0.1"]
-        log = self.logs / f"{name}.log"
-        with log.open("ab") as out:
-            proc = subprocess.Popen(
-                args, env=self.env, cwd=self.home, stdout=out, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent
-            )
-        self._components[name] = _Component(name, proc, log)
-
-    def kill_component(self, name: str, sig: int = signal.SIGKILL, timeout: float = 15.0) -> None:
-        """Signal the component's whole process group (its forked workers too) and wait for the leader."""
-        comp = self._components.get(name)
-        if comp is None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(comp.proc.pid, sig)
-        try:
-            comp.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(comp.proc.pid, signal.SIGKILL)
-            comp.proc.wait()
-        # Stragglers of the group (e.g. a task process still finishing) go too.
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(comp.proc.pid, signal.SIGKILL)
-
-    def kill_triggerer(self) -> None:
-        self.kill_component("triggerer", signal.SIGKILL)
-
-    def start_triggerer(self) -> None:
-        self.start_component("triggerer")
-
-    def stop(self, timeout: float | None = None) -> None:
-        """SIGTERM every component group at once, SIGKILL what is left after ``timeout``; idempotent.
-
-        The default is short: a triggerer waits ~10 s for its triggers to clean up, which tests do not need.
-        """
-        atexit.unregister(self.stop)
-        timeout = self.stop_timeout if timeout is None else timeout
-        live = [c for c in self._components.values() if c.proc.poll() is None]
-        for comp in live:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(comp.proc.pid, signal.SIGTERM)
+    def wait_api(self, timeout: float) -> None:
+        """Wait until the API answers its health endpoint, then sign in."""
         deadline = time.monotonic() + timeout
-        for comp in live:
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                comp.proc.wait(max(0.1, deadline - time.monotonic()))
-        for comp in self._components.values():
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(comp.proc.pid, signal.SIGKILL)
-            comp.proc.wait()
-
-    def check_alive(self) -> None:
-        dead = [c for c in self._components.values() if c.proc.poll() is not None]
-        if dead:
-            names = ", ".join(f"{c.name} (exit {c.proc.returncode})" for c in dead)
-            raise AirflowStackError(f"component(s) exited: {names}\n{self.process_logs()}")
-
-    def process_logs(self, chars: int = 3000) -> str:
-        return "\n".join(f"--- {c.name}.log (tail) ---\n{_tail(c.log, chars)}" for c in self._components.values())
-
-    def _wait_api(self) -> None:
-        deadline = time.monotonic() + self.startup_timeout
         while True:
             self.check_alive()
             try:
@@ -256,8 +110,7 @@ class AirflowStack:
                     break
             except (OSError, urllib.error.HTTPError) as e:
                 if time.monotonic() > deadline:
-                    msg = f"api-server not up after {self.startup_timeout}s\n{self.process_logs()}"
-                    raise AirflowStackError(msg) from e
+                    raise AirflowStackError(f"api-server not up after {timeout}s\n{self.process_logs()}") from e
                 time.sleep(0.3)
         self._token = self._new_token()
 
@@ -389,6 +242,178 @@ class AirflowStack:
         body = {"dry_run": False, "dag_run_id": run_id, "task_ids": task_ids, "only_failed": False}
         return self.api("POST", f"/dags/{self._q(dag_id)}/clearTaskInstances", body)["task_instances"]
 
+
+
+class AirflowStack(AirflowApi):
+    """Airflow 3 with the LocalExecutor, each component a separate process; a context manager.
+
+    The metadata database is SQLite in ``home`` unless ``database_url`` names another, e.g. an empty PostgreSQL
+    database (``postgresql+psycopg2://user:pw@127.0.0.1:5432/db``); ``db migrate`` runs once per home.
+    """
+
+    def __init__(
+        self,
+        home: Path,
+        dags_folder: Path,
+        env: Mapping[str, str] | None = None,
+        parallelism: int = 4,
+        port: int | None = None,
+        startup_timeout: float = 120.0,
+        stop_timeout: float = 5.0,
+        database_url: str | None = None,
+    ) -> None:
+        self.home = Path(home).resolve()
+        self.port = port or free_port()
+        super().__init__(f"http://127.0.0.1:{self.port}", secrets.token_urlsafe(12), Path(dags_folder).resolve())
+        self.startup_timeout = startup_timeout
+        self.stop_timeout = stop_timeout
+        self.logs = self.home / "logs"
+        # SQLite serialises writers: under load a writer can wait more than pysqlite's default 5 s for the lock
+        # (an api-server 500 "Database error" in the middle of a run), so let it wait longer.
+        self.database_url = database_url or f"sqlite:///{self.home / 'airflow.db'}?timeout=60"
+        self._components: dict[str, _Component] = {}
+        self.env = self._build_env(parallelism, env or {})
+
+    # -- configuration -----------------------------------------------------------------------------------------
+
+    def _build_env(self, parallelism: int, extra: Mapping[str, str]) -> dict[str, str]:
+        # Inherited AIRFLOW* settings (e.g. the test session's own AIRFLOW_HOME) must not leak into the stack.
+        base = {k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW")}
+        base.pop("PYTHONDONTWRITEBYTECODE", None)  # cold imports double start-up time; the cache lives in home
+        url = f"http://127.0.0.1:{self.port}"
+        return {
+            **base,
+            "PYTHONPYCACHEPREFIX": str(self.home / "pycache"),
+            "AIRFLOW_HOME": str(self.home),
+            "AIRFLOW__CORE__DAGS_FOLDER": str(self.dags_folder),
+            "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+            "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
+            "AIRFLOW__CORE__PARALLELISM": str(parallelism),
+            "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False",
+            "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{url}/execution/",
+            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": f"{USERNAME}:admin",
+            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(self.home / "passwords.json"),
+            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": self.database_url,
+            "AIRFLOW__LOGGING__BASE_LOG_FOLDER": str(self.logs),
+            "AIRFLOW__API__HOST": "127.0.0.1",
+            "AIRFLOW__API__PORT": str(self.port),
+            "AIRFLOW__API__BASE_URL": url,
+            # The executor and the triggerer serve logs on fixed ports by default: two stacks would collide.
+            "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(free_port()),
+            "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": str(free_port()),
+            # All processes must share these, or the api-server rejects the workers' execution tokens.
+            "AIRFLOW__API_AUTH__JWT_SECRET": secrets.token_urlsafe(32),
+            "AIRFLOW__API__SECRET_KEY": secrets.token_urlsafe(32),
+            "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "2",
+            "AIRFLOW__DAG_PROCESSOR__MIN_FILE_PROCESS_INTERVAL": "5",
+            "AIRFLOW__SCHEDULER__ENABLE_HEALTH_CHECK": "False",
+            # A killed triggerer's triggers move to a live one once its heartbeat is this old (default 30 s).
+            "AIRFLOW__TRIGGERER__JOB_HEARTBEAT_SEC": "1",
+            "AIRFLOW__TRIGGERER__TRIGGERER_HEALTH_CHECK_THRESHOLD": "5",
+            **extra,
+        }
+
+    # -- lifecycle ---------------------------------------------------------------------------------------------
+
+    def __enter__(self) -> AirflowStack:
+        self.start()
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+    def start(self) -> None:
+        """Migrate the database (once per SQLite home), then start the four components and wait for the API."""
+        self.logs.mkdir(parents=True, exist_ok=True)
+        # Written by us so the password is known; the auth manager only adds users missing from the file.
+        (self.home / "passwords.json").write_text(json.dumps({USERNAME: self.password}))
+        atexit.register(self.stop)
+        try:
+            # A SQLite file in home is migrated already (the demo copies a template); a server database may be
+            # empty or shared, and migrating it again is a no-op.
+            if not self.database_url.startswith("sqlite:") or not (self.home / "airflow.db").exists():
+                self._run_cli(["db", "migrate"], self.logs / "db-migrate.log", timeout=180)
+            for name in COMPONENTS:
+                self.start_component(name)
+            self.wait_api(self.startup_timeout)
+        except BaseException:
+            self.stop()
+            raise
+
+    def _run_cli(self, args: list[str], log: Path, timeout: float) -> None:
+        with log.open("ab") as out:
+            res = subprocess.run([str(BIN / "airflow"), *args], env=self.env, stdout=out, stderr=out, timeout=timeout)
+        if res.returncode:
+            raise AirflowStackError(f"airflow {' '.join(args)} exited {res.returncode}:\n{_tail(log)}")
+
+    def start_component(self, name: str) -> None:
+        """Start one component (``api-server``, ``scheduler``, ``dag-processor``, ``triggerer``); log appends."""
+        if name in self._components and self._components[name].proc.poll() is None:
+            raise AirflowStackError(f"{name} is already running")
+        args = [str(BIN / "airflow"), name]
+        if name == "api-server":
+            args += ["--port", str(self.port), "--host", "127.0.0.1"]
+        log = self.logs / f"{name}.log"
+        with log.open("ab") as out:
+            proc = subprocess.Popen(
+                args, env=self.env, cwd=self.home, stdout=out, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent
+            )
+        self._components[name] = _Component(name, proc, log)
+
+    def kill_component(self, name: str, sig: int = signal.SIGKILL, timeout: float = 15.0) -> None:
+        """Signal the component's whole process group (its forked workers too) and wait for the leader."""
+        comp = self._components.get(name)
+        if comp is None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(comp.proc.pid, sig)
+        try:
+            comp.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(comp.proc.pid, signal.SIGKILL)
+            comp.proc.wait()
+        # Stragglers of the group (e.g. a task process still finishing) go too.
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(comp.proc.pid, signal.SIGKILL)
+
+    def kill_triggerer(self) -> None:
+        self.kill_component("triggerer", signal.SIGKILL)
+
+    def start_triggerer(self) -> None:
+        self.start_component("triggerer")
+
+    def stop(self, timeout: float | None = None) -> None:
+        """SIGTERM every component group at once, SIGKILL what is left after ``timeout``; idempotent.
+
+        The default is short: a triggerer waits ~10 s for its triggers to clean up, which tests do not need.
+        """
+        atexit.unregister(self.stop)
+        timeout = self.stop_timeout if timeout is None else timeout
+        live = [c for c in self._components.values() if c.proc.poll() is None]
+        for comp in live:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(comp.proc.pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        for comp in live:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                comp.proc.wait(max(0.1, deadline - time.monotonic()))
+        for comp in self._components.values():
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(comp.proc.pid, signal.SIGKILL)
+            comp.proc.wait()
+
+    def check_alive(self) -> None:
+        dead = [c for c in self._components.values() if c.proc.poll() is not None]
+        if dead:
+            names = ", ".join(f"{c.name} (exit {c.proc.returncode})" for c in dead)
+            raise AirflowStackError(f"component(s) exited: {names}\n{self.process_logs()}")
+
+    def process_logs(self, chars: int = 3000) -> str:
+        return "\n".join(f"--- {c.name}.log (tail) ---\n{_tail(c.log, chars)}" for c in self._components.values())
+
     # -- worker slot-seconds -----------------------------------------------------------------------------------
 
     def worker_stints(self) -> dict[str, list[tuple[datetime, float]]]:
@@ -398,15 +423,8 @@ class AirflowStack:
         duration=<s>`` when the task process it started exits; a deferring task logs one line for ``execute``
         and one for the resumed method. A task that starts and ends in the triggerer logs none.
         """
-        stints: dict[str, list[tuple[datetime, float]]] = {}
         log = self.logs / "scheduler.log"
-        text = log.read_text(errors="replace") if log.exists() else ""
-        for m in _WORKLOAD_FINISHED.finditer(_ANSI.sub("", text)):
-            fields = dict(_KV.findall(m["rest"]))
-            if "workload_id" in fields and "duration" in fields:
-                at = _parse_ts(m["ts"])
-                stints.setdefault(fields["workload_id"], []).append((at, float(fields["duration"])))
-        return stints
+        return worker_stints_in(log.read_text(errors="replace") if log.exists() else "")
 
     def _ti_ids(self, dag_id: str, run_id: str, task_id: str) -> set[str]:
         """Task-instance ids of every try of a task: a retry gets a new id, and the API only shows the latest,
@@ -441,6 +459,16 @@ class AirflowStack:
 
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def worker_stints_in(scheduler_log: str) -> dict[str, list[tuple[datetime, float]]]:
+    """(finished at, seconds) of every worker stint in a scheduler's log text, by task-instance id."""
+    stints: dict[str, list[tuple[datetime, float]]] = {}
+    for m in _WORKLOAD_FINISHED.finditer(_ANSI.sub("", scheduler_log)):
+        fields = dict(_KV.findall(m["rest"]))
+        if "workload_id" in fields and "duration" in fields:
+            stints.setdefault(fields["workload_id"], []).append((_parse_ts(m["ts"]), float(fields["duration"])))
+    return stints
 
 
 def _parse_ts(text: str) -> datetime:

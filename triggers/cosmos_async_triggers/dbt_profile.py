@@ -142,6 +142,10 @@ def render_value(value: Any, env: Mapping[str, str], where: str = "profiles.yml"
 # need not have those variables; the credential fields are rendered in the triggerer only.
 PUBLIC_FIELDS = ("method", "project", "execution_project", "database", "location", "api_endpoint",
                  "impersonate_service_account", "keyfile", "scopes")
+# What the triggers authenticate with; the only fields besides the public ones they render (dataset, threads and
+# the rest are dbt's business, and may use variables only the worker has).
+CREDENTIAL_FIELDS = ("keyfile_json", "token", "refresh_token", "client_id", "client_secret", "token_uri")
+TRIGGER_FIELDS = ("type", *PUBLIC_FIELDS, *CREDENTIAL_FIELDS)
 
 
 def public_settings(target: Mapping[str, Any]) -> dict[str, Any]:
