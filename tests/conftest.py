@@ -21,7 +21,7 @@ from tests.support.emulators import Emulator, start_bigquery, start_gcs
 from tests.support.postgres import PostgresServer
 
 # The metadata database of the Airflow stacks the e2e tests start: SQLite (fastest, the default) or a PostgreSQL
-# server of the session's own (COSMOS_TEST_DATABASE=postgres; .ci/run runs tests/e2e/test_async_dag.py so once).
+# server of the session's own (COSMOS_TEST_DATABASE=postgres, as .ci/run sets it) for the modules that ask for one.
 DATABASES = ("sqlite", "postgres")
 
 

@@ -20,7 +20,7 @@ from google.cloud import bigquery
 
 from tests.support.airflow import AirflowStack
 from tests.support.credentials import TokenEndpoint, secret_fragments, service_account_key
-from tests.support.dbt_oracle import built_tables, dbt_build
+from tests.support.dbt_oracle import built_tables, dbt_example_project
 from tests.support.trigger_rows import TriggerRowRecorder
 
 REPO = Path(__file__).resolve().parents[2]
@@ -163,16 +163,6 @@ def _remote_files(gcs: gcsfs.GCSFileSystem, bucket: str, dag_id: str) -> list[st
         return []
 
 
-def _dbt_corner_shop(dataset: str, endpoint: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, *,
-                     seeds_only: bool = False) -> None:
-    """Plain dbt (build, or seed only) on a copy of the example project, into ``dataset`` on the emulator."""
-    monkeypatch.setenv("BIGQUERY_API_ENDPOINT", endpoint)
-    monkeypatch.setenv("BIGQUERY_DATASET", dataset)
-    project = tmp_path / dataset
-    shutil.copytree(DAGS / "dbt" / "corner_shop", project)
-    dbt_build(project, seeds_only=seeds_only)
-
-
 def _states(af: AirflowStack, dag_id: str, run_id: str) -> dict[str, str]:
     return {ti["task_id"]: ti["state"] for ti in af.task_instances(dag_id, run_id)}
 
@@ -188,7 +178,7 @@ def _failures(af: AirflowStack, dag_id: str, run_id: str) -> str:
 def oracle(bigquery_emulator, client, tmp_path_factory) -> dict[str, list[tuple]]:
     """The tables plain ``dbt build`` makes of the whole example project (dataset async_oracle), built once."""
     with pytest.MonkeyPatch.context() as mp:
-        _dbt_corner_shop("async_oracle", bigquery_emulator.endpoint, tmp_path_factory.mktemp("oracle"), mp)
+        dbt_example_project("async_oracle", bigquery_emulator.endpoint, tmp_path_factory.mktemp("oracle"), mp)
     return built_tables(client, "async_oracle")
 
 
@@ -310,7 +300,7 @@ def test_concurrent_runs_keep_their_own_files_and_a_cleared_model_reruns(
         stack: AirflowStack, client, gcs, gcs_emulator, bigquery_emulator, tmp_path: Path,
         monkeypatch: pytest.MonkeyPatch) -> None:
     """astronomer-cosmos #1613 (runs deleting each other's SQL) and #2066 (a model cannot re-run after teardown)."""
-    _dbt_corner_shop("async_twice", bigquery_emulator.endpoint, tmp_path, monkeypatch, seeds_only=True)
+    dbt_example_project("async_twice", bigquery_emulator.endpoint, tmp_path, monkeypatch, seeds_only=True)
 
     dag_id = "corner_shop_twice"
     first, second = stack.trigger(dag_id), stack.trigger(dag_id)

@@ -312,8 +312,10 @@ def _stack_outcomes(af: AirflowStack) -> dict[str, Outcome]:
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory, mini_shop, cache_dir, deployment, airflow_pycache) -> dict[str, dict[str, Outcome]]:
-    """Outcomes by runner: the ``dags test`` processes run while the one Airflow stack starts and runs."""
+def runs(tmp_path_factory, mini_shop, cache_dir, deployment, airflow_pycache,
+         airflow_database_url) -> dict[str, dict[str, Outcome]]:
+    """Outcomes by runner: the ``dags test`` processes run while the one Airflow stack starts and runs (on the
+    session's PostgreSQL when there is one: six runs at once keep SQLite's single writer busy)."""
     root = tmp_path_factory.mktemp("seed-runs")
     base = {k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW")}
     folder = _dags_folder(root, "dagstest", mini_shop, cache_dir)
@@ -323,7 +325,7 @@ def runs(tmp_path_factory, mini_shop, cache_dir, deployment, airflow_pycache) ->
     try:
         env = {**deployment("stack"), "PYTHONPYCACHEPREFIX": str(airflow_pycache)}
         with AirflowStack(root / "airflow", _dags_folder(root, "stack", mini_shop, cache_dir), env=env,
-                          parallelism=6) as af:
+                          parallelism=6, database_url=airflow_database_url) as af:
             stack = _stack_outcomes(af)
         return {"dagstest": dags_tests.outcomes(), "stack": stack}
     finally:

@@ -34,6 +34,9 @@ BIN = Path(sys.executable).parent
 COMPONENTS = ("api-server", "scheduler", "dag-processor", "triggerer")
 TERMINAL_RUN_STATES = frozenset({"success", "failed"})
 USERNAME = "admin"
+# One REST call waits this long for its answer, and is sent this many times in all (see ``AirflowApi.api``).
+API_TIMEOUT = 60
+API_ATTEMPTS = 3
 
 # The supervisor in each LocalExecutor worker logs this line when a task process ends; ``duration`` covers the
 # whole worker stint (task process start to exit), and each execute / execute_complete stint logs its own line.
@@ -127,24 +130,37 @@ class AirflowApi:
     def api(
         self, method: str, path: str, body: Any = None, params: Mapping[str, Any] | None = None, retry_auth: bool = True
     ) -> Any:
-        """Call ``/api/v2{path}`` and return the decoded JSON (None when empty)."""
+        """Call ``/api/v2{path}`` and return the decoded JSON (None when empty).
+
+        A request that times out is sent again (``API_ATTEMPTS`` in all): on a loaded machine the api-server can
+        wait on the metadata database longer than one timeout. Only calls that are safe to repeat go through here:
+        ``trigger`` names its run, so a repeated POST answers 409 instead of starting a second run.
+        """
         url = f"{self.api_url}/api/v2{path}"
         if params:
             url += "?" + urllib.parse.urlencode(params, doseq=True)
         data = None if body is None else json.dumps(body).encode()
-        headers = {"Authorization": f"Bearer {self._token}", "Accept": "application/json"}
-        if data is not None:
-            headers["Content-Type"] = "application/json"
-        req = urllib.request.Request(url, data=data, method=method, headers=headers)
-        try:
-            with urllib.request.urlopen(req, timeout=30) as resp:
-                raw = resp.read()
-        except urllib.error.HTTPError as e:
-            if e.code == 401 and retry_auth:  # token expired: get a new one once
-                self._token = self._new_token()
-                return self.api(method, path, body, params, retry_auth=False)
-            raise AirflowStackError(f"{method} {path} -> HTTP {e.code}: {e.read().decode(errors='replace')}") from e
-        return json.loads(raw) if raw else None
+        for attempt in range(1, API_ATTEMPTS + 1):
+            headers = {"Authorization": f"Bearer {self._token}", "Accept": "application/json"}
+            if data is not None:
+                headers["Content-Type"] = "application/json"
+            req = urllib.request.Request(url, data=data, method=method, headers=headers)
+            try:
+                with urllib.request.urlopen(req, timeout=API_TIMEOUT) as resp:
+                    raw = resp.read()
+                return json.loads(raw) if raw else None
+            except urllib.error.HTTPError as e:
+                if e.code == 401 and retry_auth:  # token expired: get a new one once
+                    self._token = self._new_token()
+                    return self.api(method, path, body, params, retry_auth=False)
+                raise AirflowStackError(
+                    f"{method} {path} -> HTTP {e.code}: {e.read().decode(errors='replace')}") from e
+            except TimeoutError as e:
+                self.check_alive()
+                if attempt == API_ATTEMPTS:
+                    raise AirflowStackError(f"{method} {path}: no answer in {API_ATTEMPTS} x {API_TIMEOUT}s\n"
+                                            f"{self.process_logs()}") from e
+        raise AssertionError("unreachable")
 
     @staticmethod
     def _q(*parts: str) -> str:
@@ -174,10 +190,20 @@ class AirflowApi:
             time.sleep(0.5)
 
     def trigger(self, dag_id: str, conf: Mapping[str, Any] | None = None, run_id: str | None = None) -> str:
-        body: dict[str, Any] = {"logical_date": None, "conf": dict(conf or {})}
-        if run_id:
-            body["dag_run_id"] = run_id
-        return self.api("POST", f"/dags/{self._q(dag_id)}/dagRuns", body)["dag_run_id"]
+        """Start a run and return its id.
+
+        Without ``run_id`` the id is a fresh random one, so a 409 can only mean that a POST sent again after a
+        timeout found the run its first attempt started.
+        """
+        fresh = run_id is None
+        run_id = run_id or f"manual__{datetime.now().strftime('%Y%m%dT%H%M%S')}_{secrets.token_hex(4)}"
+        body: dict[str, Any] = {"logical_date": None, "conf": dict(conf or {}), "dag_run_id": run_id}
+        try:
+            self.api("POST", f"/dags/{self._q(dag_id)}/dagRuns", body)
+        except AirflowStackError as e:
+            if not (fresh and "HTTP 409" in str(e)):
+                raise
+        return run_id
 
     def run_state(self, dag_id: str, run_id: str) -> str:
         return self.api("GET", f"/dags/{self._q(dag_id, 'dagRuns', run_id)}")["state"]
