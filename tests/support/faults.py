@@ -57,7 +57,8 @@ DAG_FILE = '''"""Fault-tier DAGs (airflow DAG file): the synthetic project, AIRF
 
 A DAG id ending in ``_worker`` runs its models on the worker path (start_from_trigger=False) with one retry, and
 its models' first try is SIGKILLed when it resumes after its BigQuery job ran. One ending in ``_timeout`` gives
-its first model an execution_timeout of TIMEOUT_S seconds.
+its first model an execution_timeout of TIMEOUT_S seconds. One starting with ``fault_triggerer`` waits for its
+models' parents in the triggerer (wait_for_parents="triggerer") instead of through the scheduler.
 """
 import os
 import signal
@@ -83,6 +84,7 @@ def sigkill_first_resume(context):
 
 def fault_dag(dag_id: str, dataset: str) -> DbtDag:
     worker = dag_id.endswith("_worker")
+    wait = "triggerer" if dag_id.startswith("fault_triggerer") else "scheduler"
     dag = DbtDag(
         dag_id=dag_id, schedule=None, start_date=datetime(2026, 1, 1), catchup=False,
         project_config=ProjectConfig(dbt_project_path=PROJECT, manifest_path=PROJECT / "target" / "manifest.json"),
@@ -91,7 +93,7 @@ def fault_dag(dag_id: str, dataset: str) -> DbtDag:
                                          conn_id="gcp_conn", profile_args={"dataset": dataset})),
         execution_config=ExecutionConfig(execution_mode=ExecutionMode.AIRFLOW_ASYNC),
         render_config=RenderConfig(test_behavior=TestBehavior.NONE),
-        operator_args={"location": "US", "start_from_trigger": not worker},
+        operator_args={"location": "US", "start_from_trigger": not worker, "wait_for_parents": wait},
         default_args={"retries": 1, "retry_delay": timedelta(seconds=1), "pre_execute": sigkill_first_resume}
         if worker else {},
     )

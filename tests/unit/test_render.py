@@ -90,6 +90,30 @@ def test_models_are_scheduler_gated_by_default(monkeypatch: pytest.MonkeyPatch) 
     assert timed.start_trigger_args.trigger_kwargs["execution_timeout_s"] is None
 
 
+def _scheduler_view(dag, task_id: str):
+    """The task as Airflow's scheduler reads it: from the serialized DAG."""
+    from airflow.serialization.serialized_objects import DagSerialization
+
+    return DagSerialization.from_dict(DagSerialization.to_dict(dag)).task_dict[task_id]
+
+
+def test_triggerer_mode_execution_timeout_counts_from_the_parents_end(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Airflow would count a deferred task's execution_timeout from the run's start (parents' time included): in
+    triggerer mode it is given none, and the trigger times the task's jobs itself; scheduler mode is as before."""
+    seven = timedelta(seconds=7)
+    dag = _dag(monkeypatch, operator_args={"wait_for_parents": "triggerer", "execution_timeout": seven})
+    daily = dag.task_dict["daily_revenue.run"]
+    assert daily.job_timeout == seven and daily.execution_timeout is None
+    assert _scheduler_view(dag, "daily_revenue.run").execution_timeout is None
+    assert daily.start_trigger_args.timeout is None
+    assert daily.start_trigger_args.trigger_kwargs["execution_timeout_s"] == 7.0
+    daily.execution_timeout = timedelta(seconds=3)  # set after rendering, as a DAG file may
+    assert daily.start_trigger_args.trigger_kwargs["execution_timeout_s"] == 3.0
+    assert _scheduler_view(dag, "daily_revenue.run").execution_timeout is None
+    gated = _dag(monkeypatch, operator_args={"execution_timeout": seven})
+    assert _scheduler_view(gated, "daily_revenue.run").execution_timeout == seven
+
+
 def test_triggerer_mode_models_wait_for_their_parents_in_the_triggerer(monkeypatch: pytest.MonkeyPatch) -> None:
     """Opt-in: every model task starts with the run and its trigger waits for exactly its graph parents."""
     dag = _dag(monkeypatch, operator_args={"wait_for_parents": "triggerer"})
