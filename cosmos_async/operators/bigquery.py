@@ -182,21 +182,20 @@ class DbtBigQueryAsyncOperator(BaseOperator):
         return event.get("jobs")
 
     def _run_locally(self, reason: str) -> None:
+        from contextlib import nullcontext
+
         from airflow.exceptions import AirflowException
+        from airflow.sdk.execution_time.timeout import timeout
 
         from cosmos_async.operators.local import run_dbt_command
 
         if not self.local_fallback:
             raise AirflowException(f"this node cannot run as a BigQuery job ({reason}) and has no LOCAL fallback")
         self.log.info("running through dbt on this worker (LOCAL) because %s", reason)
-        if self.execution_timeout is None and self.job_timeout:
-            # Airflow enforces no execution_timeout on this task (see execution_timeout): the dbt run gets it here.
-            from airflow.sdk.execution_time.timeout import timeout
-
-            with timeout(int(self.job_timeout.total_seconds()) or 1):
-                run_dbt_command(**self.local_fallback, log=self.log)
-            return
-        run_dbt_command(**self.local_fallback, log=self.log)
+        # Where Airflow enforces no execution_timeout on this task (see execution_timeout), the dbt run gets it here.
+        limit = self.job_timeout if self.execution_timeout is None else None
+        with timeout(limit.total_seconds()) if limit else nullcontext():
+            run_dbt_command(**self.local_fallback, log=self.log)
 
 
 def _describe(job: dict[str, Any]) -> str:
