@@ -39,6 +39,12 @@ OPTIONS: dict[str, tuple[str, str, str | None, str | None]] = {
         "by project checksum. Empty means a cosmos_async_cache folder in the system temp directory.",
         "string", "/tmp/cosmos_async_cache", "",
     ),
+    "enable_cache_partial_parse": (
+        "Keep dbt's partial-parse state (partial_parse.msgpack) under cache_dir between runs of a project, so the "
+        "setup task and LOCAL tasks parse only what changed; dbt itself parses in full when the state no longer "
+        "fits the project, vars, env vars or profile.",
+        "boolean", None, "True",
+    ),
     "http_retry_max_sleep": (
         "Seconds a trigger may spend backing off on one BigQuery or storage request that keeps failing with "
         "429/5xx or a dropped connection (at most 8 attempts) before the task fails with the last error.",

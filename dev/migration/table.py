@@ -25,7 +25,8 @@ OWNERS = ("ProjectConfig", "ProfileConfig", "ExecutionConfig", "RenderConfig", "
 # Arguments whose Cosmos values are enum members: one row per member.
 ENUM_ARGUMENTS = {("ExecutionConfig", "execution_mode"): "ExecutionMode",
                   ("ExecutionConfig", "invocation_mode"): "InvocationMode",
-                  ("RenderConfig", "load_method"): "LoadMode", ("RenderConfig", "test_behavior"): "TestBehavior"}
+                  ("RenderConfig", "load_method"): "LoadMode", ("RenderConfig", "test_behavior"): "TestBehavior",
+                  ("RenderConfig", "source_rendering_behavior"): "SourceRenderingBehavior"}
 # operator_args keys Cosmos DAGs commonly pass (Cosmos forwards the unknown ones to BaseOperator).
 COMMON_OPERATOR_ARGS = (
     "install_deps", "full_refresh", "vars", "env", "append_env", "dbt_cmd_flags", "dbt_cmd_global_flags", "quiet",
@@ -147,6 +148,13 @@ ROWS: tuple[Row, ...] = (
         "RenderConfig(load_method=LoadMode.DBT_LS_CACHE) is not supported by cosmos-async; use LoadMode.DBT_LS, "
         "whose output cosmos-async always caches by project checksum."),
     _ok(R, "load_method=LoadMode.DBT_MANIFEST", "DBT_MANIFEST", "ProjectConfig(manifest_path=...)"),
+    _ok(R, "source_rendering_behavior=SourceRenderingBehavior.NONE", "NONE", "no source tasks (the default)"),
+    _ok(R, "source_rendering_behavior=SourceRenderingBehavior.ALL", "ALL",
+        "a `<source>_<table>_source` task per source; LOCAL runs `dbt source freshness`, AIRFLOW_ASYNC checks "
+        "freshness in the triggerer (and can wait for late data); a source without freshness is a no-op task"),
+    _ok(R, "source_rendering_behavior=SourceRenderingBehavior.WITH_TESTS_OR_FRESHNESS", "WITH_TESTS_OR_FRESHNESS",
+        "as ALL, for the sources with freshness rules or tests only"),
+    _ok(R, "source_pruning", True, "only the sources that feed a selected node get a task"),
     _no(R, "invocation_mode", "subprocess"),
     _ok(R, "select", ["path:models"], "dbt selectors, evaluated in Python (matches `dbt ls` on 52 cases)"),
     _ok(R, "exclude", ["raw_payments"], "dbt selectors, evaluated in Python"),
@@ -159,8 +167,7 @@ ROWS: tuple[Row, ...] = (
     _ok(R, "dbt_project_path", None, "the project `dbt ls` runs in at parse"),
     _ok(R, "dbt_ls_path", "dbt_ls.json", "the file LoadMode.DBT_LS_FILE reads", load_method=LoadMode.DBT_LS_FILE),
     *(_no(R, name, value) for name, value in (
-        ("enable_mock_profile", False), ("group_nodes_by_folder", True), ("source_rendering_behavior", "all"),
-        ("source_pruning", True), ("seed_rendering_behavior", "never"),
+        ("enable_mock_profile", False), ("group_nodes_by_folder", True), ("seed_rendering_behavior", "never"),
         ("airflow_vars_to_purge_dbt_ls_cache", ["v"]), ("airflow_vars_to_purge_dbt_yaml_selectors_cache", ["v"]),
         ("normalize_task_id", str), ("normalize_task_display_name", str),
         ("should_detach_multiple_parents_tests", True), ("enable_owner_inheritance", False),

@@ -211,10 +211,10 @@ def _deployment_env(runner: str, key: dict, bigquery_endpoint: str, gcs_endpoint
         "AIRFLOW__COSMOS__POLL_INTERVAL": "0.5",
         "DBT_ADAPTER_VERSION": version("dbt-bigquery"),
         # Seeds 002 and 003 give no manifest, so each parse runs `dbt ls` (cached afterwards); with a dozen
-        # processes on 2 CPUs the first one takes longer than Airflow's 30 s default. Cosmos deployments that
-        # render with dbt ls raise these too.
-        "AIRFLOW__CORE__DAGBAG_IMPORT_TIMEOUT": "150",
-        "AIRFLOW__DAG_PROCESSOR__DAG_FILE_PROCESSOR_TIMEOUT": "180",
+        # processes on 2 CPUs the first one takes longer than Airflow's 30 s default (150 s was seen to run out on a
+        # loaded machine). Cosmos deployments that render with dbt ls raise these too.
+        "AIRFLOW__CORE__DAGBAG_IMPORT_TIMEOUT": "300",
+        "AIRFLOW__DAG_PROCESSOR__DAG_FILE_PROCESSOR_TIMEOUT": "330",
         # The seeds' @daily schedules would add runs of their own into the same datasets.
         "AIRFLOW__SCHEDULER__USE_JOB_SCHEDULE": "False",
         "UV_CONSTRAINT": str(uv_constraint),
@@ -300,7 +300,7 @@ def _stack_outcomes(af: AirflowStack) -> dict[str, Outcome]:
     runs = {}
     for variant in VARIANTS:
         try:
-            af.wait_for_dag(variant.dag_id, timeout=240, dag_file=variant.file_name)
+            af.wait_for_dag(variant.dag_id, timeout=360, dag_file=variant.file_name)
         except AirflowStackError as e:
             outcomes[variant.name] = Outcome("not loaded", {}, str(e)[:4000])
             continue

@@ -116,3 +116,24 @@ def test_snapshot_merge_reading_its_own_staging_table_falls_back(tmp_path: Path,
     snapshot = capture.nodes["snapshot.corner_shop.customers_snapshot"]
     assert snapshot.fallback and "creates itself" in snapshot.fallback
     assert capture.nodes["model.corner_shop.stg_customers"].fallback is None
+
+
+def test_kept_parse_state_is_used_and_never_hides_a_change(synthetic, tmp_path: Path) -> None:
+    from cosmos_async.dbt_invoke import dbt_workspace, invoke
+
+    project, _ = synthetic
+    state = tmp_path / "parse-state" / "partial_parse.msgpack"
+    capture_project(project, _profile(project), partial_parse=state)
+    assert state.is_file(), "the capture kept no partial-parse state"
+
+    # A later dbt run of the same project and profile (here a LOCAL-style `dbt parse`) starts from that state.
+    events: list[str] = []
+    with dbt_workspace(project, _profile(project), partial_parse=state) as workspace:
+        invoke(workspace, ["parse"], callbacks=[lambda msg: events.append(msg.info.name)])
+    assert "PartialParsingSkipParsing" in events and "UnableToPartialParse" not in events, events
+
+    # A model edited between runs is parsed again: its new SQL is what the next capture records.
+    model = project / "models" / "model_00003.sql"
+    model.write_text(model.read_text().rstrip() + "\n-- edited_after_the_first_capture\n")
+    again = capture_project(project, _profile(project), partial_parse=state)
+    assert "edited_after_the_first_capture" in again.nodes["model.synthetic.model_00003"].script()

@@ -21,7 +21,7 @@ from google.api_core.client_options import ClientOptions
 from google.auth.credentials import AnonymousCredentials
 from google.cloud import bigquery
 
-from cosmos_async.capture import Capture, LoadCapture, NodeCapture, capture_project
+from cosmos_async.capture import Capture, LoadCapture, NodeCapture, ScriptCapture, capture_project
 from cosmos_async.config import ProfileConfig
 from cosmos_async.remote import RemoteTarget, upload_capture
 from tests.integration.test_trigger import payload_of
@@ -127,7 +127,7 @@ def test_capture_records_the_load_job_and_csv_in_order(shop) -> None:
         node = capture.nodes[uid]
         assert node.fallback is None, node.fallback
         steps = node.steps()
-        assert [type(s).__name__ for s in steps] == ["LoadCapture", "list"], steps  # load, then alter table
+        assert [type(s).__name__ for s in steps] == ["LoadCapture", "ScriptCapture"], steps  # load, then alter
         load = steps[0]
         assert isinstance(load, LoadCapture)
         config = load.configuration["load"]
@@ -137,7 +137,7 @@ def test_capture_records_the_load_job_and_csv_in_order(shop) -> None:
         assert config["fieldDelimiter"] == ","
         # dbt-bigquery uploads the seed file itself: its bytes are the CSV in the project.
         assert load.data == (project / "seeds" / f"{uid.rsplit('.', 1)[-1]}.csv").read_bytes()
-        assert "alter table" in steps[1][0].lower()
+        assert "alter table" in steps[1].statements[0].lower()
         assert node.location == "US"
 
 
@@ -193,8 +193,8 @@ def test_existing_seed_table_is_dropped_then_loaded_like_dbt(tmp_path, client, b
     config.write_text(config.read_text().replace("signup_date: date", "signup_date: string"))
     capture = _capture(project, ours)
     steps = capture.nodes["seed.corner_shop.raw_customers"].steps()
-    assert isinstance(steps[0], list) and steps[0][0].startswith("DROP TABLE IF EXISTS")
-    assert isinstance(steps[1], LoadCapture) and isinstance(steps[2], list)
+    assert isinstance(steps[0], ScriptCapture) and steps[0].statements[0].startswith("DROP TABLE IF EXISTS")
+    assert isinstance(steps[1], LoadCapture) and isinstance(steps[2], ScriptCapture)
 
     target = RemoteTarget.from_config(f"file://{tmp_path}/remote")
     run_id = _run_id()

@@ -32,8 +32,8 @@ def _dag(monkeypatch: pytest.MonkeyPatch, profile_args: dict | None = None,
                   project_config=ProjectConfig(dbt_project_path=PROJECT, manifest_path=PROJECT / "manifest.json"),
                   profile_config=ProfileConfig(profile_name="corner_shop", target_name="dev",
                                                profile_mapping=mapping),
-                  execution_config=ExecutionConfig(execution_mode=mode, setup_operator_args=setup_operator_args),
-                  **kwargs)
+                  **{"execution_config": ExecutionConfig(execution_mode=mode, setup_operator_args=setup_operator_args),
+                     **kwargs})
 
 
 def test_jobs_are_billed_to_execution_project(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -178,3 +178,11 @@ def test_bad_scheduling_arguments_name_the_fix(monkeypatch: pytest.MonkeyPatch) 
         _dag(monkeypatch, mode=ExecutionMode.WATCHER, setup_operator_args={"vars": {"a": 1}})
     with pytest.raises(ConfigurationError, match="setup_operator_args"):
         ExecutionConfig(execution_mode=ExecutionMode.LOCAL, setup_operator_args={"queue": "q"})
+
+
+def test_a_freshness_wait_in_local_mode_is_refused_naming_the_fix(monkeypatch: pytest.MonkeyPatch) -> None:
+    from cosmos_async.errors import ConfigurationError
+
+    with pytest.raises(ConfigurationError, match=r"source_freshness_wait needs ExecutionMode\.AIRFLOW_ASYNC"):
+        _dag(monkeypatch, execution_config=ExecutionConfig(execution_mode=ExecutionMode.LOCAL),
+             operator_args={"source_freshness_wait": {"interval_minutes": 5, "timeout_minutes": 60}})
