@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from urllib.parse import unquote, urlsplit
+from urllib.parse import parse_qs, unquote, urlsplit
 
 from cosmos_async.config import ProfileConfig
 from cosmos_async.errors import CosmosAsyncError
@@ -357,16 +357,18 @@ def _handler(recorder: _Recorder) -> type[BaseHTTPRequestHandler]:
                 if "uploadType=multipart" in self.path:
                     job, data = _parse_multipart(self.headers.get("Content-Type", ""), body)
                     return self._end_upload(job, data)
-                # Start of a resumable upload: hand out a session URL on this endpoint; the PUTs bring the data.
+                # Start of a resumable upload: hand out a session URI on this endpoint, shaped as BigQuery's (the
+                # upload path with an upload_id); the PUTs bring the data.
                 session = uuid.uuid4().hex
                 recorder.uploads[session] = {"job": json.loads(body or b"{}"), "data": bytearray()}
                 host, port = self.server.server_address[:2]
                 self.send_response(200)
-                self.send_header("Location", f"http://{host}:{port}/upload/session/{session}")
+                self.send_header("Location", f"http://{host}:{port}{path}?uploadType=resumable&upload_id={session}")
                 self.send_header("Content-Length", "0")
                 self.end_headers()
                 return None
-            upload = recorder.uploads.get(path.rsplit("/", 1)[-1])
+            session = (parse_qs(urlsplit(self.path).query).get("upload_id") or [""])[0]
+            upload = recorder.uploads.get(session)
             if upload is None:
                 return self._send(404, {"error": {"code": 404, "message": f"no upload session at {path}"}})
             upload["data"] += body
@@ -379,7 +381,7 @@ def _handler(recorder: _Recorder) -> type[BaseHTTPRequestHandler]:
                 self.send_header("Content-Length", "0")
                 self.end_headers()
                 return None
-            recorder.uploads.pop(path.rsplit("/", 1)[-1], None)
+            recorder.uploads.pop(session, None)
             return self._end_upload(upload["job"], bytes(upload["data"]))
 
         def _end_upload(self, job: dict[str, Any], data: bytes) -> None:

@@ -27,6 +27,7 @@ from cosmos_async.remote import RemoteTarget, upload_capture
 from tests.integration.test_trigger import payload_of
 from tests.support.bq_lifecycle_proxy import LifecycleProxy
 from tests.support.connections import emulator_connections, remote_target
+from tests.support.contract_front import answers_checked
 from tests.support.dbt_oracle import dbt_build, table_rows
 
 PROJECT = "demo-proj"
@@ -257,9 +258,9 @@ def test_recording_endpoint_takes_both_upload_protocols_of_google_cloud_bigquery
     config = bigquery.LoadJobConfig(skip_leading_rows=1, write_disposition="WRITE_TRUNCATE", schema=schema)
     if protocol == "resumable_in_chunks":
         monkeypatch.setattr(bq_client, "_DEFAULT_CHUNKSIZE", 256 * 1024)
-    with recording_endpoint(bigquery_emulator.endpoint) as (url, recorder):
+    with recording_endpoint(bigquery_emulator.endpoint) as (url, recorder), answers_checked(url) as checked:
         client = bigquery.Client(project=PROJECT, credentials=AnonymousCredentials(),
-                                 client_options=ClientOptions(api_endpoint=url))
+                                 client_options=ClientOptions(api_endpoint=checked))
         size = len(data) if protocol == "multipart" else None  # a known small size makes the client use multipart
         job = client.load_table_from_file(io.BytesIO(data), f"{PROJECT}.nowhere.t", job_config=config, size=size)
         assert job.result().state == "DONE"

@@ -16,7 +16,9 @@ every request to the emulator and rewrites the job lifecycle to match BigQuery:
   is forwarded (the emulator runs it) and is then reported DONE with ``status.errorResult`` of that ``reason``,
   as BigQuery reports a job that failed while running. Paths that are not BigQuery's are forwarded unchanged,
   so the proxy also fronts the storage emulator;
-* it counts inserts, jobs.get calls and cancels per job id, and records each request's Authorization header.
+* it counts inserts, jobs.get calls and cancels per job id, and records each request's Authorization header;
+* it checks every request it receives against Google's API contract (tests/support/api_contract.py): give it
+  the emulator's own port (``Emulator.extra['direct']``) as upstream, so its forwards are not checked twice.
 
 Use :class:`LifecycleProxy` from pytest (it runs its own event loop in a thread), or run it as a process:
 ``python -m tests.support.bq_lifecycle_proxy --upstream URL --port P --hold S`` and control it over HTTP:
@@ -39,6 +41,9 @@ from typing import Any
 
 import aiohttp
 from aiohttp import web
+
+from tests.support.api_contract import LOG as CONTRACT_LOG
+from tests.support.api_contract import check_request
 
 _JOBS = re.compile(r"^/bigquery/v2/projects/(?P<project>[^/]+)/jobs$")
 _JOB = re.compile(r"^/bigquery/v2/projects/(?P<project>[^/]+)/jobs/(?P<job>[^/]+)$")
@@ -193,6 +198,9 @@ class LifecycleProxy:
             return await self._control(request)
         with self._lock:
             self.authorizations.append(request.headers.get("Authorization", ""))
+        # Requests reach the proxy as the package sent them: check them here (its own forwards are not ours).
+        CONTRACT_LOG.record(check_request(request.method, request.path_qs, await request.read(),
+                                          request.headers.get("Content-Type", "")))
         fault = self._take_fault(request.method, path)
         if fault is not None and fault.action == "delay":
             await asyncio.sleep(fault.delay_s)

@@ -626,6 +626,8 @@ def random_tier(rounds: int, seed: int, workdir: Path | None = None, hold: float
     """Start the emulator, token endpoint and rig, run ``rounds`` random rounds, print the tally; exit status."""
     import tempfile
 
+    from tests.support.api_contract import LOG
+    from tests.support.contract_front import ContractFront
     from tests.support.credentials import TokenEndpoint, service_account_key
     from tests.support.emulators import start_bigquery
 
@@ -634,11 +636,12 @@ def random_tier(rounds: int, seed: int, workdir: Path | None = None, hold: float
     log(f"random tier: {rounds} rounds, seed {seed}, work dir {root}")
     rng = random.Random(seed)
     emulator = start_bigquery(root / "bqemulator")
+    front = ContractFront(emulator.endpoint)  # as in the pytest session: every request checked
     tokens = TokenEndpoint()
     problems: dict[int, list[str]] = {}
     try:
         key = service_account_key(tokens.url)
-        with FaultRig(root / "rig", emulator.endpoint, key, [RANDOM_DAG], hold=hold,
+        with FaultRig(root / "rig", front.url, key, [RANDOM_DAG], hold=hold,
                       pycache=root / "pycache") as rig:
             rig.oracle()
             for n in range(1, rounds + 1):
@@ -652,9 +655,13 @@ def random_tier(rounds: int, seed: int, workdir: Path | None = None, hold: float
             tally = rig.tally
     finally:
         tokens.stop()
+        front.stop()
         emulator.stop()
     for n, found in problems.items():
         print(f"round {n} FAILED: {found}", flush=True)
-    ok = not problems and tally.jobs_submitted == tally.models_run and not tally.wrong_tables
+    for violation in LOG.violations:
+        print(f"Google API contract: {violation}", flush=True)
+    ok = (not problems and tally.jobs_submitted == tally.models_run and not tally.wrong_tables
+          and not LOG.violations)
     print("random tier:", "PASS" if ok else "FAIL", flush=True)
     return 0 if ok else 1

@@ -414,7 +414,7 @@ class BigQueryNodeTrigger(BaseTrigger):
         ref = job["jobReference"]
         url = self._jobs_url(ref["projectId"]).replace("/jobs", "/queries") + f"/{ref['jobId']}"
         result = await rest.request_json("GET", url, token=await self._token(),
-                                         params={**_loc(ref.get("location") or location), "maxResults": 2,
+                                         params={**_loc(location or ref.get("location")), "maxResults": 2,
                                                  "formatOptions.useInt64Timestamp": "true"})
         try:
             loaded, snapshotted = freshness.freshness_row(result)
@@ -478,7 +478,7 @@ class BigQueryNodeTrigger(BaseTrigger):
                     # BigQuery keeps the id we send; the BigQuery emulator names upload jobs itself. Follow the
                     # job we got (a restarted trigger cannot find it by its deterministic id and re-runs the step).
                     self.log.warning("BigQuery named job %s %s; following that job", ref.job_id, returned)
-                    ref = self._active = _JobRef(project, returned, job["jobReference"].get("location") or location)
+                    ref = self._active = _JobRef(project, returned, location or job["jobReference"].get("location"))
                 return await self._wait(ref, job)
             stale = _created_ms(job) < created_after_ms
             if _state(job) != "DONE":
@@ -544,11 +544,14 @@ class BigQueryNodeTrigger(BaseTrigger):
 
     async def _judge_test(self, node: dict[str, Any], job: dict[str, Any], location: str | None,
                           warnings: list[str]) -> str | None:
-        """dbt's verdict from the test query's row (failures, should_warn, should_error); a message if it fails."""
+        """dbt's verdict from the test query's row (failures, should_warn, should_error); a message if it fails.
+
+        The location the job was submitted in names it; the answer's location only when none was given.
+        """
         ref = job["jobReference"]
         url = self._jobs_url(ref["projectId"]).replace("/jobs", "/queries") + f"/{ref['jobId']}"
         result = await rest.request_json("GET", url, token=await self._token(),
-                                         params={**_loc(ref.get("location") or location), "maxResults": 2})
+                                         params={**_loc(location or ref.get("location")), "maxResults": 2})
         names = [f.get("name", "").lower() for f in result.get("schema", {}).get("fields", [])]
         rows = result.get("rows") or []
         name = node.get("name") or node["id"]
@@ -598,7 +601,7 @@ def _summary(job: dict[str, Any], location: str | None) -> dict[str, Any]:
     stats = job.get("statistics", {})
     query = stats.get("query", {})
     project, job_id = ref.get("projectId", ""), ref.get("jobId", "")
-    loc = ref.get("location") or location or "US"
+    loc = location or ref.get("location") or "US"
     start, end = _int(stats.get("startTime")), _int(stats.get("endTime"))
     extra = {"output_rows": _int(stats["load"].get("outputRows"))} if isinstance(stats.get("load"), dict) else {}
     return {
