@@ -100,9 +100,6 @@ class NodeCapture:
     """What one node (or one hook phase) would execute."""
 
     statements: list[str] = field(default_factory=list)
-    # Per statement, the job configuration dbt sent with it; None for a statement dbt made through another API
-    # (dataset creation, table delete) or recorded before configurations were. Shorter lists mean None.
-    configurations: list[dict[str, Any] | None] = field(default_factory=list)
     # Why the node must run through dbt in LOCAL mode instead; None when the statements are complete.
     fallback: str | None = None
     # BigQuery location of the recorded jobs (from dbt's job reference), when known.
@@ -110,6 +107,9 @@ class NodeCapture:
     loads: list[LoadCapture] = field(default_factory=list)
     # Relations (and listings) whose state dbt read while compiling this node, in the order first read.
     reads: list[Relation] = field(default_factory=list)
+    # Per statement, the job configuration dbt sent with it; None for a statement dbt made through another API
+    # (dataset creation, table delete) or recorded before configurations were. Shorter lists mean None.
+    configurations: list[dict[str, Any] | None] = field(default_factory=list)
 
     def script(self) -> str:
         """The statements as one BigQuery multi-statement job (loads left out: see :meth:`steps`)."""
