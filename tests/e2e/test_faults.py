@@ -87,10 +87,14 @@ def test_task_marked_failed_cancels_its_running_job_and_stops_dependents(rig: Fa
     job_id = rig.task_job(CANCEL, run_id, target)
     rig.trigger_once(CANCEL, run_id)
     deadline = time.monotonic() + 180
-    while rig.proxy.running().get(job_id, 0.0) < HOLD - 3:
+    while job_id not in rig.proxy.running():
         assert time.monotonic() < deadline, (f"{target}'s job {job_id} never RUNNING", rig.proxy.stats())
         assert rig.af.run_state(CANCEL, run_id) not in ("success", "failed"), rig.states(CANCEL, run_id)
         time.sleep(0.1)
+    # RUNNING until cancelled: under CI load the PATCH and the triggerer's next look at its assignment took longer
+    # than the hold left, the job ended first and on_kill rightly found nothing to cancel.
+    rig.proxy.pin([job_id])
+    time.sleep(1)
     patched = rig.mark_failed(CANCEL, run_id, target)
     log(f"{run_id}: marked {target} failed while its job {job_id} is RUNNING")
     assert [t["state"] for t in patched] == ["failed"], patched
