@@ -34,6 +34,9 @@ def _extra(extras: Mapping[str, Any], key: str) -> Any:
     return None if value == "" else value
 
 
+DEFAULT_THREADS = 4  # dbt's threads in targets built from a connection, unless profile_args set them
+
+
 @dataclass
 class _BigQueryProfileMapping:
     """Base of the BigQuery profile mappings: connection fields + ``profile_args`` → dbt target dict."""
@@ -58,7 +61,7 @@ class _BigQueryProfileMapping:
                 "{'dataset': ...} or the connection's 'dataset' extra (the default BigQuery dataset for dbt)."
             )
         target: dict[str, Any] = {"type": "bigquery", "method": self.dbt_method, "project": project,
-                                  "dataset": dataset, "threads": 4}
+                                  "dataset": dataset, "threads": DEFAULT_THREADS}
         endpoint = _extra(extras, "bigquery_api_endpoint")
         if endpoint:
             target["api_endpoint"] = endpoint

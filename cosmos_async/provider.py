@@ -59,6 +59,25 @@ OPTIONS: dict[str, tuple[str, str, str | None, str | None]] = {
         "BigQuery location used when neither operator_args nor the profile give one.",
         "string", None, "US",
     ),
+    "wait_for_parents": (
+        "Who releases an AIRFLOW_ASYNC model once its parents succeed: 'triggerer' (every model task of a run "
+        "starts in the triggerer with the run and submits its job the moment its parents are done) or "
+        "'scheduler' (the default: Airflow's trigger rules, one scheduler and triggerer round trip per "
+        "dependency). 'triggerer' is opt-in (ExecutionMode.WATCHER always uses it); operator_args "
+        "wait_for_parents overrides it.",
+        "string", "triggerer", "scheduler",
+    ),
+    "max_concurrent_jobs": (
+        "At most this many model tasks of one DAG run (or DbtTaskGroup) hold BigQuery jobs at once in one "
+        "triggerer process, like dbt's threads. Empty: the profile's threads with wait_for_parents 'triggerer', "
+        "no cap with 'scheduler'. operator_args max_concurrent_jobs overrides it.",
+        "integer", "8", "",
+    ),
+    "parent_check_interval": (
+        "Seconds between the batched state checks of the parents that waiting model tasks cannot hear about "
+        "from a trigger in the same triggerer process (parents on workers or in another triggerer).",
+        "float", None, "1.0",
+    ),
 }
 
 
