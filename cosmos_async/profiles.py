@@ -187,9 +187,11 @@ def resolve_target(profile_config: ProfileConfig, extras: Mapping[str, Any] | No
     return mapping.target(extras)
 
 
-def capture_target(profile_config: ProfileConfig) -> dict[str, Any]:
-    """The target the setup task's capture gives dbt: :func:`resolve_target`, with an impersonated account's
-    delegated token in place of the source credentials (:func:`cosmos_async.impersonation.dbt_target_acting_as`)."""
+def run_target(profile_config: ProfileConfig) -> dict[str, Any]:
+    """The target dbt runs with on a worker (the setup task's capture, LOCAL nodes and fallbacks):
+    :func:`resolve_target`, with an impersonated account's delegated token in place of the source credentials
+    (:func:`cosmos_async.impersonation.dbt_target_acting_as`). ``dbt ls`` at parse opens no connection and keeps
+    :func:`resolve_target`'s, so parsing asks no IAM endpoint."""
     return dbt_target_acting_as(resolve_target(profile_config), profile_source(profile_config))
 
 

@@ -35,7 +35,7 @@ from cosmos_async import (
 from cosmos_async.capture import Capture, NodeCapture
 from cosmos_async.errors import ConfigurationError
 from cosmos_async.impersonation import ImpersonationError
-from cosmos_async.profiles import capture_target
+from cosmos_async.profiles import run_target
 from cosmos_async.remote import RemoteTarget, delete_run, upload_capture
 from tests.integration.test_stale_sql import DAG_ID, _dag_run
 from tests.integration.test_trigger import model, new_run, payload_of
@@ -187,7 +187,7 @@ def test_trigger_acts_through_the_chain(tmp_path: Path, proxy: LifecycleProxy, i
 def test_a_chain_fails_for_dbt_at_setup_naming_the_connection_and_the_fix(tmp_path: Path) -> None:
     mapping = GoogleCloudServiceAccountDictProfileMapping(conn_id="gcp_chain", profile_args={"dataset": "d"})
     with pytest.raises(ConfigurationError) as info:
-        capture_target(ProfileConfig("p", "dev", profile_mapping=mapping))
+        run_target(ProfileConfig("p", "dev", profile_mapping=mapping))
     message = str(info.value)
     assert "connection 'gcp_chain'" in message and "dbt acts as a single account" in message, message
     assert f"set impersonation_chain to {TARGET_SA} alone" in message and ROLE in message, message
@@ -228,5 +228,5 @@ def test_refused_impersonation_fails_with_one_message_on_every_side(
 
     mapping = GoogleCloudServiceAccountDictProfileMapping(conn_id="gcp_imp", profile_args={"dataset": "d"})
     with pytest.raises(ImpersonationError) as dbt:  # setup's dbt
-        capture_target(ProfileConfig("p", "dev", profile_mapping=mapping))
+        run_target(ProfileConfig("p", "dev", profile_mapping=mapping))
     _assert_refusal(str(dbt.value), iam)
