@@ -9,6 +9,7 @@ triggers' own :mod:`~cosmos_async_triggers.credentials`. A refusal reads as on t
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from typing import Any
 
@@ -48,12 +49,22 @@ def _refresh(creds: Any, source: auth.GcpSource, account: str) -> str | None:
     try:
         creds.refresh(auth.transport_request())
     except exceptions.RefreshError as exc:
-        # google-auth's args: (its own words, IAM's JSON answer); the answer names the status and the reason.
-        detail = " ".join(str(a) for a in exc.args)[:400]
-        return auth.impersonation_refused(source.source, account, source.delegates, detail)
+        # google-auth's args: (its own words, IAM's JSON answer); told as the triggers tell IAM's error.
+        return auth.impersonation_refused(source.source, account, source.delegates, _iam_error(exc.args))
     except exceptions.GoogleAuthError as exc:
         return f"{source.source}: cannot impersonate {account}: {type(exc).__name__}: {str(exc)[:300]}"
     return None
+
+
+def _iam_error(args: tuple[Any, ...]) -> str:
+    """``HTTP <code> <status>: <message>`` from IAM's JSON error in a RefreshError's args, else the args."""
+    for arg in args:
+        try:
+            error = json.loads(arg)["error"]
+            return f"HTTP {error['code']} {error.get('status', '')}: {error.get('message', '')}"[:400]
+        except (TypeError, ValueError, KeyError):
+            continue
+    return " ".join(str(a) for a in args)[:400]
 
 
 def single_account(conn_id: str, extras: Mapping[str, Any]) -> str | None:

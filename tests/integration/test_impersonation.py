@@ -205,7 +205,8 @@ def _trigger(target: RemoteTarget, run_id: str, conn: str) -> BigQueryNodeTrigge
 
 def _assert_refusal(message: str, iam: IamCredentialsEndpoint) -> None:
     assert f"connection 'gcp_imp': cannot impersonate {TARGET_SA}" in message, message
-    assert ROLE in message and iam.REFUSAL in message, message
+    assert f"HTTP 403 PERMISSION_DENIED: {iam.REFUSAL} Grant {ROLE} (the credentials need it on {TARGET_SA})" \
+        in message, message
     assert "ya29." not in message  # neither the source token nor any delegated one
 
 

@@ -321,7 +321,7 @@ def impersonation_refused(source: str, account: str, delegates: tuple[str, ...],
     chain = [*delegates, account]
     hops = ("the credentials need it on " + chain[0] + ", and each account of the chain on the next one"
             if delegates else f"the credentials need it on {account}")
-    return (f"{source}: cannot impersonate {account}: {detail}. Grant roles/iam.serviceAccountTokenCreator "
+    return (f"{source}: cannot impersonate {account}: {detail.rstrip('.')}. Grant roles/iam.serviceAccountTokenCreator "
             f"({hops}), or remove the impersonation from {source}")
 
 
