@@ -24,18 +24,11 @@ from google.api_core.client_options import ClientOptions
 from google.auth.credentials import AnonymousCredentials
 from google.cloud import bigquery
 
-from cosmos_async import (
-    DbtDag,
-    ExecutionConfig,
-    ExecutionMode,
-    GoogleCloudServiceAccountDictProfileMapping,
-    ProfileConfig,
-    ProjectConfig,
-)
+from cosmos_async import DbtDag, ExecutionConfig, ExecutionMode, ProfileConfig, ProjectConfig
 from cosmos_async.capture import Capture, NodeCapture
 from cosmos_async.errors import ConfigurationError
 from cosmos_async.impersonation import ImpersonationError
-from cosmos_async.profiles import run_target
+from cosmos_async.profiles import GoogleCloudServiceAccountDictProfileMapping, run_target
 from cosmos_async.remote import RemoteTarget, delete_run, upload_capture
 from tests.integration.test_stale_sql import DAG_ID, _dag_run
 from tests.integration.test_trigger import model, new_run, payload_of
