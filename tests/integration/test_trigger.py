@@ -12,7 +12,6 @@ import asyncio
 import json
 import time
 import uuid
-from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
@@ -25,10 +24,13 @@ from cosmos_async_triggers.bigquery import BigQueryNodeTrigger
 from cosmos_async.capture import Capture, NodeCapture
 from cosmos_async.remote import RemoteTarget, upload_capture
 from tests.support.bq_lifecycle_proxy import LifecycleProxy
-from tests.support.connections import emulator_connections, remote_target
+from tests.support.connections import remote_target
 
 DATASET = "trig_ds"
 PROJECT = "demo-proj"
+
+
+pytestmark = pytest.mark.usefixtures("emulator_conns", "clean_proxy")
 
 
 @pytest.fixture(scope="module")
@@ -41,18 +43,6 @@ def bq_client(bigquery_emulator) -> Any:
                              client_options=ClientOptions(api_endpoint=bigquery_emulator.endpoint))
     client.create_dataset(DATASET, exists_ok=True)
     return client
-
-
-@pytest.fixture(scope="module", autouse=True)
-def connections(bigquery_emulator, gcs_emulator, proxy) -> Iterator[None]:
-    with emulator_connections(PROJECT, bigquery_emulator.endpoint, proxy.url, gcs_emulator.endpoint):
-        yield
-
-
-@pytest.fixture(autouse=True)
-def clean_proxy(proxy: LifecycleProxy) -> None:
-    proxy.reset()
-    proxy.set_hold(0.0)
 
 
 @pytest.fixture(params=["file", "gcs"])
