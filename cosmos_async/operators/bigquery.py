@@ -5,11 +5,18 @@ holds a worker slot. A failure resumes it on a worker just long enough to raise 
 callbacks behave as for any task); a node the capture marked unsafe resumes on a worker and runs through dbt
 (LOCAL). With start-from-trigger off, and under ``airflow dags test`` / ``dag.test()``, ``execute`` defers to the
 same trigger.
+
+With ``wait_for_parents="triggerer"`` the task starts with its DAG run and its trigger waits for the upstream
+tasks (see :mod:`cosmos_async_triggers.parents`); ``execute`` judges them itself and reschedules while they run.
+Its ``execution_timeout`` then counts from the moment its parents are done, as it does when the scheduler releases
+the task: Airflow would count it from the deferral at the run's start, so Airflow is not given it (see
+:attr:`DbtBigQueryAsyncOperator.execution_timeout`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import timedelta
 from typing import Any
 
 from airflow.sdk import BaseOperator
@@ -18,6 +25,7 @@ from airflow.triggers.base import StartTriggerArgs
 from cosmos_async.operators.links import JOB_LINK_KEY, BigQueryJobLink
 
 TRIGGER_CLASSPATH = "cosmos_async_triggers.bigquery.BigQueryNodeTrigger"
+WAIT_MODES = ("triggerer", "scheduler")
 
 
 class DbtBigQueryAsyncOperator(BaseOperator):
@@ -33,10 +41,21 @@ class DbtBigQueryAsyncOperator(BaseOperator):
                  poll_interval: float = 2.0, start_from_trigger: bool = True,
                  labels: dict[str, str] | None = None, local_fallback: dict[str, Any] | None = None,
                  dbt_group_id: str | None = None, dbt_target: dict[str, str] | None = None,
-                 **kwargs: Any) -> None:
+                 wait_for_parents: str = "scheduler", parent_check_interval: float = 1.0,
+                 max_jobs: int | None = None, **kwargs: Any) -> None:
         """``dbt_group_id``: the DbtTaskGroup whose setup uploads this node's SQL (None in a DbtDag). Credentials:
         ``gcp_conn_id``, or when it is None ``dbt_target`` (profiles.yml path, profile, target), which the trigger
-        reads in the triggerer; neither holds a secret."""
+        reads in the triggerer; neither holds a secret.
+
+        ``wait_for_parents="triggerer"``: the task starts with its DAG run (trigger rule ``always``) and waits for
+        its upstream tasks itself, in the trigger; ``"scheduler"``: Airflow releases it after its upstream tasks.
+        ``max_jobs``: at most this many tasks of one DAG run hold BigQuery jobs at once (per triggerer process).
+        """
+        if wait_for_parents not in WAIT_MODES:
+            raise ValueError(f"wait_for_parents={wait_for_parents!r}: use one of {', '.join(WAIT_MODES)}")
+        if wait_for_parents == "triggerer":
+            kwargs["trigger_rule"] = "always"
+        self.wait_for_parents = wait_for_parents  # before BaseOperator sets execution_timeout, which reads it
         super().__init__(**kwargs)
         self.nodes = [dict(n) for n in nodes]
         self.gcp_conn_id = gcp_conn_id
@@ -50,54 +69,133 @@ class DbtBigQueryAsyncOperator(BaseOperator):
         self.local_fallback = local_fallback
         self.start_from_trigger = start_from_trigger
         self.dbt_group_id = dbt_group_id
-        if start_from_trigger:
-            self.start_trigger_args = StartTriggerArgs(
-                trigger_cls=TRIGGER_CLASSPATH, trigger_kwargs=self.trigger_kwargs(end_task=True),
-                next_method="execute_complete", next_kwargs=None, timeout=self.execution_timeout,
-            )
+        self.parent_check_interval = parent_check_interval
+        self.max_jobs = max_jobs
 
-    def trigger_kwargs(self, *, end_task: bool, run: dict[str, Any] | None = None) -> dict[str, Any]:
-        """JSON-able trigger arguments; ``run`` (dag/run/task ids) is None when the trigger reads its task instance."""
+    @property  # type: ignore[override]
+    def execution_timeout(self) -> timedelta | None:
+        """What Airflow enforces: the task's execution_timeout, or None while it waits for parents in the triggerer.
+
+        Airflow sets a deferred task's deadline to its deferral time plus execution_timeout; deferred with the run,
+        a model would time out while its parents run (before submitting any job). This operator then times its
+        own steps instead (:attr:`job_timeout`): the trigger from its parents' end, ``execute`` from its deferral.
+        """
+        return None if self.wait_for_parents == "triggerer" else self.job_timeout
+
+    @execution_timeout.setter
+    def execution_timeout(self, value: timedelta | None) -> None:
+        self.job_timeout = value
+
+    @property
+    def start_trigger_args(self) -> StartTriggerArgs | None:  # type: ignore[override]
+        """Computed when Airflow reads it (DAG serialization), so edges added after rendering count as parents."""
+        if not self.start_from_trigger:
+            return None
+        in_trigger = self.wait_for_parents == "triggerer"
+        return StartTriggerArgs(
+            trigger_cls=TRIGGER_CLASSPATH,
+            trigger_kwargs=self.trigger_kwargs(end_task=True, parents=self.parent_task_ids() if in_trigger else [],
+                                                times_itself=in_trigger),
+            next_method="execute_complete", next_kwargs=None,
+            # Waiting for parents must not count against execution_timeout: the trigger times the jobs itself.
+            timeout=None if in_trigger else self.job_timeout,
+        )
+
+    def parent_task_ids(self) -> list[str]:
+        """The task ids this task waits for when it waits in the triggerer: its upstream tasks, and the setup
+        tasks above it (trigger rule ``always`` turns off Airflow's own wait for them, e.g. when a clear
+        re-runs the setup)."""
+        setups = {t.task_id for t in self.get_flat_relatives(upstream=True) if t.is_setup}
+        return sorted(set(self.upstream_task_ids) | setups)
+
+    def trigger_kwargs(self, *, end_task: bool, run: dict[str, Any] | None = None,
+                       parents: list[str] | None = None, times_itself: bool = False) -> dict[str, Any]:
+        """JSON-able trigger arguments; ``run`` (dag/run/task ids) is None when the trigger reads its task instance;
+        ``times_itself``: the trigger enforces execution_timeout (no Airflow deadline is set on it)."""
+        timeout = self.job_timeout.total_seconds() if self.job_timeout and times_itself else None
         return {"nodes": self.nodes, "gcp_conn_id": self.gcp_conn_id,
                 "storage_conn_id": self.remote_target_path_conn_id, "remote_target_path": self.remote_target_path,
                 "project": self.project, "location": self.location, "poll_interval": self.poll_interval,
                 "labels": self.labels, "end_task": end_task, "run": run, "group_id": self.dbt_group_id,
-                "dbt_target": self.dbt_target}
+                "dbt_target": self.dbt_target,
+                "parents": parents or [], "parent_check_interval": self.parent_check_interval,
+                "max_jobs": self.max_jobs, "execution_timeout_s": timeout}
 
     def execute(self, context: Any) -> None:
         from cosmos_async_triggers.bigquery import BigQueryNodeTrigger
 
         ti = context["ti"]
+        if self.wait_for_parents == "triggerer":
+            # On a worker and under `airflow dags test` (which runs triggers inline, one task at a time) a trigger
+            # waiting for a parent would hold the only loop the parent could run in: judge here, and come back
+            # later while a parent is still running.
+            self._check_parents(ti)
         run = {"dag_id": ti.dag_id, "run_id": ti.run_id, "task_id": ti.task_id, "map_index": ti.map_index}
+        # Here the parents are done: Airflow's deadline from now is execution_timeout counted from their end.
         self.defer(trigger=BigQueryNodeTrigger(**self.trigger_kwargs(end_task=False, run=run)),
-                   method_name="execute_complete", timeout=self.execution_timeout)
+                   method_name="execute_complete", timeout=self.job_timeout)
+
+    def _check_parents(self, ti: Any) -> None:
+        from datetime import datetime, timedelta, timezone
+
+        from airflow.sdk.exceptions import AirflowFailException, AirflowRescheduleException, AirflowSkipException
+        from cosmos_async_triggers.parents import FAILED, SKIPPED, WAIT, judge, parent_state
+
+        parents = self.parent_task_ids()
+        if not parents:
+            return
+        answer = (ti.get_task_states(dag_id=ti.dag_id, task_ids=parents, run_ids=[ti.run_id]) or {}).get(ti.run_id)
+        verdict = judge(parents, {p: parent_state(answer or {}, p) for p in parents})
+        if verdict.outcome == FAILED:
+            raise AirflowFailException(f"not run: {verdict.reason}")
+        if verdict.outcome == SKIPPED:
+            raise AirflowSkipException(f"skipped: {verdict.reason}")
+        if verdict.outcome == WAIT:
+            self.log.info("waiting for upstream task(s) %s; checking again in %s s", ", ".join(parents),
+                          self.parent_check_interval)
+            raise AirflowRescheduleException(
+                datetime.now(timezone.utc) + timedelta(seconds=self.parent_check_interval))
 
     def execute_complete(self, context: Any, event: dict[str, Any] | None = None) -> Any:
         from airflow.exceptions import AirflowException
+        from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException, AirflowTaskTimeout
 
         event = event or {}
         status = event.get("status")
         if status == "fallback":
             return self._run_locally(event.get("reason", "the capture marked this node unsafe"))
+        if status == "upstream_failed":
+            # No trigger may set upstream_failed; failing without retries says the same and fails the DAG run.
+            raise AirflowFailException(event.get("message"))
+        if status == "skipped":
+            raise AirflowSkipException(event.get("message"))
         for job in event.get("jobs", []):
             self.log.info("BigQuery job %s: %s", job.get("job_id"), _describe(job))
             if job.get("link"):
                 context["ti"].xcom_push(key=JOB_LINK_KEY, value=job["link"])
         for warning in event.get("warnings", []):
             self.log.warning("%s", warning)
+        if status == "timeout":
+            raise AirflowTaskTimeout(event.get("message"))
         if status != "success":
             raise AirflowException(event.get("message") or f"BigQuery job ended with status {status!r}")
         return event.get("jobs")
 
     def _run_locally(self, reason: str) -> None:
+        from contextlib import nullcontext
+
         from airflow.exceptions import AirflowException
+        from airflow.sdk.execution_time.timeout import timeout
 
         from cosmos_async.operators.local import run_dbt_command
 
         if not self.local_fallback:
             raise AirflowException(f"this node cannot run as a BigQuery job ({reason}) and has no LOCAL fallback")
         self.log.info("running through dbt on this worker (LOCAL) because %s", reason)
-        run_dbt_command(**self.local_fallback, log=self.log)
+        # Where Airflow enforces no execution_timeout on this task (see execution_timeout), the dbt run gets it here.
+        limit = self.job_timeout if self.execution_timeout is None else None
+        with timeout(limit.total_seconds()) if limit else nullcontext():
+            run_dbt_command(**self.local_fallback, log=self.log)
 
 
 def _describe(job: dict[str, Any]) -> str:

@@ -14,7 +14,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from cosmos_async.constants import LoadMode
+from cosmos_async.constants import ExecutionMode, LoadMode
 
 HERE = Path(__file__).parent
 README = HERE.parents[1] / "README.md"
@@ -78,7 +78,7 @@ def _no(owner: str, argument: str, value: Any, error: str | None = None) -> Row:
 
 def _mode(member: str) -> str:
     return (f"ExecutionConfig(execution_mode=ExecutionMode.{member}) is not supported by cosmos-async; use "
-            "ExecutionMode.LOCAL, VIRTUALENV or AIRFLOW_ASYNC.")
+            "ExecutionMode.LOCAL, VIRTUALENV, AIRFLOW_ASYNC or WATCHER.")
 
 
 P, F, E, R, D, OA = OWNERS
@@ -102,7 +102,8 @@ ROWS: tuple[Row, ...] = (
                                           "as the target says, secrets resolved by `env_var()` where they run)"),
     _ok(F, "profile_mapping", None, "an Airflow connection mapped to a target: the GoogleCloud* BigQuery mappings"),
 
-    _no(E, "execution_mode=ExecutionMode.WATCHER", "WATCHER", _mode("WATCHER")),
+    _ok(E, "execution_mode=ExecutionMode.WATCHER", "WATCHER",
+        "AIRFLOW_ASYNC with the setup as producer and each model waiting for its parents in the triggerer"),
     _ok(E, "execution_mode=ExecutionMode.LOCAL", "LOCAL", "dbt runs in the worker, one invocation per task"),
     _ok(E, "execution_mode=ExecutionMode.AIRFLOW_ASYNC", "AIRFLOW_ASYNC",
         "one capture per run in a setup task; each model's BigQuery job awaited in the triggerer"),
@@ -125,7 +126,9 @@ ROWS: tuple[Row, ...] = (
     _no(E, "virtualenv_dir", "/tmp/venvs"),
     _ok(E, "async_py_requirements", ["dbt-bigquery"], "AIRFLOW_ASYNC's setup captures in a cached virtualenv of "
                                                       "these requirements"),
-    _no(E, "setup_operator_args", {"queue": "setup"}),
+    _ok(E, "setup_operator_args", {"queue": "setup"}, "AIRFLOW_ASYNC and WATCHER: Airflow arguments of the setup "
+                                                      "task only, over operator_args",
+        execution_mode=ExecutionMode.WATCHER),
 
     _ok(R, "emit_datasets", False, "each model task's outlet is the Asset `bigquery://project/dataset/table`"),
     _no(R, "test_behavior=TestBehavior.BUILD", "BUILD",

@@ -61,6 +61,12 @@ corner_shop_broken = DbtDag(
     project_config=ProjectConfig(dbt_project_path=BROKEN, manifest_path=BROKEN / "manifest.json"),
     profile_config=profile_in("async_broken"),
     render_config=RenderConfig(select=["+stg_orders", "+stg_customers", "orders"]), **common)
+# The same with the opt-in wait in the triggerer (its own dataset: both runs may overlap).
+corner_shop_broken_triggerer = DbtDag(
+    dag_id="corner_shop_broken_triggerer",
+    project_config=ProjectConfig(dbt_project_path=BROKEN, manifest_path=BROKEN / "manifest.json"),
+    profile_config=profile_in("async_broken_triggerer"), operator_args={"wait_for_parents": "triggerer"},
+    render_config=RenderConfig(select=["+stg_orders", "+stg_customers", "orders"]), **common)
 # Two runs at once share their tables, and dbt-bigquery reloads a seed by dropping it first: the overlapping
 # runs read seeds loaded before them, so that one run's reload cannot break the other's reads. stg_customers and
 # orders are in because dbt selects tests eagerly, and tests of stg_orders and stg_payments read them.
@@ -113,8 +119,8 @@ def stack(tmp_path_factory, bigquery_emulator, gcs_emulator, key, airflow_databa
            "PYTHONPATH": str(REPO)}
     with AirflowStack(tmp_path_factory.mktemp("airflow"), dags, env=env, parallelism=4,
                       database_url=airflow_database_url) as af:
-        for dag_id in ("corner_shop", "corner_shop_worker", "corner_shop_broken", "corner_shop_twice",
-                       *PROFILE_DAGS):
+        for dag_id in ("corner_shop", "corner_shop_worker", "corner_shop_broken", "corner_shop_broken_triggerer",
+                       "corner_shop_twice", *PROFILE_DAGS):
             af.wait_for_dag(dag_id, timeout=120)
         yield af
 
@@ -180,7 +186,7 @@ def test_async_run_builds_tables_without_worker_slots_and_cleans_up(
         stack: AirflowStack, trigger_rows: TriggerRowRecorder, oracle, client, gcs, gcs_emulator, key,
         token_endpoint) -> None:
     run_id = stack.trigger("corner_shop")
-    assert stack.wait_for_run("corner_shop", run_id, timeout=300) == "success", _states(stack, "corner_shop", run_id)
+    assert stack.wait_for_run("corner_shop", run_id, timeout=300) == "success", _failures(stack, "corner_shop", run_id)
     states = _states(stack, "corner_shop", run_id)
     assert set(states.values()) == {"success"}, states
 
@@ -261,18 +267,33 @@ def test_worker_path_on_file_remote_holds_workers_and_cleans_up(stack: AirflowSt
     assert remote.is_dir() and not [p for p in remote.rglob("*") if p.is_file()], "teardown left files on file://"
 
 
-def test_broken_model_fails_with_bigquery_message_and_teardown_still_cleans(stack: AirflowStack, gcs,
-                                                                         gcs_emulator) -> None:
-    run_id = stack.trigger("corner_shop_broken")
-    state = stack.wait_for_run("corner_shop_broken", run_id, timeout=300)
-    assert state == "failed", stack.task_log("corner_shop_broken", run_id, "stg_orders.run")
-    states = _states(stack, "corner_shop_broken", run_id)
+def _broken_run(stack: AirflowStack, dag_id: str, gcs, gcs_emulator) -> tuple[str, dict[str, str]]:
+    """Run a broken-project DAG to its end; check what both waiting modes share. Returns run id and states."""
+    run_id = stack.trigger(dag_id)
+    state = stack.wait_for_run(dag_id, run_id, timeout=300)
+    assert state == "failed", stack.task_log(dag_id, run_id, "stg_orders.run")
+    states = _states(stack, dag_id, run_id)
     assert states["stg_orders.run"] == "failed", states
-    assert states["orders.run"] == "upstream_failed", states
     assert states["stg_customers.run"] == "success", states
     assert states["dbt_teardown_async"] == "success", states
-    assert "no_such_column" in stack.task_log("corner_shop_broken", run_id, "stg_orders.run", try_number=1)
-    assert _remote_files(gcs, gcs_emulator.extra["bucket"], "corner_shop_broken") == []
+    assert "no_such_column" in stack.task_log(dag_id, run_id, "stg_orders.run", try_number=1)
+    assert _remote_files(gcs, gcs_emulator.extra["bucket"], dag_id) == []
+    return run_id, states
+
+
+def test_broken_model_fails_with_bigquery_message_and_teardown_still_cleans(stack: AirflowStack, gcs,
+                                                                         gcs_emulator) -> None:
+    _, states = _broken_run(stack, "corner_shop_broken", gcs, gcs_emulator)
+    assert states["orders.run"] == "upstream_failed", states
+
+
+def test_triggerer_mode_children_of_a_broken_model_fail_naming_it(stack: AirflowStack, gcs, gcs_emulator) -> None:
+    """wait_for_parents='triggerer': no trigger may set upstream_failed, so the child fails without running,
+    with one line naming its failed parent."""
+    run_id, states = _broken_run(stack, "corner_shop_broken_triggerer", gcs, gcs_emulator)
+    assert states["orders.run"] == "failed", states
+    assert "not run: upstream task 'stg_orders.test' ended failed" in stack.task_log(
+        "corner_shop_broken_triggerer", run_id, "orders.run"), states
 
 
 def test_concurrent_runs_keep_their_own_files_and_a_cleared_model_reruns(

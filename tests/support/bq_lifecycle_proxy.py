@@ -138,6 +138,12 @@ class LifecycleProxy:
                     "faults_fired": dict(self.faults_fired), "hold": self.hold,
                     "pending_faults": [asdict(f) for f in self._faults if f.count > 0]}
 
+    def timeline(self) -> dict[str, tuple[float, float]]:
+        """Job id → (inserted, DONE) in ``time.monotonic()`` seconds; a cancelled job never counts as DONE (inf)."""
+        with self._lock:
+            return {j: (h.inserted_at, float("inf") if h.cancelled else h.inserted_at + h.hold)
+                    for j, h in self._jobs.items()}
+
     # ---- lifecycle ------------------------------------------------------------------------------------
 
     async def astart(self) -> None:

@@ -23,6 +23,7 @@ import os
 import random
 import re
 import shutil
+import statistics
 import threading
 import time
 from collections import Counter
@@ -56,7 +57,8 @@ DAG_FILE = '''"""Fault-tier DAGs (airflow DAG file): the synthetic project, AIRF
 
 A DAG id ending in ``_worker`` runs its models on the worker path (start_from_trigger=False) with one retry, and
 its models' first try is SIGKILLed when it resumes after its BigQuery job ran. One ending in ``_timeout`` gives
-its first model an execution_timeout of TIMEOUT_S seconds.
+its first model an execution_timeout of TIMEOUT_S seconds. One starting with ``fault_triggerer`` waits for its
+models' parents in the triggerer (wait_for_parents="triggerer") instead of through the scheduler.
 """
 import os
 import signal
@@ -82,6 +84,7 @@ def sigkill_first_resume(context):
 
 def fault_dag(dag_id: str, dataset: str) -> DbtDag:
     worker = dag_id.endswith("_worker")
+    wait = "triggerer" if dag_id.startswith("fault_triggerer") else "scheduler"
     dag = DbtDag(
         dag_id=dag_id, schedule=None, start_date=datetime(2026, 1, 1), catchup=False,
         project_config=ProjectConfig(dbt_project_path=PROJECT, manifest_path=PROJECT / "target" / "manifest.json"),
@@ -90,14 +93,14 @@ def fault_dag(dag_id: str, dataset: str) -> DbtDag:
                                          conn_id="gcp_conn", profile_args={"dataset": dataset})),
         execution_config=ExecutionConfig(execution_mode=ExecutionMode.AIRFLOW_ASYNC),
         render_config=RenderConfig(test_behavior=TestBehavior.NONE),
-        operator_args={"location": "US", "start_from_trigger": not worker},
+        operator_args={"location": "US", "start_from_trigger": not worker, "wait_for_parents": wait},
         default_args={"retries": 1, "retry_delay": timedelta(seconds=1), "pre_execute": sigkill_first_resume}
         if worker else {},
     )
     if dag_id.endswith("_timeout"):
         task = dag.task_dict["model_00000_run"]
+        # start_trigger_args is built from the task when the DAG is serialized: this reaches the trigger's timeout.
         task.execution_timeout = timedelta(seconds=TIMEOUT_S)
-        task.start_trigger_args.timeout = task.execution_timeout
     return dag
 
 
@@ -172,6 +175,24 @@ class RunCheck:
     inserts: dict[str, int]  # job id -> inserts, for every job of this run's node tasks
     cancels: dict[str, int]  # job id -> cancels
     job_task: dict[str, str]  # job id -> task id
+    early_children: list[str] = field(default_factory=list)  # "child<parent": a job started before a parent's ended
+    gaps: list[float] = field(default_factory=list)  # seconds from the last parent job DONE to the child's insert
+
+    def order(self, timeline: dict[str, tuple[float, float]], children: dict[str, list[str]]) -> None:
+        """Fill ``early_children`` and ``gaps`` from the proxy's timeline and the DAG's task graph."""
+        spans: dict[str, tuple[float, float]] = {}
+        for job, task in self.job_task.items():
+            if job in timeline:
+                start, end = spans.get(task, (float("inf"), 0.0))
+                spans[task] = (min(start, timeline[job][0]), max(end, timeline[job][1]))
+        for parent, kids in children.items():
+            for child in kids:
+                if parent in spans and child in spans and spans[child][0] < spans[parent][1]:
+                    self.early_children.append(f"{child}<{parent}")
+        for child in spans:
+            ends = [spans[p][1] for p, kids in children.items() if child in kids and p in spans]
+            if ends and max(ends) != float("inf"):
+                self.gaps.append(round(spans[child][0] - max(ends), 3))
 
     def model_jobs(self) -> dict[str, int]:
         return {j: n for j, n in self.inserts.items() if self.job_task[j].startswith("model_")}
@@ -197,6 +218,8 @@ class Tally:
     tables_checked: int = 0
     wrong_tables: list[str] = field(default_factory=list)
     reattached: int = 0
+    early_children: int = 0
+    gaps: list[float] = field(default_factory=list)
 
     def add_run(self, check: RunCheck, *, models_run: list[str], expected_cancels: set[str] = frozenset()) -> None:
         self.runs += 1
@@ -204,13 +227,17 @@ class Tally:
         self.models_run += len(models_run)
         self.duplicates += len(check.duplicates())
         self.unexpected_cancels += sum(n for j, n in check.cancels.items() if j not in expected_cancels)
+        self.early_children += len(check.early_children)
+        self.gaps += check.gaps
 
     def report(self) -> str:
         faults = ", ".join(f"{k}={v}" for k, v in sorted(self.faults.items())) or "none"
         return (f"fault tally: runs={self.runs} faults_injected={sum(self.faults.values())} ({faults}); "
                 f"jobs_submitted={self.jobs_submitted} models_run={self.models_run} "
                 f"duplicate_or_retried_jobs={self.duplicates} unexpected_cancels={self.unexpected_cancels} "
-                f"jobs_reattached_after_restart={self.reattached} tables_checked={self.tables_checked} "
+                f"jobs_reattached_after_restart={self.reattached} children_started_early={self.early_children} "
+                f"median_parent_done_to_child_submitted_s={statistics.median(self.gaps) if self.gaps else None} "
+                f"tables_checked={self.tables_checked} "
                 f"wrong_tables={len(self.wrong_tables)} {self.wrong_tables or ''}").rstrip()
 
 
@@ -457,13 +484,20 @@ class FaultRig:
 
     # ---- checks ------------------------------------------------------------------------------------------------
 
+    def run_jobs_inserted(self, dag_id: str, run_id: str) -> list[str]:
+        """The model jobs of this run the proxy has seen inserted so far."""
+        inserts = self.proxy.stats()["inserts"]
+        return [j for j, task in self.run_jobs(dag_id, run_id).items() if task.startswith("model_") and j in inserts]
+
     def check_run(self, dag_id: str, run_id: str) -> RunCheck:
         stats = self.proxy.stats()
         jobs = self.run_jobs(dag_id, run_id)
-        return RunCheck(dag_id, run_id, self.af.run_state(dag_id, run_id), self.states(dag_id, run_id),
-                        {j: stats["inserts"][j] for j in jobs}, {j: n for j, n in stats["cancels"].items()
-                                                                  if j in jobs or self.job_task(dag_id, run_id, j)},
-                        jobs)
+        check = RunCheck(dag_id, run_id, self.af.run_state(dag_id, run_id), self.states(dag_id, run_id),
+                         {j: stats["inserts"][j] for j in jobs}, {j: n for j, n in stats["cancels"].items()
+                                                                   if j in jobs or self.job_task(dag_id, run_id, j)},
+                         jobs)
+        check.order(self.proxy.timeline(), self.children)
+        return check
 
     def count_reattached(self, dag_id: str, run_id: str) -> Counter[str]:
         """Jobs a restarted trigger found instead of submitting (``running``: still RUNNING, ``done``: already

@@ -15,7 +15,7 @@ import cosmos_async
 ROOT = Path(cosmos_async.__file__).resolve().parent
 # Lowest first. Foundation: settings, profiles and running dbt (the dbt ls fallback of the project stage runs dbt).
 LAYERS: list[tuple[str, ...]] = [
-    ("errors", "constants", "config", "profiles", "provider", "dbt", "dbt.sql_relations", "dbt.venv",
+    ("errors", "constants", "config", "impersonation", "profiles", "provider", "dbt", "dbt.sql_relations", "dbt.venv",
      "dbt.executable", "dbt.partial_parse", "dbt.invoke"),
     ("project", "project.manifest", "project.select", "project.dbt_ls", "project.load", "plan", "sources"),
     ("dbt.captured", "dbt.attribution", "dbt.endpoint", "dbt.run_dependencies", "dbt.capture", "dbt.capture_cli"),

@@ -41,9 +41,10 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
-from airflow.triggers.base import BaseTrigger, TaskSuccessEvent, TriggerEvent
+from airflow.triggers.base import BaseTrigger, TaskSkippedEvent, TaskSuccessEvent, TriggerEvent
 
 from cosmos_async_triggers import bq_errors, freshness, job_config, layout, load, rest
+from cosmos_async_triggers import parents as parent_wait
 from cosmos_async_triggers.auth import GcpAuthError, GcpSource, get_connection, get_profile_target, get_token
 from cosmos_async_triggers.dbt_profile import ProfileTargetError, TargetRef
 from cosmos_async_triggers.job_retry import JobRetry, JobRetrySettingError
@@ -97,7 +98,12 @@ class BigQueryNodeTrigger(BaseTrigger):
                  remote_target_path: str, project: str | None, location: str | None, poll_interval: float = 2.0,
                  labels: dict[str, str] | None = None, end_task: bool = False,
                  run: dict[str, Any] | None = None, group_id: str | None = None,
-                 dbt_target: dict[str, str] | None = None) -> None:
+                 dbt_target: dict[str, str] | None = None,
+                 parents: list[str] | None = None, parent_check_interval: float = 1.0,
+                 max_jobs: int | None = None, execution_timeout_s: float | None = None) -> None:
+        """``parents``: task ids of this run that must succeed before any job is submitted (waited for here);
+        ``max_jobs``: at most this many tasks of the run hold BigQuery jobs at once in this triggerer process;
+        ``execution_timeout_s``: the task's execution_timeout, counted from the moment its parents are done."""
         super().__init__()
         if (gcp_conn_id is None) == (dbt_target is None):
             raise ValueError("BigQueryNodeTrigger needs exactly one of gcp_conn_id and dbt_target")
@@ -113,8 +119,13 @@ class BigQueryNodeTrigger(BaseTrigger):
         self.end_task = bool(end_task)
         self.run_info = dict(run) if run else None
         self.group_id = group_id  # the DbtTaskGroup whose setup uploaded this run's files (None for a DbtDag)
+        self.parents = sorted(parents or [])
+        self.parent_check_interval = float(parent_check_interval)
+        self.max_jobs = int(max_jobs) if max_jobs else None
+        self.execution_timeout_s = float(execution_timeout_s) if execution_timeout_s else None
         self._gcp: GcpSource | None = None
         self._active: _JobRef | None = None  # the job on_kill must cancel
+        self._ids: dict[str, Any] | None = None
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
         return CLASSPATH, {
@@ -122,40 +133,72 @@ class BigQueryNodeTrigger(BaseTrigger):
             "remote_target_path": self.remote_target_path, "project": self.project, "location": self.location,
             "poll_interval": self.poll_interval, "labels": self.labels, "end_task": self.end_task,
             "run": self.run_info, "group_id": self.group_id,
-            "dbt_target": self.dbt_target.to_kwargs() if self.dbt_target else None,
+            "dbt_target": self.dbt_target.to_kwargs() if self.dbt_target else None, "parents": self.parents,
+            "parent_check_interval": self.parent_check_interval, "max_jobs": self.max_jobs,
+            "execution_timeout_s": self.execution_timeout_s,
         }
 
     # ---- events -------------------------------------------------------------------------------------------
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
+        payload = await self._outcome()
+        for warning in payload.get("warnings", []):
+            self.log.warning("%s", warning)
+        status = payload["status"]
+        final = {"success": parent_wait.SUCCESS, "upstream_failed": parent_wait.FAILED,
+                 "skipped": parent_wait.SKIPPED}
+        if status in final and self._ids is not None:
+            # Children of this task waiting in this process go on (or give up) now, not at the next state check.
+            parent_wait.publish(self._ids["dag_id"], self._ids["run_id"], self._ids["task_id"], final[status])
+        if status == "success" and self.end_task:
+            xcoms: dict[str, Any] = {"return_value": payload["jobs"]}
+            links = [j["link"] for j in payload["jobs"] if j.get("link")]
+            if links:
+                xcoms[JOB_LINK_KEY] = links[-1]
+            yield TaskSuccessEvent(xcoms=xcoms)
+        elif status == "skipped" and self.end_task:
+            self.log.info("%s", payload["message"])
+            yield TaskSkippedEvent()
+        else:
+            yield TriggerEvent(payload)
+
+    async def _outcome(self) -> dict[str, Any]:
+        """Wait for the parents, then run the nodes: the event payload (status, message, jobs, warnings)."""
         jobs: list[dict[str, Any]] = []
         warnings: list[str] = []
         try:
-            payload = await self._run_nodes(jobs, warnings)
+            ids = self._ids = self._run_ids()
+            verdict = await parent_wait.wait_for_parents(ids["dag_id"], ids["run_id"], self.parents,
+                                                     interval=self.parent_check_interval)
+            if verdict.outcome == parent_wait.FAILED:
+                return {"status": "upstream_failed", "message": f"not run: {verdict.reason}", "jobs": jobs}
+            if verdict.outcome == parent_wait.SKIPPED:
+                return {"status": "skipped", "message": f"skipped: {verdict.reason}", "jobs": jobs}
+            cap_key = (ids["dag_id"], ids["run_id"], self.group_id or "")
+            async with parent_wait.job_slot(cap_key, self.max_jobs):
+                if self.execution_timeout_s is None:
+                    return await self._run_nodes(jobs, warnings)
+                try:
+                    return await asyncio.wait_for(self._run_nodes(jobs, warnings), self.execution_timeout_s)
+                except asyncio.TimeoutError:
+                    await self._cancel_active()
+                    return {"status": "timeout", "jobs": jobs, "warnings": warnings,
+                            "message": f"execution_timeout of {self.execution_timeout_s:g} s passed while the "
+                                       "task's BigQuery job(s) ran; the job in flight was cancelled"}
         except asyncio.CancelledError:
             if self._timed_out():
                 self.log.info("the task's execution_timeout passed while its BigQuery job ran")
                 await self._cancel_active()
             raise
         except rest.BigQueryApiError as exc:
-            payload = {"status": "failed", "message": bq_errors.explain(exc.reason, str(exc)), "jobs": jobs,
-                       "warnings": warnings}
+            return {"status": "failed", "message": bq_errors.explain(exc.reason, str(exc)), "jobs": jobs,
+                    "warnings": warnings}
         except (NodeRunError, RemoteReadError, GcpAuthError, ProfileTargetError, JobRetrySettingError) as exc:
-            payload = {"status": "failed", "message": str(exc), "jobs": jobs, "warnings": warnings}
+            return {"status": "failed", "message": str(exc), "jobs": jobs, "warnings": warnings}
         except Exception as exc:  # an event with the cause beats a trigger crash with a traceback only
             self.log.exception("BigQuery trigger failed unexpectedly")
-            payload = {"status": "failed", "message": f"{type(exc).__name__}: {exc}", "jobs": jobs,
-                       "warnings": warnings}
-        for warning in payload.get("warnings", []):
-            self.log.warning("%s", warning)
-        if payload["status"] == "success" and self.end_task:
-            xcoms: dict[str, Any] = {"return_value": payload["jobs"]}
-            links = [j["link"] for j in payload["jobs"] if j.get("link")]
-            if links:
-                xcoms[JOB_LINK_KEY] = links[-1]
-            yield TaskSuccessEvent(xcoms=xcoms)
-        else:
-            yield TriggerEvent(payload)
+            return {"status": "failed", "message": f"{type(exc).__name__}: {exc}", "jobs": jobs,
+                    "warnings": warnings}
 
     async def on_kill(self) -> None:
         """The user stopped the task: cancel the job in flight (Airflow does not call this on restarts)."""
