@@ -219,7 +219,11 @@ class RunUpload:
 
     def _failed(self, rel: str, exc: BaseException) -> None:
         with self._lock:
+            first = self._failure is None
             self._failure = self._failure or (rel, exc)
+            pending = [upload for _, upload in self._sent.values()] if first else []
+        for upload in pending:  # the setup fails anyway: queued files need not wait for their retries
+            upload.cancel()
 
 
 def node_files(key: str, node: NodeCapture) -> tuple[dict[str, Any], dict[str, bytes]]:
