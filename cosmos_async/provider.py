@@ -22,7 +22,8 @@ OPTIONS: dict[str, tuple[str, str, str | None, str | None]] = {
         "string", "google_cloud_default", None,
     ),
     "poll_interval": (
-        "Seconds between BigQuery jobs.get calls while a job runs (the trigger backs off up to 4x this).",
+        "Seconds between BigQuery jobs.get calls while a load job runs (the trigger backs off up to 4x this); "
+        "query jobs are long-polled through getQueryResults, which answers as the job ends.",
         "float", None, "2.0",
     ),
     "start_from_trigger": (

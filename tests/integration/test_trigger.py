@@ -235,17 +235,20 @@ def test_fallback_entry_resumes_on_the_worker_nothing_submitted_via_lifecycle_pr
 # ---- job lifecycle through the proxy --------------------------------------------------------------------
 
 
-def test_running_job_is_polled_until_done_via_lifecycle_proxy(file_target: RemoteTarget,
-                                                              proxy: LifecycleProxy) -> None:
+def test_running_query_job_is_awaited_by_long_poll_and_seen_done_at_once_via_lifecycle_proxy(
+        file_target: RemoteTarget, proxy: LifecycleProxy) -> None:
+    """A poll interval far longer than the job: getQueryResults answers as the job ends, so the trigger neither
+    waits out its interval nor polls jobs.get in a loop."""
     run_id = new_run()
     upload(file_target, run_id, {"model.p.m": NodeCapture(["select 1"])})
-    proxy.set_hold(0.5)
+    proxy.set_hold(1.5)
     started = time.monotonic()
-    payload = payload_of(make(file_target, run_id, model(), conn="gcp_proxy", poll=0.05))
+    payload = payload_of(make(file_target, run_id, model(), conn="gcp_proxy", poll=20.0))
+    took = time.monotonic() - started
     assert payload["status"] == "success"
-    assert time.monotonic() - started >= 0.5
+    assert 1.5 <= took < 4.0, took
     (job_id,) = proxy.inserts
-    assert proxy.gets[job_id] >= 4  # the lookup before insert, then several polls while RUNNING
+    assert proxy.gets[job_id] == 2, proxy.gets  # the lookup before insert, then the final status once DONE
 
 
 def test_restarted_trigger_reattaches_without_cancel_via_lifecycle_proxy(file_target: RemoteTarget,
