@@ -68,12 +68,12 @@ def _section(doc: dict, key: str, fn: Callable[[], Any]) -> None:
 TIERS: dict[str, list[tuple[str, Callable[[], list]]]] = {
     "quick": [
         ("parse", lambda: parse.run([10], 1, WORKDIR / "parse")),
-        ("setup", lambda: setup_time.run([10], 1, WORKDIR / "setup", warmup=False)),
+        ("setup", lambda: setup_time.run([10], 1, WORKDIR / "setup", warmup=False, variants=setup_time.DEFAULT)),
         ("triggerer", lambda: triggerer.run([100], 3.0, WORKDIR / "triggerer", [100])),
     ],
     "full": [
         ("parse", lambda: parse.run([10, 100, 1000], 5, WORKDIR / "parse", dbt_ls_models=[100], dbt_ls_runs=3)),
-        ("setup", lambda: setup_time.run([10, 100], 3, WORKDIR / "setup")),
+        ("setup", lambda: setup_time.run([10, 100], 3, WORKDIR / "setup", variants=setup_time.DEFAULT)),
         ("triggerer", lambda: triggerer.run([100, 1000, 5000], 30.0, WORKDIR / "triggerer", [100, 1000])),
         ("airflow", lambda: _airflow("full")),
         ("parse", lambda: parse.run([5000], 3, WORKDIR / "parse", cosmos_runs=1)),

@@ -1,11 +1,16 @@
-"""Setup-task time: our compile-and-upload (capture_project + upload_capture) vs plain ``dbt compile``.
+"""Setup-task time: our compile-and-upload (capture_project + RunUpload) vs plain ``dbt compile --threads 8``.
 
 Both run against the BigQuery emulator in a fresh interpreter per sample (wall time includes imports and dbt's
 parse). Our capture keeps dbt's partial-parse state between runs as the setup task does (``[cosmos] cache_dir``);
 ``dbt compile`` is measured both ways: a fresh ``--target-path`` per sample (full parse) and one target path kept
 across samples (partial parse, as in a user's project directory). The warm-up sample leaves both states in place.
 The remote path is the GCS emulator (gs://) or a local directory (file://).
-Our figure also reports its capture and upload stages as the setup task logs them.
+Our figure also reports its capture and upload stages as the setup task logs them: uploads overlap the capture
+(each node's files go up as dbt finishes it; ``upload_s`` is what is left after dbt ends, the index last) and the
+``_sequential`` variants upload only after the capture, as before. Each sample deletes its run's files afterwards,
+untimed, as the teardown task does, so the bucket does not fill up across samples. Peak memory: each process's RSS
+high-water mark (``ru_maxrss``: the capture process's own ``getrusage(RUSAGE_SELF)``; ``dbt compile``'s from
+``os.wait4``), dbt in-process included.
 Note the work differs: the capture runs ``dbt build`` with one thread (it records each node's statements, tests
 included); ``dbt compile`` renders SQL only, with the profile's 8 threads.
 """
@@ -23,27 +28,38 @@ import time
 from pathlib import Path
 
 from bench.results import write_results
-from bench.synthetic import write_project
+from bench.synthetic import parse, write_project
 
 OURS = """
-import json, sys, time
+import json, resource, sys, time
 from pathlib import Path
-from cosmos_async.capture import capture_project
 from cosmos_async.config import ProfileConfig
-from cosmos_async.partial_parse import state_file
-from cosmos_async.remote import RemoteTarget, upload_capture
-project, url, conn, run_id = sys.argv[1:5]
+from cosmos_async.dbt.capture import capture_project
+from cosmos_async.dbt.partial_parse import state_file
+from cosmos_async.remote import RemoteTarget, RunUpload, delete_run
+project, url, conn, run_id, overlap = sys.argv[1:6]
 t0 = time.perf_counter()
 profile = ProfileConfig(profile_name="synthetic", target_name="dev",
                         profiles_yml_filepath=str(Path(project) / "profiles.yml"))
-capture = capture_project(Path(project), profile, partial_parse=state_file(Path(project), profile))
-t1 = time.perf_counter()
-wanted = {k for k in capture.nodes if k.startswith(("model.", "seed.", "test."))}
-index = upload_capture(RemoteTarget.from_config(url, conn or None), "bench", run_id, capture, wanted)
+target = RemoteTarget.from_config(url, conn or None)
+wanted = set(json.loads((Path(project) / "node_ids.json").read_text()))  # as the DAG's render hands the setup
+with RunUpload(target, "bench", run_id, wanted) as upload:
+    capture = capture_project(Path(project), profile, partial_parse=state_file(Path(project), profile),
+                              on_node_captured=upload.node_captured if overlap == "1" else None)
+    t1 = time.perf_counter()
+    index = upload.finish(capture)
 t2 = time.perf_counter()
-print(json.dumps({"capture_s": t1 - t0, "upload_s": t2 - t1, "files": len(index["nodes"]),
+ended_at = time.time()  # the setup's end: what follows is not timed
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux: this process's RSS high-water mark
+delete_run(target, "bench", run_id)  # as teardown does: the next sample's bucket is as empty
+print(json.dumps({"ended_at": ended_at, "capture_s": t1 - t0, "upload_s": t2 - t1, "files": len(index["nodes"]),
+                  "early_files": upload.early, "peak_rss_mb": round(peak / 1024, 1),
                   "fallbacks": sum(1 for e in index["nodes"].values() if e["fallback"])}))
 """
+
+
+# What ``python -m bench`` measures (the before/after ``_sequential`` variants are for the overlap's own report).
+DEFAULT = frozenset({"dbt_compile", "dbt_compile_partial_parse", "ours_setup_gcs", "ours_setup_file"})
 
 
 def _env(bq_endpoint: str, gcs_endpoint: str | None) -> dict[str, str]:
@@ -57,14 +73,22 @@ def _env(bq_endpoint: str, gcs_endpoint: str | None) -> dict[str, str]:
     return env
 
 
-def ours_sample(project: Path, url: str, conn: str, env: dict[str, str], run: int) -> dict:
-    t0 = time.perf_counter()
-    out = subprocess.run([sys.executable, "-c", OURS, str(project), url, conn, f"run_{run}_{time.time_ns()}"],
+def ours_sample(project: Path, url: str, conn: str, env: dict[str, str], run: int, overlap: bool = True) -> dict:
+    started_at = time.time()  # wall clock: the child reports when its setup ended, before its untimed cleanup
+    out = subprocess.run([sys.executable, "-c", OURS, str(project), url, conn, f"run_{run}_{time.time_ns()}",
+                          "1" if overlap else "0"],
                          capture_output=True, text=True, env=env, timeout=900)
-    wall = time.perf_counter() - t0
     if out.returncode:
         raise RuntimeError(out.stderr[-1500:])
-    return {"wall_s": wall, **json.loads(out.stdout.strip().splitlines()[-1])}
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    return {"wall_s": result.pop("ended_at") - started_at, **result}
+
+
+def _write_node_ids(project: Path) -> None:
+    """The ids a DAG's setup task is handed (models, seeds, tests), from a real ``dbt parse`` (untimed)."""
+    manifest = json.loads(parse(project).read_text())
+    ids = sorted(k for k, v in manifest["nodes"].items() if v["resource_type"] in ("model", "seed", "test"))
+    (project / "node_ids.json").write_text(json.dumps(ids))
 
 
 def compile_sample(project: Path, env: dict[str, str], kept_target: Path | None = None) -> dict:
@@ -72,14 +96,19 @@ def compile_sample(project: Path, env: dict[str, str], kept_target: Path | None 
     dbt = Path(sys.executable).with_name("dbt")
     with tempfile.TemporaryDirectory(prefix="bench-compile-") as fresh:
         target = str(kept_target or fresh)
-        t0 = time.perf_counter()
-        out = subprocess.run([str(dbt), "compile", "--project-dir", str(project), "--profiles-dir", str(project),
-                              "--target-path", target, "--log-path", target, "--quiet"],
-                             capture_output=True, text=True, env=env, timeout=900)
-        wall = time.perf_counter() - t0
-    if out.returncode:
-        raise RuntimeError((out.stdout + out.stderr)[-1500:])
-    return {"wall_s": wall}
+        with tempfile.TemporaryFile("w+") as output:
+            t0 = time.perf_counter()
+            process = subprocess.Popen([str(dbt), "compile", "--threads", "8", "--project-dir", str(project),
+                                        "--profiles-dir", str(project), "--target-path", target, "--log-path",
+                                        target, "--quiet"], stdout=output, stderr=subprocess.STDOUT, env=env)
+            # wait4: this one child's resource usage, its RSS high-water mark among it (KiB on Linux).
+            _, status, usage = os.wait4(process.pid, 0)
+            wall = time.perf_counter() - t0
+            process.returncode = os.waitstatus_to_exitcode(status)
+            output.seek(0)
+            if process.returncode:
+                raise RuntimeError(output.read()[-1500:])
+    return {"wall_s": wall, "peak_rss_mb": round(usage.ru_maxrss / 1024, 1)}
 
 
 def _summary(samples: list[dict]) -> dict:
@@ -88,7 +117,9 @@ def _summary(samples: list[dict]) -> dict:
     for key in ("capture_s", "upload_s"):
         if key in samples[0]:
             out[f"median_{key}"] = round(statistics.median(s[key] for s in samples), 3)
-    for key in ("files", "fallbacks"):
+    if "peak_rss_mb" in samples[0]:
+        out["max_peak_rss_mb"] = max(s["peak_rss_mb"] for s in samples)
+    for key in ("files", "early_files", "fallbacks"):
         if key in samples[0]:
             out[key] = samples[0][key]
     return out
@@ -103,7 +134,9 @@ def _measure(fn, runs: int, warmup: bool = True) -> dict:
         return {"error": str(exc)[-1500:]}
 
 
-def run(models: list[int], runs: int, workdir: Path, warmup: bool = True) -> list[dict]:
+def run(models: list[int], runs: int, workdir: Path, warmup: bool = True,
+        variants: set[str] | None = None) -> list[dict]:
+    """One row per project size; ``variants`` limits what is measured (None: all)."""
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
     from tests.support.emulators import start_bigquery, start_gcs
 
@@ -114,18 +147,27 @@ def run(models: list[int], runs: int, workdir: Path, warmup: bool = True) -> lis
     try:
         env = {**_env(bq.endpoint, gcs.endpoint), "AIRFLOW__COSMOS__CACHE_DIR": str(workdir / "cache")}
         bucket = gcs.extra["bucket"]
+        gcs_url, file_url = f"gs://{bucket}/bench", f"file://{workdir}/remote"
         for n in models:
             project = write_project(workdir / f"project_{n}", n)
-            row: dict = {"models": n, "variants": {}}
-            row["variants"]["dbt_compile"] = _measure(lambda i, p=project: compile_sample(p, env), runs, warmup)
-            row["variants"]["dbt_compile_partial_parse"] = _measure(
-                lambda i, p=project, t=workdir / f"compile_target_{n}": compile_sample(p, env, t), runs, warmup)
-            row["variants"]["ours_setup_gcs"] = _measure(
-                lambda i, p=project: ours_sample(p, f"gs://{bucket}/bench", "bench_gcs", env, i), runs, warmup)
-            row["variants"]["ours_setup_file"] = _measure(
-                lambda i, p=project: ours_sample(p, f"file://{workdir}/remote", "", env, i), runs, warmup)
+            _write_node_ids(project)
+            row: dict = {"models": n, "load_average_before": [round(x, 2) for x in os.getloadavg()],
+                         "variants": {}}
+            measures = {
+                "dbt_compile": lambda i, p=project: compile_sample(p, env),
+                "dbt_compile_partial_parse": lambda i, p=project, t=workdir / f"compile_target_{n}": compile_sample(
+                    p, env, t),
+                "ours_setup_gcs_sequential": lambda i, p=project: ours_sample(p, gcs_url, "bench_gcs", env, i, False),
+                "ours_setup_gcs": lambda i, p=project: ours_sample(p, gcs_url, "bench_gcs", env, i),
+                "ours_setup_file_sequential": lambda i, p=project: ours_sample(p, file_url, "", env, i, False),
+                "ours_setup_file": lambda i, p=project: ours_sample(p, file_url, "", env, i),
+            }
+            for name, measure in measures.items():
+                if variants is None or name in variants:
+                    row["variants"][name] = _measure(measure, runs, warmup)
+            row["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
             for ref in ("dbt_compile", "dbt_compile_partial_parse"):
-                base = row["variants"][ref].get("median_s")
+                base = row["variants"].get(ref, {}).get("median_s")
                 row[f"ratio_vs_{ref}"] = {k: round(v["median_s"] / base, 2) for k, v in row["variants"].items()
                                           if base and "median_s" in v and k.startswith("ours_")}
             rows.append(row)
@@ -144,9 +186,13 @@ def main() -> None:
     parser.add_argument("--models", type=int, nargs="+", default=[10, 100])
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/cosmos-async-bench/setup"))
+    parser.add_argument("--variants", nargs="+", help="measure only these (e.g. dbt_compile ours_setup_file)")
+    parser.add_argument("--name", default="setup", help="results file name part")
+    parser.add_argument("--no-warmup", action="store_true", help="no untimed first sample (both parse in full)")
     args = parser.parse_args()
-    rows = run(args.models, args.runs, args.workdir)
-    print("results:", write_results("setup", rows))
+    rows = run(args.models, args.runs, args.workdir, warmup=not args.no_warmup,
+               variants=set(args.variants) if args.variants else None)
+    print("results:", write_results(args.name, rows))
 
 
 if __name__ == "__main__":

@@ -64,7 +64,7 @@ async def ours(n: int, remote: str, poll: float) -> dict[str, Any]:
     from cosmos_async_triggers import rest
     from cosmos_async_triggers.bigquery import BigQueryNodeTrigger
 
-    from cosmos_async.capture import Capture, NodeCapture
+    from cosmos_async.dbt.captured import Capture, NodeCapture
     from cosmos_async.remote import RemoteTarget, upload_capture
 
     target = RemoteTarget.from_config(remote)

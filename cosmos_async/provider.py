@@ -32,7 +32,7 @@ OPTIONS: dict[str, tuple[str, str, str | None, str | None]] = {
         "boolean", None, "True",
     ),
     "upload_concurrency": (
-        "How many SQL files the setup task uploads at once.",
+        "How many SQL files the setup task uploads at once (they go up while dbt captures the next nodes).",
         "integer", None, "32",
     ),
     "cache_dir": (

@@ -8,15 +8,17 @@ from __future__ import annotations
 
 import hashlib
 import json
+import threading
 import time
 from collections.abc import Mapping
+from concurrent.futures import Future, wait
 from dataclasses import dataclass
 from typing import Any
 
 from cosmos_async_triggers.layout import DAG_LEVEL_NAMES, index_path, node_relpath, run_prefix, step_relpath
 
-from cosmos_async.capture import Capture, LoadCapture, NodeCapture, ScriptCapture
 from cosmos_async.config import cosmos_setting
+from cosmos_async.dbt.captured import Capture, LoadCapture, NodeCapture, ScriptCapture
 from cosmos_async.errors import ConfigurationError, CosmosAsyncError
 
 SUPPORTED_SCHEMES = ("gs", "gcs", "file", "memory")
@@ -98,67 +100,159 @@ def upload_capture(target: RemoteTarget, dag_id: str, run_id: str, capture: Capt
     ``steps`` instead, in dbt's order: ``{"kind": "query", "path", "sha256", ...}`` for a script and
     ``{"kind": "load", "configuration", "path", "sha256", ...}`` for a load job whose data is the file at path.
     A script (entry or step) also has the ``configuration`` dbt-bigquery sent with its statements' query jobs
-    (:func:`cosmos_async.capture.replayable_configuration`), which the trigger replays; a node's statements are
+    (:func:`cosmos_async.dbt.endpoint.replayable_configuration`), which the trigger replays; a node's statements are
     split into several scripts where dbt changed it between them.
     """
-    fs, _ = _filesystem(target)
-    prefix = target.run_prefix(dag_id, run_id, group_id)
+    with RunUpload(target, dag_id, run_id, wanted, group_id) as upload:
+        return upload.finish(capture, target_settings)
+
+
+class RunUpload:
+    """A run's files going up while the capture runs: a bounded pool fed node by node, the index written last.
+
+    :meth:`node_captured` (dbt's event callback, as each node finishes) queues that node's files; :meth:`finish`
+    builds every entry from the final capture, uploads what is missing or changed since (a node retried in a
+    later capture pass, or marked to compile later), waits for all of it and only then writes the index. A failed
+    upload makes :meth:`finish` raise naming the file, and no index is written: the triggers read nothing of it.
+    """
+
+    def __init__(self, target: RemoteTarget, dag_id: str, run_id: str, wanted: set[str],
+                 group_id: str | None = None) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.fs, _ = _filesystem(target)
+        self.dag_id, self.run_id, self.group_id, self.wanted = dag_id, run_id, group_id, set(wanted)
+        self.prefix = target.run_prefix(dag_id, run_id, group_id)
+        workers = max(1, int(cosmos_setting("upload_concurrency", "32") or 32))
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="cosmos-async-upload")
+        # Bounds the bytes held by queued uploads: dbt's thread waits here when the storage falls behind.
+        self._slots = threading.BoundedSemaphore(workers * 4)
+        self._lock = threading.Lock()
+        self._sent: dict[str, tuple[str, Future[None]]] = {}  # relative path -> (sha256, upload)
+        self._failure: tuple[str, BaseException] | None = None
+        self.early = 0  # files queued while the capture was still running
+
+    def __enter__(self) -> RunUpload:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+    def node_captured(self, unique_id: str, node: NodeCapture) -> None:
+        """Queue a node's files as soon as dbt finished it (never raises: it runs inside dbt's callback)."""
+        if unique_id not in self.wanted:
+            return
+        try:
+            _, files = node_files(unique_id, node)
+        except Exception:  # finish() builds the node again and reports what is wrong with it
+            return
+        with self._lock:
+            self.early += len(files)
+        for rel, data in files.items():
+            self._put(rel, data)
+
+    def finish(self, capture: Capture, target_settings: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """Upload what the final capture holds and is not up yet, wait for every file, then write the index."""
+        entries: dict[str, dict[str, Any]] = {}
+        for unique_id in sorted(self.wanted):
+            node = capture.nodes.get(unique_id)
+            if node is None:
+                node = NodeCapture(fallback="dbt did not run this node during capture (disabled or not selected)")
+            entries[unique_id], files = node_files(unique_id, node)
+            for rel, data in files.items():
+                self._put(rel, data)
+        for hook, key in HOOK_IDS.items():
+            entries[key], files = node_files(key, capture.on_run_start if hook == "on-run-start" else
+                                             capture.on_run_end)
+            for rel, data in files.items():
+                self._put(rel, data)
+        uploads = sorted((rel, upload) for rel, (_, upload) in self._sent.items())
+        wait([upload for _, upload in uploads])
+        for rel, upload in uploads:  # also here: wait() may return before a done callback has run
+            if not upload.cancelled() and (exc := upload.exception()) is not None:
+                self._failed(rel, exc)
+        if self._failure is not None:
+            rel, exc = self._failure
+            raise RemoteStorageError(f"cannot write the run's SQL under {self.prefix}: {rel} failed with "
+                                     f"{type(exc).__name__}: {exc}. Check that the bucket/path exists, that its "
+                                     "endpoint is reachable from the worker and that the connection may write to "
+                                     "it.") from exc
+        version = STEPS_INDEX_VERSION if any("steps" in e for e in entries.values()) else INDEX_VERSION
+        index = {"version": version, "dag_id": self.dag_id, "run_id": self.run_id, "created_at": time.time(),
+                 "nodes": entries}
+        if self.group_id is not None:  # absent for a DbtDag, so triggerers of earlier versions still read it
+            index["group_id"] = self.group_id
+        if target_settings:  # a profiles.yml target's public fields (never a credential), for the triggers
+            index["dbt_target"] = dict(target_settings)
+        path = index_path(self.prefix)
+        try:
+            self.fs.pipe_file(_strip_scheme(self.fs, path), json.dumps(index, indent=1).encode())
+        except Exception as exc:
+            raise RemoteStorageError(f"cannot write the run's index {path}: {type(exc).__name__}: {exc}. Check "
+                                     "that the bucket/path exists, that its endpoint is reachable from the worker "
+                                     "and that the connection may write to it.") from exc
+        return index
+
+    def _put(self, rel: str, data: bytes) -> None:
+        digest = hashlib.sha256(data).hexdigest()
+        with self._lock:
+            sent = self._sent.get(rel)
+            if self._failure is not None or (sent is not None and sent[0] == digest):
+                return  # already failed (finish reports it), or these very bytes are up or on their way
+        if sent is not None:
+            # Changed since it was queued: the new bytes must land after the old ones, never before.
+            sent[1].exception()
+        self._slots.acquire()
+        try:
+            upload = self._pool.submit(self.fs.pipe_file, _strip_scheme(self.fs, f"{self.prefix}/{rel}"), data)
+        except BaseException:
+            self._slots.release()
+            raise
+        with self._lock:
+            self._sent[rel] = (digest, upload)
+        upload.add_done_callback(lambda done: self._done(rel, done))
+
+    def _done(self, rel: str, upload: Future[None]) -> None:
+        self._slots.release()
+        if not upload.cancelled() and (exc := upload.exception()) is not None:
+            self._failed(rel, exc)  # stops queuing more: the setup fails anyway
+
+    def _failed(self, rel: str, exc: BaseException) -> None:
+        with self._lock:
+            first = self._failure is None
+            self._failure = self._failure or (rel, exc)
+            pending = [upload for _, upload in self._sent.values()] if first else []
+        for upload in pending:  # the setup fails anyway: queued files need not wait for their retries
+            upload.cancel()
+
+
+def node_files(key: str, node: NodeCapture) -> tuple[dict[str, Any], dict[str, bytes]]:
+    """A node's index entry and its files (path relative to the run prefix -> bytes); see :func:`upload_capture`."""
     files: dict[str, bytes] = {}
-    entries: dict[str, dict[str, Any]] = {}
 
     def put(rel: str, data: bytes) -> dict[str, Any]:
-        files[_strip_scheme(fs, f"{prefix}/{rel}")] = data
+        files[rel] = data
         return {"path": rel, "sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
 
-    def add(key: str, node: NodeCapture) -> None:
-        entry: dict[str, Any] = {"statements": len(node.statements), "location": node.location,
-                                 "fallback": node.fallback}
-        plan = node.steps()
-        if node.fallback:  # it runs through dbt: its data need not be uploaded
-            entries[key] = {**put(node_relpath(key), node.script().encode()), **entry}
-            return
-        if len(plan) == 1 and isinstance(plan[0], ScriptCapture):  # one script: the entry is that script
-            entries[key] = {**put(node_relpath(key), plan[0].script().encode()), **entry,
-                            **_configuration(plan[0].configuration)}
-            return
-        steps = []
-        for i, step in enumerate(plan):
-            if isinstance(step, LoadCapture):
-                steps.append({"kind": "load", "configuration": step.configuration,
-                              **put(step_relpath(key, i, "csv"), step.data)})
-            else:
-                steps.append({"kind": "query", "statements": len(step.statements),
-                              **put(step_relpath(key, i, "sql"), step.script().encode()),
-                              **_configuration(step.configuration)})
-        # "bytes" totals the steps: readers that sum entry sizes (the setup task's log) keep working.
-        entries[key] = {**entry, "bytes": sum(s["bytes"] for s in steps), "steps": steps}
-
-    for unique_id in sorted(wanted):
-        node = capture.nodes.get(unique_id)
-        if node is None:
-            node = NodeCapture(fallback="dbt did not run this node during capture (disabled or not selected)")
-        add(unique_id, node)
-    add(HOOK_IDS["on-run-start"], capture.on_run_start)
-    add(HOOK_IDS["on-run-end"], capture.on_run_end)
-    version = STEPS_INDEX_VERSION if any("steps" in e for e in entries.values()) else INDEX_VERSION
-    index = {"version": version, "dag_id": dag_id, "run_id": run_id, "created_at": time.time(),
-             "nodes": entries}
-    if group_id is not None:  # absent for a DbtDag, so triggerers of earlier versions still read its index
-        index["group_id"] = group_id
-    if target_settings:  # a profiles.yml target's public fields (never a credential), for the triggers
-        index["dbt_target"] = dict(target_settings)
-    try:
-        if getattr(fs, "async_impl", False):
-            # gcsfs uploads a batch concurrently; one-at-a-time uploads cost Cosmos users minutes per run.
-            fs.pipe(files, batch_size=int(cosmos_setting("upload_concurrency", "32") or 32))
+    entry: dict[str, Any] = {"statements": len(node.statements), "location": node.location,
+                             "fallback": node.fallback}
+    plan = node.steps()
+    if node.fallback:  # it runs through dbt: its data need not be uploaded
+        return {**put(node_relpath(key), node.script().encode()), **entry}, files
+    if len(plan) == 1 and isinstance(plan[0], ScriptCapture):  # one script: the entry is that script
+        return {**put(node_relpath(key), plan[0].script().encode()), **entry,
+                **_configuration(plan[0].configuration)}, files
+    steps = []
+    for i, step in enumerate(plan):
+        if isinstance(step, LoadCapture):
+            steps.append({"kind": "load", "configuration": step.configuration,
+                          **put(step_relpath(key, i, "csv"), step.data)})
         else:
-            fs.pipe(files)
-        fs.pipe_file(_strip_scheme(fs, index_path(prefix)), json.dumps(index, indent=1).encode())
-    except Exception as exc:
-        raise RemoteStorageError(f"cannot write the run's SQL under {prefix}: {type(exc).__name__}: {exc}. Check "
-                                 "that the bucket/path exists, that its endpoint is reachable from the worker and "
-                                 "that the connection may write to it.") from exc
-    return index
+            steps.append({"kind": "query", "statements": len(step.statements),
+                          **put(step_relpath(key, i, "sql"), step.script().encode()),
+                          **_configuration(step.configuration)})
+    # "bytes" totals the steps: readers that sum entry sizes (the setup task's log) keep working.
+    return {**entry, "bytes": sum(s["bytes"] for s in steps), "steps": steps}, files
 
 
 def _configuration(configuration: Mapping[str, Any]) -> dict[str, Any]:

@@ -21,7 +21,7 @@ from cosmos_async.config import (
     check_operator_args,
 )
 from cosmos_async.config import _reject as reject_unsupported
-from cosmos_async.dbt_executable import DbtInvocation
+from cosmos_async.dbt.executable import DbtInvocation
 from cosmos_async.errors import ConfigurationError, SelectionError
 from cosmos_async.plan import TaskPlan, node_selector, plan_tasks, rendered_sources
 from cosmos_async.project.load import load_project

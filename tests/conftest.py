@@ -126,6 +126,6 @@ def airflow_pycache(request: pytest.FixtureRequest, tmp_path_factory: pytest.Tem
 def dbt_venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A virtualenv holding this environment's dbt-core and dbt-bigquery versions, built by ``ensure_venv`` under
     ``<cache>/venvs`` (the layout of ``[cosmos] cache_dir``): ~15 s cold from uv's cache, once per session."""
-    from cosmos_async.dbt_venv import ensure_venv
+    from cosmos_async.dbt.venv import ensure_venv
 
     return ensure_venv(DBT_REQUIREMENTS, root=tmp_path_factory.mktemp("cache") / "venvs")

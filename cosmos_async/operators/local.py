@@ -10,7 +10,7 @@ from typing import Any
 from airflow.sdk import BaseOperator
 
 from cosmos_async.config import ProfileConfig
-from cosmos_async.dbt_executable import DbtInvocation, DbtSubprocess
+from cosmos_async.dbt.executable import DbtInvocation, DbtSubprocess
 
 # dbt accepts --full-refresh only on these commands.
 _FULL_REFRESH_COMMANDS = frozenset({"run", "seed", "build"})
@@ -65,8 +65,8 @@ def run_dbt_command(project_dir: str | Path, profile_config: ProfileConfig, comm
 
     ``runner`` (or one made from ``invocation``) runs dbt as a subprocess; neither runs it in-process.
     """
-    from cosmos_async.dbt_invoke import dbt_workspace, environment, invoke
-    from cosmos_async.partial_parse import state_file
+    from cosmos_async.dbt.invoke import dbt_workspace, environment, invoke
+    from cosmos_async.dbt.partial_parse import state_file
     from cosmos_async.profiles import run_target
 
     if runner is None and invocation is not None:

@@ -12,8 +12,8 @@ from typing import Any
 from airflow.sdk import BaseOperator
 
 from cosmos_async.config import ProfileConfig
+from cosmos_async.dbt.partial_parse import state_file
 from cosmos_async.errors import ConfigurationError
-from cosmos_async.partial_parse import state_file
 
 
 def dbt_installed() -> bool:
@@ -70,7 +70,7 @@ class DbtAsyncSetupOperator(BaseOperator):
     def _python(self) -> Path | None:
         """The interpreter of the dbt to capture with, or None to capture in this process."""
         if self.dbt_executable_path:
-            from cosmos_async.dbt_executable import dbt_python
+            from cosmos_async.dbt.executable import dbt_python
 
             python = dbt_python(self.dbt_executable_path)
             self.log.info("capturing with the Python of %s: %s", self.dbt_executable_path, python)
@@ -84,7 +84,7 @@ class DbtAsyncSetupOperator(BaseOperator):
                 "set ExecutionConfig(async_py_requirements=['dbt-bigquery==<version>']) so the setup task builds "
                 "a virtualenv with it."
             )
-        from cosmos_async.dbt_venv import ensure_venv, venv_python
+        from cosmos_async.dbt.venv import ensure_venv, venv_python
 
         started = time.monotonic()
         venv = ensure_venv(self.py_requirements)
@@ -92,17 +92,20 @@ class DbtAsyncSetupOperator(BaseOperator):
                       time.monotonic() - started)
         return venv_python(venv)
 
-    def _capture(self) -> Any:
+    def _capture(self, on_node_captured: Any = None) -> Any:
+        """The capture; in this process ``on_node_captured`` hears of each node as dbt finishes it (a capture in
+        another Python hands its nodes back only at the end, so there they go up afterwards)."""
         options: dict[str, Any] = {"select": self.select, "exclude": self.exclude, "dbt_vars": self.dbt_vars,
                                    "full_refresh": self.full_refresh, "install_deps": self.install_deps,
                                    "env": self.env, "sources": self.sources,
                                    "partial_parse": state_file(Path(self.project_dir), self.profile_config)}
         python = self._python()
         if python is None:
-            from cosmos_async.capture import capture_project
+            from cosmos_async.dbt.capture import capture_project
 
-            return capture_project(Path(self.project_dir), self.profile_config, **options)
-        from cosmos_async.capture_cli import capture_in_python
+            return capture_project(Path(self.project_dir), self.profile_config, on_node_captured=on_node_captured,
+                                   **options)
+        from cosmos_async.dbt.capture_cli import capture_in_python
 
         return capture_in_python(python, Path(self.project_dir), self.profile_config, log=self.log, **options)
 
@@ -112,7 +115,7 @@ class DbtAsyncSetupOperator(BaseOperator):
         fields (its profile_args may set them); None when there is nothing to record."""
         from cosmos_async_triggers.dbt_profile import JOB_FIELDS, public_settings
 
-        from cosmos_async.dbt_invoke import environment
+        from cosmos_async.dbt.invoke import environment
         from cosmos_async.profiles import resolve_target
 
         with environment(self.env):
@@ -122,21 +125,22 @@ class DbtAsyncSetupOperator(BaseOperator):
         return settings or None
 
     def execute(self, context: Any) -> dict[str, Any]:
-        from cosmos_async.remote import RemoteTarget, upload_capture
+        from cosmos_async.remote import RemoteTarget, RunUpload
 
         target = RemoteTarget.from_config(self.remote_target_path, self.remote_target_path_conn_id)
-        started = time.monotonic()
-        capture = self._capture()
-        captured = time.monotonic()
         dag_id, run_id = context["dag_run"].dag_id, context["run_id"]
         group = self.dbt_group_id
-        index = upload_capture(target, dag_id, run_id, capture, set(self.node_ids), group,
-                               target_settings=self._target_settings())
+        started = time.monotonic()
+        with RunUpload(target, dag_id, run_id, set(self.node_ids), group) as upload:
+            capture = self._capture(upload.node_captured)
+            captured = time.monotonic()
+            index = upload.finish(capture, target_settings=self._target_settings())
         uploaded = time.monotonic()
         fallbacks = {uid: e["fallback"] for uid, e in index["nodes"].items() if e["fallback"]}
         total = sum(e["bytes"] for e in index["nodes"].values())
-        self.log.info("captured %d nodes in %.2fs; uploaded %d files (%d bytes) to %s in %.2fs",
-                      len(self.node_ids), captured - started, len(index["nodes"]), total,
+        self.log.info("captured %d nodes in %.2fs (%d files queued for upload meanwhile); uploaded the rest and "
+                      "the index of %d nodes (%d bytes) to %s in %.2fs more", len(self.node_ids),
+                      captured - started, upload.early, len(index["nodes"]), total,
                       target.run_prefix(dag_id, run_id, group), uploaded - captured)
         for unique_id, reason in sorted(fallbacks.items()):
             self.log.info("%s will run through dbt on a worker (LOCAL): %s", unique_id, reason)

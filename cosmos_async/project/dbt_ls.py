@@ -76,8 +76,8 @@ def load_with_dbt_ls(project_dir: Path, profile: ProfileConfig, *, dbt_vars: Map
     if cached.is_file():
         return _without_relations(load_manifest(cached, cache=cache_dir()), placeholders)
 
-    from cosmos_async.dbt_executable import DbtSubprocess
-    from cosmos_async.dbt_invoke import DbtCommandError, dbt_workspace, invoke
+    from cosmos_async.dbt.executable import DbtSubprocess
+    from cosmos_async.dbt.invoke import DbtCommandError, dbt_workspace, invoke
 
     if placeholders:
         logger.info("dbt ls at DAG parse: %s set only when tasks run (operator_args env); parsing with "

@@ -26,7 +26,7 @@ from google.api_core.client_options import ClientOptions
 from google.auth.credentials import AnonymousCredentials
 from google.cloud import bigquery
 
-from cosmos_async.dbt_venv import ensure_venv
+from cosmos_async.dbt.venv import ensure_venv
 from tests.support.airflow import AirflowStack, AirflowStackError
 from tests.support.credentials import service_account_key
 from tests.support.dbt_oracle import built_tables, dbt_build

@@ -47,8 +47,9 @@ from cosmos_async import (
     ProjectConfig,
     RenderConfig,
 )
-from cosmos_async.capture import Capture, CaptureError, NodeCapture, capture_project
-from cosmos_async.dbt_invoke import dbt_workspace, invoke
+from cosmos_async.dbt.capture import capture_project
+from cosmos_async.dbt.captured import Capture, CaptureError, NodeCapture
+from cosmos_async.dbt.invoke import dbt_workspace, invoke
 from cosmos_async.errors import ConfigurationError, CosmosAsyncError, ManifestError, SelectionError
 from cosmos_async.remote import RemoteStorageError, RemoteTarget, delete_run, upload_capture
 from tests.integration.test_remote import HOSTILE

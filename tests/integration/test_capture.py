@@ -11,8 +11,9 @@ from google.auth.credentials import AnonymousCredentials
 from google.cloud import bigquery
 
 from bench.synthetic import write_project
-from cosmos_async.capture import capture_project, is_read_only
 from cosmos_async.config import ProfileConfig
+from cosmos_async.dbt.capture import capture_project
+from cosmos_async.dbt.endpoint import is_read_only
 
 
 @pytest.fixture
@@ -125,8 +126,8 @@ def test_capture_answers_dbt_as_bigquery_documents(tmp_path: Path, bigquery_emul
     front that checks the answers (the autouse contract fixture fails the test on any violation)."""
     import shutil
 
-    from cosmos_async.capture import recording_endpoint
-    from cosmos_async.dbt_invoke import dbt_workspace, node_outcomes
+    from cosmos_async.dbt.endpoint import recording_endpoint
+    from cosmos_async.dbt.invoke import dbt_workspace, node_outcomes
     from cosmos_async.profiles import resolve_target
     from tests.support.api_contract import LOG
     from tests.support.contract_front import ContractFront, answers_checked
@@ -156,7 +157,7 @@ def test_capture_answers_dbt_as_bigquery_documents(tmp_path: Path, bigquery_emul
 
 
 def test_kept_parse_state_is_used_and_never_hides_a_change(synthetic, tmp_path: Path) -> None:
-    from cosmos_async.dbt_invoke import dbt_workspace, invoke
+    from cosmos_async.dbt.invoke import dbt_workspace, invoke
 
     project, _ = synthetic
     state = tmp_path / "parse-state" / "partial_parse.msgpack"

@@ -14,10 +14,11 @@ from pathlib import Path
 import pytest
 
 from bench.synthetic import write_project
-from cosmos_async.capture import Capture, capture_project
-from cosmos_async.capture_cli import capture_in_python, decode, encode
 from cosmos_async.config import ProfileConfig
-from cosmos_async.dbt_venv import VenvBuildError, ensure_venv, venv_key, venv_python
+from cosmos_async.dbt.capture import capture_project
+from cosmos_async.dbt.capture_cli import capture_in_python, decode, encode
+from cosmos_async.dbt.captured import Capture
+from cosmos_async.dbt.venv import VenvBuildError, ensure_venv, venv_key, venv_python
 from cosmos_async.errors import ConfigurationError, CosmosAsyncError
 from tests.support.dbt_oracle import DBT_REQUIREMENTS
 
@@ -144,7 +145,7 @@ def test_setup_operator_captures_in_the_venv(venv: Path, venv_root: Path, projec
 def test_encode_decode_round_trip_and_unserializable_field() -> None:
     from dataclasses import dataclass
 
-    from cosmos_async.capture import CaptureError, NodeCapture
+    from cosmos_async.dbt.captured import CaptureError, NodeCapture
 
     capture = Capture({"model.p.a": NodeCapture(["select 1"], None, "US")}, NodeCapture(), NodeCapture())
     assert decode(Capture, json.loads(json.dumps(encode(capture)))) == capture

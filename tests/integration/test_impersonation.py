@@ -25,7 +25,7 @@ from google.auth.credentials import AnonymousCredentials
 from google.cloud import bigquery
 
 from cosmos_async import DbtDag, ExecutionConfig, ExecutionMode, ProfileConfig, ProjectConfig
-from cosmos_async.capture import Capture, NodeCapture
+from cosmos_async.dbt.captured import Capture, NodeCapture
 from cosmos_async.errors import ConfigurationError
 from cosmos_async.impersonation import ImpersonationError
 from cosmos_async.profiles import GoogleCloudServiceAccountDictProfileMapping, run_target

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from cosmos_async.capture import Capture, NodeCapture
+from cosmos_async.dbt.captured import Capture, NodeCapture
 from cosmos_async.remote import RemoteTarget, upload_capture
 from tests.integration.test_trigger import make, model, new_run, payload_of
 from tests.support.bq_lifecycle_proxy import LifecycleProxy

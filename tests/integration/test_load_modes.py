@@ -80,7 +80,7 @@ def test_parse_time_dbt_ls_names_the_missing_variable_and_that_templates_are_run
 
 
 def test_executable_path_that_is_not_dbt_is_one_clear_error(tmp_path: Path) -> None:
-    from cosmos_async.dbt_executable import DbtInvocation
+    from cosmos_async.dbt.executable import DbtInvocation
 
     missing = tmp_path / "venv" / "bin" / "dbt"
     with pytest.raises(ConfigurationError, match=r"dbt_executable_path=.*does not exist.*bin/dbt"):

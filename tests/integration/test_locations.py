@@ -20,8 +20,9 @@ from google.api_core.client_options import ClientOptions
 from google.auth.credentials import AnonymousCredentials
 from google.cloud import bigquery
 
-from cosmos_async.capture import Capture, NodeCapture, capture_project
 from cosmos_async.config import ProfileConfig
+from cosmos_async.dbt.capture import capture_project
+from cosmos_async.dbt.captured import Capture, NodeCapture
 from cosmos_async.remote import RemoteTarget, upload_capture
 from tests.integration.test_trigger import collect, run_async, wait_for
 from tests.support.api_contract import LOG

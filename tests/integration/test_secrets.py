@@ -20,8 +20,8 @@ import pytest
 from airflow.models.dagrun import DagRun
 
 from bench.synthetic import write_project
-from cosmos_async.capture_cli import build_request
 from cosmos_async.config import ProfileConfig
+from cosmos_async.dbt.capture_cli import build_request
 from cosmos_async.operators.setup import DbtAsyncSetupOperator
 from cosmos_async.profiles import GoogleCloudServiceAccountDictProfileMapping
 from tests.support.credentials import TokenEndpoint, secret_fragments, service_account_key

@@ -21,8 +21,9 @@ from google.api_core.client_options import ClientOptions
 from google.auth.credentials import AnonymousCredentials
 from google.cloud import bigquery
 
-from cosmos_async.capture import Capture, LoadCapture, NodeCapture, ScriptCapture, capture_project
 from cosmos_async.config import ProfileConfig
+from cosmos_async.dbt.capture import capture_project
+from cosmos_async.dbt.captured import Capture, LoadCapture, NodeCapture, ScriptCapture
 from cosmos_async.remote import RemoteTarget, upload_capture
 from tests.integration.test_trigger import payload_of
 from tests.support.bq_lifecycle_proxy import LifecycleProxy
@@ -251,7 +252,7 @@ def test_recording_endpoint_takes_both_upload_protocols_of_google_cloud_bigquery
 
     import google.cloud.bigquery.client as bq_client
 
-    from cosmos_async.capture import recording_endpoint
+    from cosmos_async.dbt.endpoint import recording_endpoint
 
     data = b"id,name\n" + b"".join(b"%d,row %d\n" % (i, i) for i in range(40000))  # ~0.5 MiB: two chunks
     schema = [bigquery.SchemaField("id", "INT64"), bigquery.SchemaField("name", "STRING")]
@@ -276,7 +277,7 @@ def test_seed_too_big_for_one_upload_falls_back_to_local_and_uploads_no_data(
 
     from cosmos_async_triggers import layout
 
-    from cosmos_async.capture import recording_endpoint
+    from cosmos_async.dbt.endpoint import recording_endpoint
 
     monkeypatch.setattr(layout, "MAX_MULTIPART_BYTES", 1000)
     with recording_endpoint(bigquery_emulator.endpoint) as (url, recorder):

@@ -23,9 +23,9 @@ from airflow.triggers.base import TriggerEvent
 from cosmos_async_triggers import rest
 from cosmos_async_triggers.bigquery import BigQueryNodeTrigger
 
-from cosmos_async.capture import capture_project
 from cosmos_async.config import ExecutionConfig, ProfileConfig, ProjectConfig, RenderConfig
 from cosmos_async.constants import ExecutionMode, SourceRenderingBehavior
+from cosmos_async.dbt.capture import capture_project
 from cosmos_async.remote import RemoteTarget, upload_capture
 from cosmos_async.render import DbtDag
 from tests.support.connections import emulator_connections

@@ -19,7 +19,7 @@ from airflow.triggers.base import TriggerEvent
 from cosmos_async_triggers import rest
 from cosmos_async_triggers.bigquery import BigQueryNodeTrigger
 
-from cosmos_async.capture import Capture, LoadCapture, NodeCapture
+from cosmos_async.dbt.captured import Capture, LoadCapture, NodeCapture
 from cosmos_async.remote import RemoteStorageError, RemoteTarget, upload_capture
 from tests.support.bq_lifecycle_proxy import LifecycleProxy
 from tests.support.connections import emulator_connections
@@ -121,6 +121,24 @@ def test_upload_refused_fails_setup_with_one_message_and_no_index(target: Remote
     prefix = target.run_prefix("dag", run_id)
     assert f"cannot write the run's SQL under {prefix}" in message and "may write to it" in message, message
     # No index: the run is visibly incomplete, and every node task refuses it instead of running half of it.
+    assert "index.json" not in uploaded(target, prefix)
+
+
+def test_upload_refused_while_capturing_fails_naming_the_file_and_writes_no_index(
+        target: RemoteTarget, storage_proxy: LifecycleProxy) -> None:
+    from cosmos_async.remote import RunUpload
+
+    capture, wanted = capture_of(3)
+    run_id = f"deny-early-{uuid.uuid4().hex[:8]}"
+    storage_proxy.add_fault("POST", UPLOAD, 403, count=1000)
+    with RunUpload(target, "dag", run_id, wanted) as upload, pytest.raises(RemoteStorageError) as err:
+        for unique_id, node in capture.nodes.items():  # as dbt finishes each node
+            upload.node_captured(unique_id, node)
+        upload.finish(capture)
+
+    message = str(err.value)
+    prefix = target.run_prefix("dag", run_id)
+    assert f"cannot write the run's SQL under {prefix}: nodes/" in message and "may write to it" in message, message
     assert "index.json" not in uploaded(target, prefix)
 
 

@@ -21,7 +21,7 @@ from cosmos_async_triggers import auth, rest
 from cosmos_async_triggers import parents as parent_wait
 from cosmos_async_triggers.bigquery import BigQueryNodeTrigger
 
-from cosmos_async.capture import Capture, NodeCapture
+from cosmos_async.dbt.captured import Capture, NodeCapture
 from cosmos_async.remote import RemoteTarget, upload_capture
 from tests.support.bq_lifecycle_proxy import LifecycleProxy
 from tests.support.connections import remote_target

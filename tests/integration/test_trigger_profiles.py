@@ -22,7 +22,7 @@ from cosmos_async_triggers import auth, rest
 from cosmos_async_triggers.bigquery import BigQueryNodeTrigger
 
 from cosmos_async import DbtDag, ExecutionConfig, ExecutionMode, ProfileConfig, ProjectConfig
-from cosmos_async.capture import Capture, NodeCapture
+from cosmos_async.dbt.captured import Capture, NodeCapture
 from cosmos_async.errors import ConfigurationError
 from cosmos_async.remote import RemoteTarget, upload_capture
 from tests.support.bq_lifecycle_proxy import LifecycleProxy

@@ -6,7 +6,8 @@ import pytest
 from cosmos_async_triggers.job_config import MAX_LABELS, merge_labels, query_configuration
 from cosmos_async_triggers.job_retry import JobRetry, JobRetrySettingError
 
-from cosmos_async.capture import NodeCapture, ScriptCapture, replayable_configuration
+from cosmos_async.dbt.captured import NodeCapture, ScriptCapture
+from cosmos_async.dbt.endpoint import replayable_configuration
 
 DBT_BODY = {"dryRun": False, "jobTimeoutMs": "600000", "labels": {"dbt_invocation_id": "abc", "team": "x"},
             "query": {"query": "create table t as select 1", "useLegacySql": False, "priority": "BATCH",

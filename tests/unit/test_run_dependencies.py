@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from cosmos_async.capture import Capture, LoadCapture, NodeCapture
+from cosmos_async.dbt.captured import Capture, LoadCapture, NodeCapture
+from cosmos_async.dbt.run_dependencies import mark_run_dependencies
+from cosmos_async.dbt.sql_relations import Relation, relations_read, relations_written
 from cosmos_async.project.manifest import DbtNode, Manifest
-from cosmos_async.run_dependencies import mark_run_dependencies
-from cosmos_async.sql_relations import Relation, relations_read, relations_written
 
 P = "proj"
 

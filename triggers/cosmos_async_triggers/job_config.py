@@ -1,7 +1,7 @@
 """The job configuration a trigger submits: what dbt-bigquery sent during capture, with our SQL and labels.
 
 The capture records each script's configuration without its SQL text and job id (see
-``cosmos_async.capture.replayable_configuration``); here it is completed, never extended with settings dbt did
+``cosmos_async.dbt.endpoint.replayable_configuration``); here it is completed, never extended with settings dbt did
 not ask for, except that a session created during capture (which ran nothing) is replaced by the live one. An
 index written before configurations were recorded gives ``{}``: a plain standard-SQL query.
 """

@@ -4,7 +4,7 @@ For the setup task (``ExecutionConfig(async_py_requirements=[...])``) and for VI
 (``operator_args`` ``py_requirements``). Built once per (requirements, Python, system site packages) under
 ``[cosmos] cache_dir``, with uv when it is available (seconds, from uv's cache) and ``venv`` + pip otherwise.
 Airflow is never installed into it: the capture code runs from this package's source (see
-:mod:`cosmos_async.capture_cli`), which needs only dbt and what dbt already brings (PyYAML, Jinja2, requests).
+:mod:`cosmos_async.dbt.capture_cli`), which needs only dbt and what dbt already brings (PyYAML, Jinja2, requests).
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Run dbt against a project, without writing into the project directory.
 
 One path builds the arguments; dbt then runs in-process (dbtRunner, the default) or as a subprocess of a dbt
-executable (:class:`~cosmos_async.dbt_executable.DbtSubprocess`).
+executable (:class:`~cosmos_async.dbt.executable.DbtSubprocess`).
 
 dbt's target/ and logs/ go to a private temporary directory; when packages must be installed the project is
 copied there first, so a read-only DAGs folder works. Secrets reach dbt only through the environment.
@@ -20,9 +20,9 @@ from pathlib import Path
 from typing import Any
 
 from cosmos_async.config import ProfileConfig
-from cosmos_async.dbt_executable import DbtSubprocess
+from cosmos_async.dbt.executable import DbtSubprocess
+from cosmos_async.dbt.partial_parse import keep, restore
 from cosmos_async.errors import CosmosAsyncError
-from cosmos_async.partial_parse import keep, restore
 from cosmos_async.profiles import dbt_profile, resolve_target
 
 _IGNORED_COPY = shutil.ignore_patterns("target", "logs", "dbt_packages", ".git", "__pycache__")
@@ -77,7 +77,7 @@ def dbt_workspace(project_dir: Path, profile_config: ProfileConfig, *, install_d
     ``runner`` runs ``dbt deps`` when packages must be installed (None: in-process).
     ``target`` replaces the profile's resolved target (the capture points dbt at its recording endpoint).
     ``partial_parse`` is where dbt's partial-parse state is kept between runs
-    (:func:`cosmos_async.partial_parse.state_file`); None parses in full every time.
+    (:func:`cosmos_async.dbt.partial_parse.state_file`); None parses in full every time.
     """
     project_dir = Path(project_dir)
     if not (project_dir / "dbt_project.yml").is_file():

@@ -1,7 +1,7 @@
 """Run the capture in another Python (a dbt virtualenv's) and bring the :class:`Capture` back.
 
 Parent: :func:`capture_in_python` resolves the dbt target where Airflow is (connections), writes a request file
-without secrets, and starts ``<dbt's python> -m cosmos_async.capture_cli request.json result.json`` with this
+without secrets, and starts ``<dbt's python> -m cosmos_async.dbt.capture_cli request.json result.json`` with this
 package's source on PYTHONPATH. Secret values travel only in the child's environment, under the same
 ``COSMOS_ASYNC_SECRET_*`` names the in-process profile uses; the request's target refers to them by
 ``env_var()``. Child: :func:`main` rebuilds the profile, runs :func:`capture_project` and writes the result.
@@ -33,8 +33,9 @@ from typing import Any
 
 import yaml
 
-from cosmos_async.capture import Capture, CaptureError, capture_project
 from cosmos_async.config import ProfileConfig
+from cosmos_async.dbt.capture import capture_project
+from cosmos_async.dbt.captured import Capture, CaptureError
 from cosmos_async.errors import CosmosAsyncError
 
 _SECRET_REF = "{{ env_var('COSMOS_ASYNC_SECRET_"
@@ -109,7 +110,7 @@ def build_request(project_dir: Path, profile_config: ProfileConfig, *, select: S
                   sources: Sequence[str] = (),
                   partial_parse: Path | None = None) -> tuple[dict[str, Any], dict[str, str]]:
     """(request without secrets, environment for the child holding the secrets and ``env``)."""
-    from cosmos_async.dbt_invoke import environment
+    from cosmos_async.dbt.invoke import environment
     from cosmos_async.profiles import run_target, split_secrets
 
     with environment(env or {}):  # the profile may read env_var()s that ``env`` sets
@@ -137,7 +138,8 @@ def _source_path(root: Path) -> Path:
     path = root / "src"
     shutil.rmtree(path, ignore_errors=True)
     path.mkdir()
-    for package in (Path(__file__).resolve().parent, Path(cosmos_async_triggers.__file__).resolve().parent):
+    # parents[1]: the cosmos_async package directory (this module sits in cosmos_async/dbt/).
+    for package in (Path(__file__).resolve().parents[1], Path(cosmos_async_triggers.__file__).resolve().parent):
         try:
             (path / package.name).symlink_to(package, target_is_directory=True)
         except OSError:  # no symlinks (some Windows setups)
@@ -174,7 +176,7 @@ def capture_in_python(python: Path, project_dir: Path, profile_config: ProfileCo
         child_env.update(child_secrets)
         child_env.update(PYTHONPATH=str(_source_path(work)), PYTHONUNBUFFERED="1")
         child_env.setdefault("DBT_USE_COLORS", "false")  # the lines go to a log file, not a terminal
-        command = [str(python), "-m", "cosmos_async.capture_cli", str(request_path), str(result_path)]
+        command = [str(python), "-m", "cosmos_async.dbt.capture_cli", str(request_path), str(result_path)]
         tail: deque[str] = deque(maxlen=_TAIL_LINES)
         process = subprocess.Popen(command, cwd=work, env=child_env, stdin=subprocess.DEVNULL,
                                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace")
@@ -235,9 +237,9 @@ def run_request(request: Mapping[str, Any]) -> Capture:
 
 
 def main(argv: Sequence[str]) -> int:
-    """``python -m cosmos_async.capture_cli request.json result.json``; exit 1 with the error in the result."""
+    """``python -m cosmos_async.dbt.capture_cli request.json result.json``; exit 1 with the error in the result."""
     if len(argv) != 2:
-        print("usage: python -m cosmos_async.capture_cli <request.json> <result.json>", file=sys.stderr)
+        print("usage: python -m cosmos_async.dbt.capture_cli <request.json> <result.json>", file=sys.stderr)
         return 2
     request_path, result_path = Path(argv[0]), Path(argv[1])
     try:

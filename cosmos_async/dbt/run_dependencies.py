@@ -16,10 +16,10 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING
 
-from cosmos_async.sql_relations import Relation, relations_written
+from cosmos_async.dbt.sql_relations import Relation, relations_written
 
 if TYPE_CHECKING:
-    from cosmos_async.capture import Capture, NodeCapture
+    from cosmos_async.dbt.captured import Capture, NodeCapture
     from cosmos_async.project.manifest import Manifest
 
 ON_RUN_START_HOOKS = "the on-run-start hooks"

@@ -155,7 +155,7 @@ class DbtInvocation:
         if not self.subprocess:
             return None
         if self.py_requirements:
-            from cosmos_async.dbt_venv import ensure_venv, venv_python
+            from cosmos_async.dbt.venv import ensure_venv, venv_python
 
             venv = ensure_venv(self.py_requirements, system_site_packages=self.py_system_site_packages,
                                argument="operator_args py_requirements")

@@ -1,0 +1,248 @@
+"""The recording endpoint: the fake BigQuery API dbt-bigquery talks to during the capture.
+
+dbt-bigquery's ``api_endpoint`` profile field points dbt at this server on 127.0.0.1; no dbt code is patched.
+It forwards reads to the real API (dataset/table metadata, SELECT queries a macro runs for introspection), so
+dbt compiles against the warehouse as it is, and notes what each read touched (see
+:mod:`cosmos_async.dbt.run_dependencies`). Writes — DDL, DML, scripts, dataset creation, and every query of a
+test node — are recorded for the current node (:mod:`cosmos_async.dbt.attribution`) and answered with a finished
+job that returned no rows, so dbt moves on as if they had run. A seed's CSV upload (a load job over the upload
+endpoint, resumable or multipart) is recorded as a load step — the job configuration and the uploaded bytes — in
+order with the node's statements, and a table delete becomes a ``DROP``. Requests the toolkit still cannot
+replay (copy jobs and load jobs from URIs, table/dataset patches, dataset deletes) are answered as if done too,
+and mark the node for LOCAL execution.
+"""
+
+from __future__ import annotations
+
+import email.parser
+import email.policy
+import json
+import re
+import threading
+import uuid
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qs, unquote, urlsplit
+
+from cosmos_async.dbt.attribution import NodeCallback, Recorder
+from cosmos_async.dbt.captured import CaptureError
+from cosmos_async.dbt.sql_relations import Relation, relations_read
+
+_JOBS = re.compile(r"^/bigquery/v2/projects/(?P<project>[^/]+)/jobs/?$")
+_JOB = re.compile(r"^/bigquery/v2/projects/(?P<project>[^/]+)/(?:jobs|queries)/(?P<job>[^/]+)(?:/cancel)?$")
+_DATASETS = re.compile(r"^/bigquery/v2/projects/(?P<project>[^/]+)/datasets/?$")
+_TABLE = re.compile(r"^/bigquery/v2/projects/(?P<project>[^/]+)/datasets/(?P<dataset>[^/]+)/tables/(?P<table>[^/]+)$")
+# Metadata reads: datasets.list, datasets.get, tables.list/routines.list, tables.get/tabledata.list/routines.get.
+_METADATA = re.compile(r"^/bigquery/v2/projects/(?P<project>[^/]+)/datasets(?:/(?P<dataset>[^/]+)"
+                       r"(?:/(?P<kind>tables|routines|models)(?:/(?P<table>[^/]+)(?:/data)?)?)?)?/?$")
+_UPLOAD_JOBS = re.compile(r"^/upload/bigquery/v2/projects/(?P<project>[^/]+)/jobs/?$")
+_CONTENT_RANGE = re.compile(r"bytes (?:\d+-(?P<last>\d+)|\*)/(?P<total>\d+|\*)")
+_DROP_KIND = {"VIEW": "VIEW", "MATERIALIZED_VIEW": "MATERIALIZED VIEW", "EXTERNAL": "EXTERNAL TABLE"}
+_COMMENTS_AND_STRINGS = re.compile(
+    r"/\*.*?\*/|--[^\n]*|#[^\n]*|'(?:\\.|[^'\\])*'|\"(?:\\.|[^\"\\])*\"|`[^`]*`", re.S
+)
+
+
+def is_read_only(sql: str) -> bool:
+    """True for a single SELECT/WITH statement: safe to send to the real warehouse during capture."""
+    code = _COMMENTS_AND_STRINGS.sub(" ", sql).strip().rstrip(";").strip().lower()
+    return code.startswith(("select", "with", "(")) and ";" not in code
+
+
+
+def _handler(recorder: Recorder) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+        # Headers and body go out as two writes; with Nagle's algorithm the body then waits for the client's
+        # delayed ACK of the headers (~40 ms on Linux), on every one of the thousands of requests dbt sends.
+        disable_nagle_algorithm = True
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+        def _body(self) -> bytes:
+            length = int(self.headers.get("Content-Length") or 0)
+            return self.rfile.read(length) if length else b""
+
+        def _send(self, status: int, payload: Any, headers: Mapping[str, str] | None = None) -> None:
+            data = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", (headers or {}).get("Content-Type", "application/json"))
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def _forward(self, body: bytes, table: re.Match | None = None) -> None:
+            headers = {k: v for k, v in self.headers.items() if k.lower() not in ("host", "content-length")}
+            resp = recorder.http.request(self.command, recorder.upstream + self.path, data=body or None,
+                                         headers=headers, timeout=300)
+            if table is not None and resp.status_code == 404 and recorder.created_here(table["table"]):
+                # dbt reads the columns of a relation this node creates (a snapshot's staging table, an
+                # incremental's temp table with on_schema_change): it does not exist yet, because recorded
+                # statements are not executed, so what dbt generates from it would be wrong.
+                recorder.fall_back(f"dbt reads the columns of {table['dataset']}.{table['table']}, which this "
+                                   "node creates itself")
+            self._send(resp.status_code, resp.content, {"Content-Type": resp.headers.get("Content-Type", "")})
+
+        def _handle(self) -> None:
+            body = self._body()
+            path = urlsplit(self.path).path
+            if self.command == "POST" and (m := _JOBS.match(path)):
+                return self._insert_job(m["project"], body)
+            if self.command == "POST" and (m := _DATASETS.match(path)):
+                return self._create_dataset(m["project"], body)
+            if m := _JOBS.match(path) or _DATASETS.match(path):
+                recorder.project = m["project"]
+            if (m := _JOB.match(path)) and m["job"] in recorder.fake_jobs:
+                if "/queries/" in path:
+                    return self._send(200, recorder.query_results(m["job"]))
+                return self._send(200, recorder.fake_jobs[m["job"]]["job"])
+            if self.command in ("GET", "HEAD"):
+                if m := _METADATA.match(path):
+                    recorder.note_reads({_metadata_read(m)})
+                return self._forward(body, _TABLE.match(path))
+            if path.startswith("/upload/"):
+                return self._upload(path, body)
+            if self.command == "DELETE" and (m := _TABLE.match(path)):
+                return self._drop_table(m["project"], m["dataset"], m["table"])
+            recorder.fall_back(f"dbt-bigquery changes the warehouse through the API ({self.command} {path})")
+            return self._send(200, json.loads(body or b"{}") if self.command != "DELETE" else b"")
+
+        def _upload(self, path: str, body: bytes) -> None:
+            if (m := _UPLOAD_JOBS.match(path)) and self.command == "POST":
+                recorder.project = m["project"]
+                if "uploadType=multipart" in self.path:
+                    job, data = _parse_multipart(self.headers.get("Content-Type", ""), body)
+                    return self._end_upload(job, data)
+                # Start of a resumable upload: hand out a session URI on this endpoint, shaped as BigQuery's (the
+                # upload path with an upload_id); the PUTs bring the data.
+                session = uuid.uuid4().hex
+                recorder.uploads[session] = {"job": json.loads(body or b"{}"), "data": bytearray()}
+                host, port = self.server.server_address[:2]
+                self.send_response(200)
+                self.send_header("Location", f"http://{host}:{port}{path}?uploadType=resumable&upload_id={session}")
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return None
+            session = (parse_qs(urlsplit(self.path).query).get("upload_id") or [""])[0]
+            upload = recorder.uploads.get(session)
+            if upload is None:
+                return self._send(404, {"error": {"code": 404, "message": f"no upload session at {path}"}})
+            upload["data"] += body
+            m = _CONTENT_RANGE.fullmatch((self.headers.get("Content-Range") or "").strip())
+            if m and (m["total"] == "*" or len(upload["data"]) < int(m["total"])):
+                # More chunks to come: tell the client how much arrived (resumable protocol's 308).
+                self.send_response(308)
+                if upload["data"]:
+                    self.send_header("Range", f"bytes=0-{len(upload['data']) - 1}")
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return None
+            recorder.uploads.pop(session, None)
+            return self._end_upload(upload["job"], bytes(upload["data"]))
+
+        def _end_upload(self, job: dict[str, Any], data: bytes) -> None:
+            if "load" in (job.get("configuration") or {}):
+                recorder.record_load(job, data)
+            else:
+                recorder.fall_back("dbt-bigquery uploads data for a job that is not a load job")
+            return self._send(200, recorder.fake_job(recorder.project, job, "LOAD"))
+
+        def _drop_table(self, project: str, dataset: str, table: str) -> None:
+            # tables.delete drops tables and views alike; SQL needs the kind, so ask the warehouse (a read).
+            resp = recorder.http.get(f"{recorder.upstream}/bigquery/v2/projects/{project}/datasets/{dataset}"
+                                     f"/tables/{table}", headers={k: v for k, v in self.headers.items()
+                                                                  if k.lower() == "authorization"}, timeout=300)
+            kind = _DROP_KIND.get(resp.json().get("type", "TABLE"), "TABLE") if resp.ok else "TABLE"
+            recorder.record(f"DROP {kind} IF EXISTS `{project}`.`{dataset}`.`{table}`", None)
+            return self._send(200, b"")
+
+        def _insert_job(self, project: str, raw: bytes) -> None:
+            body = json.loads(raw or b"{}")
+            config = body.get("configuration") or {}
+            query = (config.get("query") or {}).get("query")
+            location = (body.get("jobReference") or {}).get("location")
+            if query is None:
+                kind = next(iter(k for k in config if k not in ("labels", "dryRun", "jobTimeoutMs")), "job")
+                recorder.fall_back(f"dbt-bigquery runs a {kind} job for this node")
+                return self._send(200, recorder.fake_job(project, body, kind.upper()))
+            if recorder.current_is_source() and not config.get("dryRun"):
+                # `dbt source freshness`: its query is what the source task runs; forwarded too, since dbt
+                # needs its row to go on.
+                recorder.record(query, location)
+                return self._forward(raw)
+            if config.get("dryRun") or (is_read_only(query) and not recorder.current_is_test()):
+                default = (config.get("query") or {}).get("defaultDataset") or {}
+                recorder.note_reads(relations_read(query, default.get("projectId") or project,
+                                                   default.get("datasetId")))
+                return self._forward(raw)
+            recorder.record(query, location, replayable_configuration(config))
+            return self._send(200, recorder.fake_job(project, body, "SCRIPT"))
+
+        def _create_dataset(self, project: str, raw: bytes) -> None:
+            body = json.loads(raw or b"{}")
+            ref = body.get("datasetReference") or {}
+            location = body.get("location")
+            options = f" OPTIONS(location='{location}')" if location else ""
+            recorder.record(f"CREATE SCHEMA IF NOT EXISTS `{ref.get('projectId', project)}`.`{ref['datasetId']}`"
+                            f"{options}", location)
+            return self._send(200, {"kind": "bigquery#dataset", **body,
+                                    "id": f"{ref.get('projectId', project)}:{ref['datasetId']}"})
+
+        def do_GET(self) -> None:
+            self._handle()
+
+        do_POST = do_PUT = do_PATCH = do_DELETE = do_HEAD = do_GET
+
+    return Handler
+
+
+def replayable_configuration(configuration: Mapping[str, Any]) -> dict[str, Any]:
+    """A query job's configuration as dbt-bigquery sent it, minus what each replay sets itself: the SQL text
+    (uploaded as the node's script) and ``dryRun``. The job id and location travel in ``jobReference``, not here.
+
+    Kept: ``maximumBytesBilled``, ``priority``, ``jobTimeoutMs``, ``labels``, ``defaultDataset``,
+    ``destinationEncryptionConfiguration``, ``createSession``/``connectionProperties``, ``reservation`` and
+    whatever later dbt-bigquery versions add, so the trigger replays what dbt asked for and nothing else.
+    """
+    kept = {k: v for k, v in configuration.items() if k != "dryRun"}
+    kept["query"] = {k: v for k, v in (configuration.get("query") or {}).items() if k != "query"}
+    return json.loads(json.dumps(kept))  # a deep copy of plain JSON values
+
+
+def _metadata_read(m: re.Match) -> Relation:
+    project, dataset, table = (unquote(m[g]) if m[g] else None for g in ("project", "dataset", "table"))
+    assert project is not None
+    if table is not None or dataset is None:
+        return Relation(project, dataset, table, contents=dataset is None)
+    return Relation(project, dataset, contents=m["kind"] is not None)
+
+
+def _parse_multipart(content_type: str, body: bytes) -> tuple[dict[str, Any], bytes]:
+    """(job resource, media bytes) of a ``multipart/related`` upload: JSON part first, data second."""
+    message = email.parser.BytesParser(policy=email.policy.default).parsebytes(
+        f"Content-Type: {content_type}\r\n\r\n".encode() + body)
+    parts = list(message.iter_parts()) if message.is_multipart() else []
+    if len(parts) != 2:
+        raise CaptureError(f"dbt-bigquery sent a multipart upload with {len(parts)} parts; expected 2")
+    return json.loads(parts[0].get_payload(decode=True) or b"{}"), parts[1].get_payload(decode=True) or b""
+
+
+@contextmanager
+def recording_endpoint(upstream: str, on_node_captured: NodeCallback | None = None
+                       ) -> Iterator[tuple[str, Recorder]]:
+    """Serve the recording endpoint on 127.0.0.1 for the duration of the block."""
+    recorder = Recorder(upstream, on_node_captured)
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(recorder))
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, name="cosmos-async-capture", daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}", recorder
+    finally:
+        server.shutdown()
+        server.server_close()
+        recorder.http.close()
+
