@@ -193,8 +193,9 @@ def test_serialized_start_trigger_args_leave_out_only_the_triggers_defaults(monk
     small: the trigger built from the trimmed kwargs is the one the full kwargs build."""
     import inspect
 
-    from cosmos_async.operators.bigquery import TRIGGER_DEFAULTS
     from cosmos_async_triggers.bigquery import BigQueryNodeTrigger
+
+    from cosmos_async.operators.bigquery import TRIGGER_DEFAULTS
 
     signature = inspect.signature(BigQueryNodeTrigger.__init__).parameters
     for name, default in TRIGGER_DEFAULTS.items():
