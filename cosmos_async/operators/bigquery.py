@@ -25,6 +25,15 @@ from airflow.triggers.base import StartTriggerArgs
 from cosmos_async.operators.links import JOB_LINK_KEY, BigQueryJobLink
 
 TRIGGER_CLASSPATH = "cosmos_async_triggers.bigquery.BigQueryNodeTrigger"
+# The trigger's keyword defaults (tests/unit checks them against its signature): values equal to these are left
+# out of the serialized start_trigger_args.
+TRIGGER_DEFAULTS: dict[str, Any] = {"poll_interval": 2.0, "labels": None, "end_task": False, "run": None,
+                                    "group_id": None, "dbt_target": None, "parents": [],  # [] ≡ its None
+                                    "parent_check_interval": 1.0, "max_jobs": None, "execution_timeout_s": None}
+_UNSET = object()
+# local_fallback keys Airflow renders as templates (as DbtLocalOperator's select, dbt_vars and env); the rest is
+# kept off the serialized DAG.
+_TEMPLATED_FALLBACK = ("select", "dbt_vars", "env")
 WAIT_MODES = ("triggerer", "scheduler")
 
 
@@ -66,7 +75,11 @@ class DbtBigQueryAsyncOperator(BaseOperator):
         self.project = project
         self.poll_interval = poll_interval
         self.labels = dict(labels or {})
-        self.local_fallback = local_fallback
+        fallback = dict(local_fallback or {})
+        # Only the templated part is a template field (and so serialized with the DAG); the worker that runs the
+        # fallback has the whole of it, from the DAG file.
+        self.local_fallback = {k: fallback.pop(k) for k in _TEMPLATED_FALLBACK if fallback.get(k)}
+        self.fallback_settings = fallback
         self.start_from_trigger = start_from_trigger
         self.dbt_group_id = dbt_group_id
         self.parent_check_interval = parent_check_interval
@@ -92,10 +105,13 @@ class DbtBigQueryAsyncOperator(BaseOperator):
         if not self.start_from_trigger:
             return None
         in_trigger = self.wait_for_parents == "triggerer"
+        kwargs = self.trigger_kwargs(end_task=True, parents=self.parent_task_ids() if in_trigger else [],
+                                     times_itself=in_trigger)
         return StartTriggerArgs(
             trigger_cls=TRIGGER_CLASSPATH,
-            trigger_kwargs=self.trigger_kwargs(end_task=True, parents=self.parent_task_ids() if in_trigger else [],
-                                                times_itself=in_trigger),
+            # Airflow hands every start-from-trigger workload the whole serialized DAG: each byte a task saves
+            # here is saved once per task of the run when a DAG run's tasks all start in the triggerer.
+            trigger_kwargs={k: v for k, v in kwargs.items() if TRIGGER_DEFAULTS.get(k, _UNSET) != v},
             next_method="execute_complete", next_kwargs=None,
             # Waiting for parents must not count against execution_timeout: the trigger times the jobs itself.
             timeout=None if in_trigger else self.job_timeout,
@@ -189,13 +205,13 @@ class DbtBigQueryAsyncOperator(BaseOperator):
 
         from cosmos_async.operators.local import run_dbt_command
 
-        if not self.local_fallback:
+        if not self.fallback_settings:
             raise AirflowException(f"this node cannot run as a BigQuery job ({reason}) and has no LOCAL fallback")
         self.log.info("running through dbt on this worker (LOCAL) because %s", reason)
         # Where Airflow enforces no execution_timeout on this task (see execution_timeout), the dbt run gets it here.
         limit = self.job_timeout if self.execution_timeout is None else None
         with timeout(limit.total_seconds()) if limit else nullcontext():
-            run_dbt_command(**self.local_fallback, log=self.log)
+            run_dbt_command(**self.fallback_settings, **self.local_fallback, log=self.log)
 
 
 def _describe(job: dict[str, Any]) -> str:

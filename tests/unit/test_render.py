@@ -77,7 +77,7 @@ def test_parsing_with_a_manifest_imports_no_dbt(tmp_path: Path) -> None:
 
 def _trigger_parents(task) -> list[str] | None:
     args = task.start_trigger_args
-    return None if args is None else args.trigger_kwargs["parents"]
+    return None if args is None else args.trigger_kwargs.get("parents", [])
 
 
 def test_models_are_scheduler_gated_by_default(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -87,7 +87,7 @@ def test_models_are_scheduler_gated_by_default(monkeypatch: pytest.MonkeyPatch) 
     assert daily.wait_for_parents == "scheduler" and daily.max_jobs is None  # no cap unless the user sets one
     timed = _dag(monkeypatch, operator_args={"execution_timeout": timedelta(seconds=7)}).task_dict["orders.run"]
     assert timed.start_trigger_args.timeout == timedelta(seconds=7)  # Airflow times the trigger, as before
-    assert timed.start_trigger_args.trigger_kwargs["execution_timeout_s"] is None
+    assert "execution_timeout_s" not in timed.start_trigger_args.trigger_kwargs  # the trigger's default: None
 
 
 def _scheduler_view(dag, task_id: str):
@@ -186,3 +186,36 @@ def test_a_freshness_wait_in_local_mode_is_refused_naming_the_fix(monkeypatch: p
     with pytest.raises(ConfigurationError, match=r"source_freshness_wait needs ExecutionMode\.AIRFLOW_ASYNC"):
         _dag(monkeypatch, execution_config=ExecutionConfig(execution_mode=ExecutionMode.LOCAL),
              operator_args={"source_freshness_wait": {"interval_minutes": 5, "timeout_minutes": 60}})
+
+
+def test_serialized_start_trigger_args_leave_out_only_the_triggers_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Airflow ships the whole serialized DAG with each start-from-trigger workload, so the per-task payload is kept
+    small: the trigger built from the trimmed kwargs is the one the full kwargs build."""
+    import inspect
+
+    from cosmos_async_triggers.bigquery import BigQueryNodeTrigger
+
+    from cosmos_async.operators.bigquery import TRIGGER_DEFAULTS
+
+    signature = inspect.signature(BigQueryNodeTrigger.__init__).parameters
+    for name, default in TRIGGER_DEFAULTS.items():
+        assert (signature[name].default or []) == default if name == "parents" else signature[name].default == default
+    for wait in ("scheduler", "triggerer"):
+        task = _dag(monkeypatch, operator_args={"wait_for_parents": wait}).task_dict["orders.run"]
+        trimmed = task.start_trigger_args.trigger_kwargs
+        full = task.trigger_kwargs(end_task=True, parents=task.parent_task_ids() if wait == "triggerer" else [],
+                                   times_itself=wait == "triggerer")
+        assert len(trimmed) < len(full)
+        assert BigQueryNodeTrigger(**trimmed).serialize() == BigQueryNodeTrigger(**full).serialize()
+
+
+def test_only_the_templated_part_of_the_local_fallback_is_a_serialized_field(monkeypatch: pytest.MonkeyPatch) -> None:
+    from airflow.serialization.serialized_objects import DagSerialization
+
+    dag = _dag(monkeypatch, operator_args={"vars": {"day": "{{ ds }}"}})
+    task = dag.task_dict["orders.run"]
+    assert task.local_fallback == {"select": ["fqn:corner_shop.marts.orders"], "dbt_vars": {"day": "{{ ds }}"}}
+    assert task.fallback_settings["command"] == "run" and "profile_config" in task.fallback_settings
+    serialized = DagSerialization.to_dict(dag)["dag"]["tasks"]
+    fields = next(t["__var"] for t in serialized if t["__var"]["task_id"] == "orders.run")
+    assert "profile_config" not in str(fields.get("local_fallback")) and "fallback_settings" not in fields
