@@ -263,9 +263,12 @@ class AirflowApi:
                                   "xcom_entries")
         return [{**e, "value": self.xcom(dag_id, run_id, e["task_id"], e["key"], e["map_index"])} for e in entries]
 
-    def clear_task(self, dag_id: str, run_id: str, task_ids: list[str]) -> list[dict[str, Any]]:
-        """Clear the given tasks (whatever their state) so the scheduler runs them again; returns cleared TIs."""
-        body = {"dry_run": False, "dag_run_id": run_id, "task_ids": task_ids, "only_failed": False}
+    def clear_task(self, dag_id: str, run_id: str, task_ids: list[str],
+                   include_downstream: bool = False) -> list[dict[str, Any]]:
+        """Clear the given tasks (whatever their state), and their downstream tasks if asked, so the scheduler runs
+        them again; returns cleared TIs."""
+        body = {"dry_run": False, "dag_run_id": run_id, "task_ids": task_ids, "only_failed": False,
+                "include_downstream": include_downstream}
         return self.api("POST", f"/dags/{self._q(dag_id)}/clearTaskInstances", body)["task_instances"]
 
 
