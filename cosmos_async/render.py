@@ -257,6 +257,9 @@ class _Renderer:
             last >> end.as_teardown(setups=setup)
             last = [end]
         last >> teardown.as_teardown(setups=setup)
+        # Airflow leaves a teardown whose setup failed upstream_failed (all_done_setup_success), yet a setup that
+        # failed half-way through its upload has left files of this run; deleting none when it wrote none is fine.
+        teardown.trigger_rule = "all_done"
         return {"dbt_setup_async": setup, "dbt_on_run_start": start, **tasks, "dbt_teardown_async": teardown}
 
     def async_node(self, unique_id: str) -> dict[str, Any]:

@@ -263,9 +263,12 @@ class AirflowApi:
                                   "xcom_entries")
         return [{**e, "value": self.xcom(dag_id, run_id, e["task_id"], e["key"], e["map_index"])} for e in entries]
 
-    def clear_task(self, dag_id: str, run_id: str, task_ids: list[str]) -> list[dict[str, Any]]:
-        """Clear the given tasks (whatever their state) so the scheduler runs them again; returns cleared TIs."""
-        body = {"dry_run": False, "dag_run_id": run_id, "task_ids": task_ids, "only_failed": False}
+    def clear_task(self, dag_id: str, run_id: str, task_ids: list[str],
+                   include_downstream: bool = False) -> list[dict[str, Any]]:
+        """Clear the given tasks (whatever their state), and their downstream tasks if asked, so the scheduler runs
+        them again; returns cleared TIs."""
+        body = {"dry_run": False, "dag_run_id": run_id, "task_ids": task_ids, "only_failed": False,
+                "include_downstream": include_downstream}
         return self.api("POST", f"/dags/{self._q(dag_id)}/clearTaskInstances", body)["task_instances"]
 
 
@@ -374,17 +377,22 @@ class AirflowStack(AirflowApi):
         if res.returncode:
             raise AirflowStackError(f"airflow {' '.join(args)} exited {res.returncode}:\n{_tail(log)}")
 
-    def start_component(self, name: str) -> None:
-        """Start one component (``api-server``, ``scheduler``, ``dag-processor``, ``triggerer``); log appends."""
+    def start_component(self, name: str, *, command: str | None = None,
+                        extra_env: Mapping[str, str] | None = None) -> None:
+        """Start one component (``api-server``, ``scheduler``, ``dag-processor``, ``triggerer``); log appends.
+
+        ``command``: the airflow subcommand when ``name`` is a second instance (e.g. ``triggerer-2``);
+        ``extra_env``: settings of this process only (e.g. a triggerer's capacity)."""
         if name in self._components and self._components[name].proc.poll() is None:
             raise AirflowStackError(f"{name} is already running")
-        args = [str(BIN / "airflow"), name]
+        args = [str(BIN / "airflow"), command or name]
         if name == "api-server":
             args += ["--port", str(self.port), "--host", "127.0.0.1"]
         log = self.logs / f"{name}.log"
         with log.open("ab") as out:
             proc = subprocess.Popen(
-                args, env=self.env, cwd=self.home, stdout=out, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent
+                args, env={**self.env, **(extra_env or {})}, cwd=self.home, stdout=out, stderr=subprocess.STDOUT,
+                preexec_fn=_die_with_parent,
             )
         self._components[name] = _Component(name, proc, log)
 
@@ -404,6 +412,11 @@ class AirflowStack(AirflowApi):
         # Stragglers of the group (e.g. a task process still finishing) go too.
         with contextlib.suppress(ProcessLookupError):
             os.killpg(comp.proc.pid, signal.SIGKILL)
+
+    def remove_component(self, name: str) -> None:
+        """SIGKILL a component started for a while (e.g. a second triggerer) and forget it."""
+        self.kill_component(name)
+        self._components.pop(name, None)
 
     def kill_triggerer(self) -> None:
         self.kill_component("triggerer", signal.SIGKILL)

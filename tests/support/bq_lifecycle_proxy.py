@@ -12,7 +12,8 @@ every request to the emulator and rewrites the job lifecycle to match BigQuery:
   the SQL at insert time, so a cancel here hides the result but cannot undo side effects;
 * faults by rule: a status (429, 503, …) with BigQuery's error body (its ``reason`` and ``message`` as given,
   or a usual reason for the status), a connection reset or a delay of ``delay_s`` seconds (then the request goes
-  through) for the next ``count`` requests matching a method and path regex; a status or reset either instead of
+  through) for the next ``count`` requests matching a method and path regex (and, if given, a job id regex: the
+  inserted job's id, or the job a path names); a status or reset either instead of
   forwarding or after forwarding (the answer is lost on the way back); or ``"job_error"`` on jobs.insert: the job
   is forwarded (the emulator runs it) and is then reported DONE with ``status.errorResult`` of that ``reason``,
   as BigQuery reports a job that failed while running. Paths that are not BigQuery's are forwarded unchanged,
@@ -67,9 +68,11 @@ class Fault:
     delay_s: float = 0.0  # for "delay": how long the request waits before it is forwarded
     reason: str | None = None  # BigQuery's error reason (a status's usual one when None; "job_error" needs it)
     message: str | None = None
+    job: str | None = None  # a regex the request's job id must match (None: any request, with a job or not)
 
-    def matches(self, method: str, path: str) -> bool:
-        return self.count > 0 and self.method in ("*", method) and re.search(self.path, path) is not None
+    def matches(self, method: str, path: str, job_id: str | None = None) -> bool:
+        return (self.count > 0 and self.method in ("*", method) and re.search(self.path, path) is not None
+                and (self.job is None or (job_id is not None and re.fullmatch(self.job, job_id) is not None)))
 
 
 @dataclass
@@ -78,6 +81,7 @@ class _HeldJob:
     hold: float
     cancelled: bool = False
     error: dict[str, str] | None = None  # an injected errorResult, shown once the job is DONE
+    ended_at: float | None = None  # when a cancel ended it
 
     def running(self) -> bool:
         return not self.cancelled and time.monotonic() < self.inserted_at + self.hold
@@ -114,10 +118,10 @@ class LifecycleProxy:
 
     def add_fault(self, method: str, path: str, action: int | str, count: int = 1, *,
                   after_upstream: bool = False, delay_s: float = 0.0, reason: str | None = None,
-                  message: str | None = None) -> Fault:
+                  message: str | None = None, job: str | None = None) -> Fault:
         if action == "job_error" and not reason:
             raise ValueError("a job_error fault needs the errorResult's reason")
-        fault = Fault(method.upper(), path, action, count, after_upstream, delay_s, reason, message)
+        fault = Fault(method.upper(), path, action, count, after_upstream, delay_s, reason, message, job)
         with self._lock:
             self._faults.append(fault)
         return fault
@@ -140,10 +144,15 @@ class LifecycleProxy:
                     "pending_faults": [asdict(f) for f in self._faults if f.count > 0]}
 
     def timeline(self) -> dict[str, tuple[float, float]]:
-        """Job id → (inserted, DONE) in ``time.monotonic()`` seconds; a cancelled job never counts as DONE (inf)."""
+        """Job id → (inserted, ended) in ``time.monotonic()`` seconds: DONE, or cancelled (its cancel's time)."""
         with self._lock:
-            return {j: (h.inserted_at, float("inf") if h.cancelled else h.inserted_at + h.hold)
+            return {j: (h.inserted_at, h.ended_at if h.ended_at is not None else h.inserted_at + h.hold)
                     for j, h in self._jobs.items()}
+
+    def failed_jobs(self) -> set[str]:
+        """Job ids a ``job_error`` fault made fail."""
+        with self._lock:
+            return {j for j, h in self._jobs.items() if h.error is not None}
 
     # ---- lifecycle ------------------------------------------------------------------------------------
 
@@ -184,10 +193,10 @@ class LifecycleProxy:
 
     # ---- requests -------------------------------------------------------------------------------------
 
-    def _take_fault(self, method: str, path: str) -> Fault | None:
+    def _take_fault(self, method: str, path: str, job_id: str | None) -> Fault | None:
         with self._lock:
             for fault in self._faults:
-                if fault.matches(method, path):
+                if fault.matches(method, path, job_id):
                     fault.count -= 1
                     self.faults_fired[str(fault.action)] += 1
                     return fault
@@ -202,7 +211,7 @@ class LifecycleProxy:
         # Requests reach the proxy as the package sent them: check them here (its own forwards are not ours).
         CONTRACT_LOG.record(check_request(request.method, request.path_qs, await request.read(),
                                           request.headers.get("Content-Type", "")))
-        fault = self._take_fault(request.method, path)
+        fault = self._take_fault(request.method, path, _job_id(request.method, path, await request.read()))
         if fault is not None and fault.action == "delay":
             await asyncio.sleep(fault.delay_s)
             fault = None
@@ -285,6 +294,7 @@ class LifecycleProxy:
             held = self._jobs.get(job_id)
             if held is not None and held.running():
                 held.cancelled = True
+                held.ended_at = time.monotonic()
         query = request.path_qs.split("?", 1)[1] if "?" in request.path_qs else ""
         status, data, ctype = await self._forward(
             "GET", f"/bigquery/v2/projects/{project}/jobs/{job_id}" + (f"?{query}" if query else ""),
@@ -320,7 +330,7 @@ class LifecycleProxy:
             fault = self.add_fault(payload["method"], payload["path"], payload["action"],
                                    int(payload.get("count", 1)), after_upstream=bool(payload.get("after_upstream")),
                                    delay_s=float(payload.get("delay_s", 0.0)), reason=payload.get("reason"),
-                                   message=payload.get("message"))
+                                   message=payload.get("message"), job=payload.get("job"))
             return web.json_response(asdict(fault))
         if request.path == "/_proxy/hold":
             self.set_hold(float(payload["seconds"]))
@@ -329,6 +339,17 @@ class LifecycleProxy:
             self.reset()
             return web.json_response({"reset": True})
         return web.json_response({"error": f"unknown control path {request.path}"}, status=404)
+
+
+def _job_id(method: str, path: str, body: bytes) -> str | None:
+    """The job a request is about: the id in a jobs.insert body, or the one its path names."""
+    if method == "POST" and _JOBS.match(path):
+        try:
+            return (json.loads(body or b"{}").get("jobReference") or {}).get("jobId")
+        except ValueError:
+            return None
+    m = _JOB.match(path) or _CANCEL.match(path) or _RESULTS.match(path)
+    return m["job"] if m else None
 
 
 def _fault_response(request: web.Request, fault: Fault) -> web.StreamResponse:

@@ -57,8 +57,10 @@ DAG_FILE = '''"""Fault-tier DAGs (airflow DAG file): the synthetic project, AIRF
 
 A DAG id ending in ``_worker`` runs its models on the worker path (start_from_trigger=False) with one retry, and
 its models' first try is SIGKILLed when it resumes after its BigQuery job ran. One ending in ``_timeout`` gives
-its first model an execution_timeout of TIMEOUT_S seconds. One starting with ``fault_triggerer`` waits for its
-models' parents in the triggerer (wait_for_parents="triggerer") instead of through the scheduler.
+its first model an execution_timeout of TIMEOUT_S seconds. One ending in ``_retry`` gives every task one retry
+after a second. One ending in ``_nosetup`` has a remote target path that cannot be written (its setup fails).
+One starting with ``fault_triggerer`` waits for its models' parents in the triggerer
+(wait_for_parents="triggerer") instead of through the scheduler.
 """
 import os
 import signal
@@ -70,6 +72,8 @@ from cosmos_async import (DbtDag, ExecutionConfig, ExecutionMode, GoogleCloudSer
 
 PROJECT = Path(__file__).parent / "synthetic"
 KILLS = Path(__file__).parent.parent / "kills"
+# A regular file: a remote target path below it cannot be created.
+BLOCKED = Path(__file__).parent.parent / "remote-blocked"
 
 
 def sigkill_first_resume(context):
@@ -85,6 +89,14 @@ def sigkill_first_resume(context):
 def fault_dag(dag_id: str, dataset: str) -> DbtDag:
     worker = dag_id.endswith("_worker")
     wait = "triggerer" if dag_id.startswith("fault_triggerer") else "scheduler"
+    operator_args = {"location": "US", "start_from_trigger": not worker, "wait_for_parents": wait}
+    if dag_id.endswith("_nosetup"):
+        operator_args["remote_target_path"] = f"file://{BLOCKED}/remote"
+    default_args = {}
+    if worker:
+        default_args = {"retries": 1, "retry_delay": timedelta(seconds=1), "pre_execute": sigkill_first_resume}
+    elif dag_id.endswith("_retry"):
+        default_args = {"retries": 1, "retry_delay": timedelta(seconds=1)}
     dag = DbtDag(
         dag_id=dag_id, schedule=None, start_date=datetime(2026, 1, 1), catchup=False,
         project_config=ProjectConfig(dbt_project_path=PROJECT, manifest_path=PROJECT / "target" / "manifest.json"),
@@ -93,9 +105,7 @@ def fault_dag(dag_id: str, dataset: str) -> DbtDag:
                                          conn_id="gcp_conn", profile_args={"dataset": dataset})),
         execution_config=ExecutionConfig(execution_mode=ExecutionMode.AIRFLOW_ASYNC),
         render_config=RenderConfig(test_behavior=TestBehavior.NONE),
-        operator_args={"location": "US", "start_from_trigger": not worker, "wait_for_parents": wait},
-        default_args={"retries": 1, "retry_delay": timedelta(seconds=1), "pre_execute": sigkill_first_resume}
-        if worker else {},
+        operator_args=operator_args, default_args=default_args,
     )
     if dag_id.endswith("_timeout"):
         task = dag.task_dict["model_00000_run"]
@@ -122,13 +132,24 @@ class FaultProxy(LifecycleProxy):
 
     HELD_PREFIX = "cosmos_async_model_"
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._pin_on_insert: set[str] = set()
+
     def _rewrite(self, job_id: str, data: bytes) -> bytes:
-        if not job_id.startswith(self.HELD_PREFIX):
-            with self._lock:
-                held = self._jobs.get(job_id)
-                if held is not None:
-                    held.hold = 0.0
+        with self._lock:
+            held = self._jobs.get(job_id)
+            if held is not None and not job_id.startswith(self.HELD_PREFIX):
+                held.hold = 0.0
+            elif held is not None and job_id in self._pin_on_insert:
+                self._pin_on_insert.discard(job_id)
+                held.hold = float("inf")
         return super()._rewrite(job_id, data)
+
+    def pin_when_inserted(self, job_id: str) -> None:
+        """Keep this job RUNNING from its insert until :meth:`release` (or a cancel)."""
+        with self._lock:
+            self._pin_on_insert.add(job_id)
 
     def running(self) -> dict[str, float]:
         """Job id → seconds it stays RUNNING, for the jobs the proxy holds right now."""
@@ -175,6 +196,7 @@ class RunCheck:
     inserts: dict[str, int]  # job id -> inserts, for every job of this run's node tasks
     cancels: dict[str, int]  # job id -> cancels
     job_task: dict[str, str]  # job id -> task id
+    failed_jobs: set[str] = field(default_factory=set)  # job ids a job_error fault made fail
     early_children: list[str] = field(default_factory=list)  # "child<parent": a job started before a parent's ended
     gaps: list[float] = field(default_factory=list)  # seconds from the last parent job DONE to the child's insert
 
@@ -198,8 +220,14 @@ class RunCheck:
         return {j: n for j, n in self.inserts.items() if self.job_task[j].startswith("model_")}
 
     def duplicates(self) -> dict[str, int]:
-        """Job ids inserted more than once, and retried attempts (``_N`` with N > 0): each means SQL ran twice."""
-        return {j: n for j, n in self.inserts.items() if n != 1 or _attempt(j) != 0}
+        """Job ids inserted more than once, and retried attempts (``_N`` with N > 0) whose attempt N-1 did not
+        fail by an injected fault: each means SQL ran twice."""
+        def retried_after_fault(job_id: str) -> bool:
+            n = _attempt(job_id)
+            return n > 0 and f"{job_id[:-len(str(n))]}{n - 1}" in self.failed_jobs
+
+        return {j: n for j, n in self.inserts.items()
+                if n != 1 or (_attempt(j) != 0 and not retried_after_fault(j))}
 
     def models_run(self, extra: set[str] = frozenset()) -> list[str]:
         return sorted(t for t, s in self.tasks.items() if t.startswith("model_") and (s == "success" or t in extra))
@@ -212,6 +240,7 @@ class Tally:
     faults: Counter[str] = field(default_factory=Counter)
     runs: int = 0
     jobs_submitted: int = 0
+    jobs_failed_by_fault: int = 0  # model jobs a job_error fault failed: each one's model ran again
     models_run: int = 0
     duplicates: int = 0
     unexpected_cancels: int = 0
@@ -224,6 +253,7 @@ class Tally:
     def add_run(self, check: RunCheck, *, models_run: list[str], expected_cancels: set[str] = frozenset()) -> None:
         self.runs += 1
         self.jobs_submitted += sum(check.model_jobs().values())
+        self.jobs_failed_by_fault += len(check.failed_jobs & set(check.model_jobs()))
         self.models_run += len(models_run)
         self.duplicates += len(check.duplicates())
         self.unexpected_cancels += sum(n for j, n in check.cancels.items() if j not in expected_cancels)
@@ -233,7 +263,8 @@ class Tally:
     def report(self) -> str:
         faults = ", ".join(f"{k}={v}" for k, v in sorted(self.faults.items())) or "none"
         return (f"fault tally: runs={self.runs} faults_injected={sum(self.faults.values())} ({faults}); "
-                f"jobs_submitted={self.jobs_submitted} models_run={self.models_run} "
+                f"jobs_submitted={self.jobs_submitted} (failed by a fault: {self.jobs_failed_by_fault}) "
+                f"models_run={self.models_run} "
                 f"duplicate_or_retried_jobs={self.duplicates} unexpected_cancels={self.unexpected_cancels} "
                 f"jobs_reattached_after_restart={self.reattached} children_started_early={self.early_children} "
                 f"median_parent_done_to_child_submitted_s={statistics.median(self.gaps) if self.gaps else None} "
@@ -303,6 +334,7 @@ class FaultRig:
                           "bigquery_api_endpoint": self.proxy.url}}
         remote = self.root / "remote"
         remote.mkdir(exist_ok=True)
+        (self.root / "remote-blocked").write_text("a file, so that a remote target path below it cannot be made\n")
         env = {"AIRFLOW_CONN_GCP_CONN": json.dumps(conn),
                "AIRFLOW__COSMOS__REMOTE_TARGET_PATH": f"file://{remote}",
                "AIRFLOW__COSMOS__POLL_INTERVAL": "0.5",
@@ -386,19 +418,39 @@ class FaultRig:
                                tasks: set[str] | None = None, min_left: float = 2.0, timeout: float = 180.0) -> str:
         """Wait until a model job of this run (of ``tasks`` if given, not in ``exclude``) is RUNNING with
         ``min_left`` seconds to go."""
+        return self.pin_running_model_jobs([(dag_id, run_id)], exclude=exclude, tasks=tasks, min_left=min_left,
+                                           timeout=timeout, pin=False)[(dag_id, run_id)]
+
+    def pin_running_model_jobs(self, runs: list[tuple[str, str]], *, exclude: set[str] = frozenset(),
+                               tasks: set[str] | None = None, min_left: float = 2.0, timeout: float = 180.0,
+                               pin: bool = True) -> dict[tuple[str, str], str]:
+        """For each (dag id, run id), wait until one of its model jobs (of ``tasks`` if given, not in ``exclude``)
+        is RUNNING with ``min_left`` seconds to go; pin each as it is found, so that every run has one RUNNING
+        at the end however far apart the runs are."""
+        found: dict[tuple[str, str], str] = {}
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            for job_id, left in sorted(self.proxy.running().items(), key=lambda kv: -kv[1]):
-                task = self.job_task(dag_id, run_id, job_id)
-                if (task and task.startswith("model_") and (tasks is None or task in tasks)
-                        and job_id not in exclude and left >= min_left):
-                    return job_id
-            if self.af.run_state(dag_id, run_id) in ("success", "failed"):
-                raise AirflowStackError(f"run {run_id} ended before a model job was RUNNING: "
-                                        f"{self.states(dag_id, run_id)}")
+        while len(found) < len(runs):
+            running = sorted(self.proxy.running().items(), key=lambda kv: -kv[1])
+            for dag_id, run_id in (r for r in runs if r not in found):
+                for job_id, left in running:
+                    task = self.job_task(dag_id, run_id, job_id)
+                    if (task and task.startswith("model_") and (tasks is None or task in tasks)
+                            and job_id not in exclude and left >= min_left):
+                        found[(dag_id, run_id)] = job_id
+                        if pin:
+                            self.proxy.pin([job_id])
+                        break
+                else:
+                    if self.af.run_state(dag_id, run_id) in ("success", "failed"):
+                        raise AirflowStackError(f"run {run_id} ended before a model job was RUNNING: "
+                                                f"{self.states(dag_id, run_id)}")
+            if len(found) == len(runs):
+                break
+            if time.monotonic() > deadline:
+                raise AirflowStackError(f"no RUNNING model job of {[r for r in runs if r not in found]} within "
+                                        f"{timeout}s; proxy {self.proxy.stats()}\n{self.af.process_logs()}")
             time.sleep(0.1)
-        raise AirflowStackError(f"no RUNNING model job of {run_id} within {timeout}s; proxy {self.proxy.stats()}; "
-                                f"tasks {self.states(dag_id, run_id)}\n{self.af.process_logs()}")
+        return found
 
     def wait_task(self, dag_id: str, run_id: str, task_id: str, states: set[str], timeout: float = 180.0) -> str:
         deadline = time.monotonic() + timeout
@@ -419,6 +471,11 @@ class FaultRig:
         self.af.trigger(dag_id, run_id=run_id)
         self._triggered.add((dag_id, run_id))
         return True
+
+    @property
+    def triggered(self) -> frozenset[tuple[str, str]]:
+        """The (dag id, run id) runs this rig triggered."""
+        return frozenset(self._triggered)
 
     def tries(self, dag_id: str, run_id: str) -> dict[str, int]:
         return {t["task_id"]: t["try_number"] for t in self.af.task_instances(dag_id, run_id)}
@@ -442,11 +499,11 @@ class FaultRig:
         time.sleep(down)
         self.af.start_triggerer()
 
-    def bounce_triggerer_while_running(self, dag_id: str, run_id: str, timeout: float = 90.0) -> list[str]:
-        """SIGKILL and restart the triggerer while this run's jobs are RUNNING, keeping them RUNNING until the new
-        triggerer has polled each of them (so the restarted triggers reattach to running jobs, however long the
-        restart takes); then let them finish. Returns the jobs it pinned."""
-        pinned = [j for j in self.proxy.running() if self.job_task(dag_id, run_id, j)]
+    def bounce_triggerer_while_running(self, runs: list[tuple[str, str]], timeout: float = 90.0) -> list[str]:
+        """SIGKILL and restart the triggerer while these (dag id, run id) runs' jobs are RUNNING, keeping them
+        RUNNING until the new triggerer has polled each of them (so the restarted triggers reattach to running
+        jobs, however long the restart takes); then let them finish. Returns the jobs it pinned."""
+        pinned = [j for j in self.proxy.running() if any(self.job_task(d, r, j) for d, r in runs)]
         self.proxy.pin(pinned)
         before = self.proxy.gets_of(pinned)
         self.bounce_triggerer()
@@ -465,19 +522,39 @@ class FaultRig:
 
     def mark_failed(self, dag_id: str, run_id: str, task_id: str) -> list[dict[str, Any]]:
         """What a user does in the UI: PATCH the task instance's state to failed (Airflow 3.3 REST API v2)."""
-        path = f"/dags/{self.af._q(dag_id, 'dagRuns', run_id, 'taskInstances', task_id)}"
-        res = self.af.api("PATCH", path, {"new_state": "failed"})
         self.tally.faults["marked_failed"] += 1
-        return res["task_instances"]
+        return self._mark(dag_id, run_id, task_id, "failed")
 
-    def add_http_faults(self, rules: list[tuple[str, str, int | str, int, bool]]) -> None:
-        """(method, path regex, status or 'reset', count, after_upstream) rules; counted when they fire."""
+    def mark_success(self, dag_id: str, run_id: str, task_id: str) -> list[dict[str, Any]]:
+        """What a user does in the UI: PATCH the task instance's state to success."""
+        self.tally.faults["marked_success"] += 1
+        return self._mark(dag_id, run_id, task_id, "success")
+
+    def _mark(self, dag_id: str, run_id: str, task_id: str, state: str) -> list[dict[str, Any]]:
+        path = f"/dags/{self.af._q(dag_id, 'dagRuns', run_id, 'taskInstances', task_id)}"
+        return self.af.api("PATCH", path, {"new_state": state})["task_instances"]
+
+    def clear_with_downstream(self, dag_id: str, run_id: str, task_id: str) -> set[str]:
+        """What a user does in the UI: clear a task with its downstream tasks; the task ids Airflow cleared."""
+        self.tally.faults["cleared"] += 1
+        return {t["task_id"] for t in self.af.clear_task(dag_id, run_id, [task_id], include_downstream=True)}
+
+    def job_regex(self, dag_id: str, run_id: str, tasks: list[str] | None = None) -> str:
+        """A regex matching every job id of these tasks (default: the models) of this run, for scoped faults."""
+        tasks = tasks if tasks is not None else [t for t in self.task_ids if t.startswith("model_")]
+        return "|".join(f"{re.escape(job_id_base(dag_id, t, run_id))}_.*" for t in tasks)
+
+    def add_http_faults(self, rules: list[tuple[str, str, int | str, int, bool]], job: str | None = None) -> None:
+        """(method, path regex, status or 'reset', count, after_upstream) rules, for the jobs ``job`` matches (a
+        regex; None: any request); counted when they fire."""
         for method, path, action, count, after in rules:
-            self.proxy.add_fault(method, path, action, count, after_upstream=after)
+            self.proxy.add_fault(method, path, action, count, after_upstream=after, job=job)
 
     def count_fired(self, before: Counter[str]) -> Counter[str]:
-        """Faults the proxy fired since ``before`` (a :meth:`FaultProxy.fired` snapshot), added to the tally."""
+        """HTTP faults the proxy fired since ``before`` (a :meth:`FaultProxy.fired` snapshot), added to the tally
+        (job errors are counted by the tests that inject them, from the jobs that failed)."""
         delta = self.proxy.fired() - before
+        del delta["job_error"]
         for action, n in delta.items():
             self.tally.faults[f"http_{action}"] += n
         return delta
@@ -495,7 +572,7 @@ class FaultRig:
         check = RunCheck(dag_id, run_id, self.af.run_state(dag_id, run_id), self.states(dag_id, run_id),
                          {j: stats["inserts"][j] for j in jobs}, {j: n for j, n in stats["cancels"].items()
                                                                    if j in jobs or self.job_task(dag_id, run_id, j)},
-                         jobs)
+                         jobs, self.proxy.failed_jobs() & set(jobs))
         check.order(self.proxy.timeline(), self.children)
         return check
 

@@ -47,6 +47,7 @@ def test_async_dag_is_setup_nodes_teardown(monkeypatch: pytest.MonkeyPatch) -> N
     dag = _dag(monkeypatch)
     setup, teardown = dag.task_dict["dbt_setup_async"], dag.task_dict["dbt_teardown_async"]
     assert setup.is_setup and teardown.is_teardown
+    assert teardown.trigger_rule == "all_done"  # also after a failed setup, which may have uploaded some files
     assert dag.task_dict["dbt_on_run_end"].is_teardown  # runs after failures, yet failures still fail the run
     assert dag.task_dict["dbt_on_run_start"].upstream_task_ids == {"dbt_setup_async"}
     assert "int_order_payments" not in " ".join(dag.task_ids)  # ephemeral: no task
