@@ -1,7 +1,9 @@
-"""Benchmarks side by side with astronomer-cosmos and dbt: ``python -m bench quick`` or ``python -m bench full``.
+"""Benchmarks side by side with astronomer-cosmos and dbt: ``python -m bench quick|full|scheduling``.
 
 quick: minutes, small sizes, few repeats (a CI smoke test: it never fails on timing, only when a benchmark
-cannot run at all). full: every size. Both write bench/results/<date>-<machine>.json and .md (and a .png chart
+cannot run at all). full: every size. scheduling: issue 13, a dbt build with one task per node vs plain
+dbt and Cosmos LOCAL / WATCHER on one Airflow stack (bench/scheduling.py; an hour on 2 shared cores, not in CI).
+Each writes bench/results/<date>-<machine>.json and .md (and a .png chart
 when matplotlib is available in the bench env). A section that cannot run is recorded, not dropped.
 """
 
@@ -18,7 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench import envs, parse, report, setup_time, triggerer
+from bench import envs, parse, report, scheduling, setup_time, triggerer
 from bench.results import RESULTS, environment, machine, stem
 
 WORKDIR = Path("/tmp/cosmos-async-bench")
@@ -78,6 +80,7 @@ TIERS: dict[str, list[tuple[str, Callable[[], list]]]] = {
         ("airflow", lambda: _airflow("full")),
         ("parse", lambda: parse.run([5000], 3, WORKDIR / "parse", cosmos_runs=1)),
     ],
+    "scheduling": [("scheduling", lambda: scheduling.run(WORKDIR / "scheduling"))],
 }
 
 

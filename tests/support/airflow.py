@@ -86,7 +86,10 @@ class AirflowStack:
         port: int | None = None,
         startup_timeout: float = 120.0,
         stop_timeout: float = 5.0,
+        bin_dir: Path = BIN,
     ) -> None:
+        # bin_dir: the environment whose `airflow` runs the stack (benchmarks run a second one, with Cosmos).
+        self.bin_dir = Path(bin_dir)
         self.home = Path(home).resolve()
         self.dags_folder = Path(dags_folder).resolve()
         self.port = port or free_port()
@@ -175,7 +178,8 @@ class AirflowStack:
 
     def _run_cli(self, args: list[str], log: Path, timeout: float) -> None:
         with log.open("ab") as out:
-            res = subprocess.run([str(BIN / "airflow"), *args], env=self.env, stdout=out, stderr=out, timeout=timeout)
+            res = subprocess.run([str(self.bin_dir / "airflow"), *args], env=self.env, stdout=out, stderr=out,
+                                 timeout=timeout)
         if res.returncode:
             raise AirflowStackError(f"airflow {' '.join(args)} exited {res.returncode}:\n{_tail(log)}")
 
@@ -183,7 +187,7 @@ class AirflowStack:
         """Start one component (``api-server``, ``scheduler``, ``dag-processor``, ``triggerer``); log appends."""
         if name in self._components and self._components[name].proc.poll() is None:
             raise AirflowStackError(f"{name} is already running")
-        args = [str(BIN / "airflow"), name]
+        args = [str(self.bin_dir / "airflow"), name]
         if name == "api-server":
             args += ["--port", str(self.port), "--host", "127.0.0.1"]
         log = self.logs / f"{name}.log"
