@@ -24,6 +24,7 @@ from bench import envs, parse, report, scheduling, setup_time, triggerer
 from bench.results import RESULTS, environment, machine, stem
 
 WORKDIR = Path("/tmp/cosmos-async-bench")
+RUNNERS = scheduling.RUNNERS  # the scheduling tier's runners, in order (--runners narrows them)
 
 NOTES = [
     "Parse: fresh interpreter per sample; one untimed warm-up run per DAG file compiles the libraries' .pyc "
@@ -80,7 +81,7 @@ TIERS: dict[str, list[tuple[str, Callable[[], list]]]] = {
         ("airflow", lambda: _airflow("full")),
         ("parse", lambda: parse.run([5000], 3, WORKDIR / "parse", cosmos_runs=1)),
     ],
-    "scheduling": [("scheduling", lambda: scheduling.run(WORKDIR / "scheduling"))],
+    "scheduling": [("scheduling", lambda: scheduling.run(WORKDIR / "scheduling", runners=RUNNERS))],
 }
 
 
@@ -93,7 +94,8 @@ def _airflow(tier: str) -> list:
 def write(doc: dict) -> Path:
     """<date>-<machine>.json/.md/.png for the full tier; the quick tier adds '-quick' so it never overwrites them."""
     RESULTS.mkdir(exist_ok=True)
-    path = RESULTS / f"{stem('' if doc['tier'] == 'full' else doc['tier'])}.json"
+    name = "-".join(x for x in ("" if doc["tier"] == "full" else doc["tier"], doc.get("label", "")) if x)
+    path = RESULTS / f"{stem(name)}.json"
     path.write_text(json.dumps(doc, indent=2))
     png = path.with_suffix(".png")
     doc.pop("chart", None)
@@ -116,7 +118,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("tier", choices=sorted(TIERS))
     parser.add_argument("--only", nargs="*", help="run only these sections")
+    parser.add_argument("--label", default="", help="suffix of the results files (two runs of one tier a day)")
+    parser.add_argument("--runners", nargs="*", choices=scheduling.RUNNERS, help="scheduling: only these runners")
     args = parser.parse_args()
+    global RUNNERS
+    RUNNERS = tuple(args.runners or scheduling.RUNNERS)
     started = time.monotonic()
     os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
     cosmos_env: dict[str, Any] = {}
@@ -126,7 +132,7 @@ def main() -> None:
         cosmos_env = {"error": f"{type(exc).__name__}: {exc}"}
     doc: dict[str, Any] = {"tier": args.tier, "date": datetime.date.today().isoformat(), "machine": machine(),
                            "environment": environment(), "cosmos_env": cosmos_env, "sections": {},
-                           "section_errors": {}, "notes": list(NOTES)}
+                           "section_errors": {}, "notes": list(NOTES), "label": args.label}
     for key, fn in TIERS[args.tier]:
         if not args.only or key in args.only:
             _section(doc, key, fn)

@@ -95,7 +95,7 @@ def airflow_table(rows: list[dict]) -> list[str]:
 
 
 def scheduling_table(rows: list[dict]) -> list[str]:
-    from bench.scheduling import targets
+    from bench.scheduling import NOTES, targets
 
     def cells() -> Iterator[list[Any]]:
         for r in rows:
@@ -110,7 +110,7 @@ def scheduling_table(rows: list[dict]) -> list[str]:
                     "(LocalExecutor, parallelism 8)", "| jobs | project | runner | state | wall (T) | T_exec (T - "
                     "setup) | worker slot-s | node tasks slot-s | median gap | p95 gap | jobs (time held) |",
                     "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|", cells()),
-            "", "Targets:", "", *[f"- {t}" for t in targets(rows)]]
+            "", "Targets:", "", *[f"- {t}" for t in targets(rows)], "", "How:", "", *[f"- {n}" for n in NOTES]]
 
 
 def render(doc: dict[str, Any]) -> str:
