@@ -132,7 +132,8 @@ def main() -> None:
         cosmos_env = {"error": f"{type(exc).__name__}: {exc}"}
     doc: dict[str, Any] = {"tier": args.tier, "date": datetime.date.today().isoformat(), "machine": machine(),
                            "environment": environment(), "cosmos_env": cosmos_env, "sections": {},
-                           "section_errors": {}, "notes": list(NOTES), "label": args.label}
+                           "section_errors": {},
+                           "notes": [] if args.tier == "scheduling" else list(NOTES), "label": args.label}
     for key, fn in TIERS[args.tier]:
         if not args.only or key in args.only:
             _section(doc, key, fn)
