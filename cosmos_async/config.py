@@ -23,7 +23,10 @@ __all__ = ["ExecutionConfig", "ExecutionMode", "InvocationMode", "LoadMode", "Pr
            "RenderConfig", "SourceRenderingBehavior", "TestBehavior", "cache_dir", "check_operator_args",
            "cosmos_setting"]
 
-SUPPORTED_EXECUTION_MODES = (ExecutionMode.LOCAL, ExecutionMode.VIRTUALENV, ExecutionMode.AIRFLOW_ASYNC)
+SUPPORTED_EXECUTION_MODES = (ExecutionMode.LOCAL, ExecutionMode.VIRTUALENV, ExecutionMode.AIRFLOW_ASYNC,
+                             ExecutionMode.WATCHER)
+# Modes whose models run as BigQuery jobs awaited in the triggerer (WATCHER: with their dependencies there too).
+ASYNC_EXECUTION_MODES = (ExecutionMode.AIRFLOW_ASYNC, ExecutionMode.WATCHER)
 
 
 def _reject(owner: str, unsupported: dict[str, Any]) -> None:
@@ -101,16 +104,19 @@ class ExecutionConfig:
     dbt_executable_path: Path | None = None
     dbt_project_path: Path | None = None
     async_py_requirements: list[str] = field(default_factory=list)
+    setup_operator_args: dict[str, Any] = field(default_factory=dict)
 
     def __init__(self, execution_mode: ExecutionMode = ExecutionMode.LOCAL,
                  invocation_mode: InvocationMode | None = None, dbt_executable_path: str | Path | None = None,
                  dbt_project_path: str | Path | None = None, async_py_requirements: list[str] | None = None,
-                 **unsupported: Any) -> None:
+                 setup_operator_args: dict[str, Any] | None = None, **unsupported: Any) -> None:
+        """``setup_operator_args`` (AIRFLOW_ASYNC, WATCHER): Airflow arguments of the setup task only, e.g.
+        ``{"queue": "dbt_setup"}``, over operator_args (Cosmos WATCHER's producer arguments)."""
         _reject("ExecutionConfig", unsupported)
         if execution_mode not in SUPPORTED_EXECUTION_MODES:
             raise UnsupportedArgumentError(
                 f"ExecutionConfig(execution_mode={execution_mode}) is not supported by cosmos-async; "
-                f"use ExecutionMode.LOCAL, VIRTUALENV or AIRFLOW_ASYNC."
+                f"use ExecutionMode.LOCAL, VIRTUALENV, AIRFLOW_ASYNC or WATCHER."
             )
         if invocation_mode is not None and not isinstance(invocation_mode, InvocationMode):
             raise ConfigurationError(f"ExecutionConfig(invocation_mode={invocation_mode!r}): use "
@@ -135,6 +141,10 @@ class ExecutionConfig:
         self.invocation_mode = invocation_mode
         self.dbt_project_path = Path(dbt_project_path) if dbt_project_path else None
         self.async_py_requirements = list(async_py_requirements or [])
+        if setup_operator_args and execution_mode not in ASYNC_EXECUTION_MODES:
+            raise ConfigurationError(f"ExecutionConfig(setup_operator_args=...) applies to the setup task of "
+                                     f"AIRFLOW_ASYNC and WATCHER; {execution_mode} has none: drop it.")
+        self.setup_operator_args = check_operator_args(dict(setup_operator_args or {}), "setup_operator_args")
 
 
 @dataclass
@@ -191,13 +201,13 @@ OPERATOR_ARGS = frozenset({
     "on_success_callback", "on_retry_callback", "on_execute_callback", "max_active_tis_per_dag",
     "start_from_trigger", "project", "remote_target_path", "remote_target_path_conn_id", "gcp_conn_id",
     "dbt_cmd_flags", "dbt_cmd_global_flags", "quiet", "fail_fast", "cancel_query_on_kill", "py_requirements",
-    "py_system_site_packages",
+    "py_system_site_packages", "wait_for_parents", "max_concurrent_jobs",
 })
 
 
-def check_operator_args(operator_args: dict[str, Any]) -> dict[str, Any]:
+def check_operator_args(operator_args: dict[str, Any], owner: str = "operator_args") -> dict[str, Any]:
     """Return operator_args unchanged, or raise naming every key cosmos-async does not implement."""
-    _reject("operator_args", {k: v for k, v in operator_args.items() if k not in OPERATOR_ARGS})
+    _reject(owner, {k: v for k, v in operator_args.items() if k not in OPERATOR_ARGS})
     return dict(operator_args)
 
 

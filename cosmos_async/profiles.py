@@ -16,11 +16,13 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import yaml
+from cosmos_async_triggers import dbt_profile as profiles_yml
 
 from cosmos_async.config import ProfileConfig
 from cosmos_async.errors import ConfigurationError
 
-SECRET_KEYS = ("private_key", "private_key_id", "client_secret", "refresh_token", "token")
+# keyfile_json is a secret as a whole when it is text (JSON or base64); as a mapping its secret fields are.
+SECRET_KEYS = ("private_key", "private_key_id", "client_secret", "refresh_token", "token", "keyfile_json")
 _ENV_PREFIX = "COSMOS_ASYNC_SECRET_"
 
 
@@ -30,6 +32,9 @@ def _extra(extras: Mapping[str, Any], key: str) -> Any:
     if value in (None, ""):
         value = extras.get(f"extra__google_cloud_platform__{key}")
     return None if value == "" else value
+
+
+DEFAULT_THREADS = 4  # dbt's threads in targets built from a connection, unless profile_args set them
 
 
 @dataclass
@@ -50,7 +55,8 @@ class _BigQueryProfileMapping:
             )
         if not self.profile_args.get("dataset"):
             raise ConfigurationError("profile_args needs 'dataset' (the default BigQuery dataset for dbt).")
-        target: dict[str, Any] = {"type": "bigquery", "method": self.dbt_method, "project": project, "threads": 4}
+        target: dict[str, Any] = {"type": "bigquery", "method": self.dbt_method, "project": project,
+                                  "threads": DEFAULT_THREADS}
         endpoint = _extra(extras, "bigquery_api_endpoint")
         if endpoint:
             target["api_endpoint"] = endpoint
@@ -135,8 +141,8 @@ def split_secrets(target: dict[str, Any]) -> tuple[dict[str, Any], dict[str, str
 
     def scrub(obj: Any, path: str) -> Any:
         if isinstance(obj, dict):
-            return {k: scrub(v, f"{path}{k.upper()}_") if k not in SECRET_KEYS else ref(v, f"{path}{k.upper()}")
-                    for k, v in obj.items()}
+            return {k: scrub(v, f"{path}{k.upper()}_") if k not in SECRET_KEYS or isinstance(v, dict)
+                    else ref(v, f"{path}{k.upper()}") for k, v in obj.items()}
         return obj
 
     def ref(value: Any, name: str) -> str:
@@ -159,51 +165,47 @@ def connection_extras(conn_id: str, named_by: str = "profile_mapping's conn_id")
     return dict(conn.extra_dejson or {})
 
 
-def _render_value(value: Any) -> Any:
-    """Render the Jinja dbt allows in profiles.yml (``env_var`` and the ``as_*`` filters)."""
-    if isinstance(value, dict):
-        return {k: _render_value(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_render_value(v) for v in value]
-    if not isinstance(value, str) or "{" not in value:
-        return value
-    import jinja2
-
-    def env_var(name: str, default: str | None = None) -> str:
-        if name in os.environ:
-            return os.environ[name]
-        if default is None:
-            raise ConfigurationError(f"profiles.yml uses env_var('{name}'), which is not set.")
-        return default
-
-    env = jinja2.Environment(undefined=jinja2.StrictUndefined)
-    env.filters.update(as_text=str, as_bool=lambda v: str(v).lower() == "true", as_number=float,
-                       as_native=lambda v: v)
-    rendered = env.from_string(value).render(env_var=env_var)
-    return int(rendered) if rendered.isdigit() and value.strip().startswith("{{") else rendered
-
-
 def resolve_target(profile_config: ProfileConfig, extras: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """The dbt target as a dict with values rendered (secrets in clear: keep it in memory only).
 
-    ``extras`` overrides the connection lookup (used where the connection was already read).
+    A profiles.yml is read and rendered as the triggers read it (:mod:`cosmos_async_triggers.dbt_profile`), with
+    this process's environment. ``extras`` overrides the connection lookup (used where the connection was already
+    read).
     """
     if profile_config.profile_mapping is None:
-        source = Path(profile_config.profiles_yml_filepath)
+        ref = target_ref(profile_config)
         try:
-            profiles = yaml.safe_load(source.read_text()) or {}
-        except OSError:
-            raise ConfigurationError(f"profiles_yml_filepath {source} cannot be read.") from None
-        try:
-            target = profiles[profile_config.profile_name]["outputs"][profile_config.target_name]
-        except (KeyError, TypeError):
-            raise ConfigurationError(f"{source} has no profile {profile_config.profile_name!r} with target "
-                                     f"{profile_config.target_name!r}.") from None
-        return _render_value(dict(target))
+            return profiles_yml.render_value(profiles_yml.read_target(ref), os.environ,
+                                            f"profiles.yml {ref.describe()}")
+        except profiles_yml.ProfileTargetError as exc:
+            failure = str(exc)
+        raise ConfigurationError(failure)  # outside the except block: no context holding rendered values
     mapping = profile_config.profile_mapping
     if extras is None:
         extras = connection_extras(mapping.conn_id)
     return mapping.target(extras)
+
+
+def target_ref(profile_config: ProfileConfig) -> profiles_yml.TargetRef:
+    """The reference to a profiles.yml target that travels to the triggers (never its values)."""
+    return profiles_yml.TargetRef(str(profile_config.profiles_yml_filepath), profile_config.profile_name,
+                                 profile_config.target_name)
+
+
+def check_async_target(profile_config: ProfileConfig) -> profiles_yml.TargetRef:
+    """The profiles.yml target's reference, once the parse-time check says the triggers can authenticate with it.
+
+    Cheap (one YAML file; no dbt, no network, no secret rendered); env vars the DAG processor lacks are left for
+    the triggerer to resolve.
+    """
+    ref = target_ref(profile_config)
+    try:
+        profiles_yml.check_target(ref, profiles_yml.read_target(ref), os.environ)
+    except profiles_yml.ProfileTargetError as exc:
+        failure = f"ExecutionMode.AIRFLOW_ASYNC with profiles_yml_filepath: {exc}"
+    else:
+        return ref
+    raise ConfigurationError(failure)
 
 
 @contextmanager

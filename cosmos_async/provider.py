@@ -44,9 +44,32 @@ OPTIONS: dict[str, tuple[str, str, str | None, str | None]] = {
         "429/5xx or a dropped connection (at most 8 attempts) before the task fails with the last error.",
         "float", None, "30",
     ),
+    "iam_credentials_endpoint": (
+        "IAM Credentials API the triggers call (generateAccessToken) for a profiles.yml target with "
+        "impersonate_service_account; change it only for a private endpoint or a test double.",
+        "string", None, "https://iamcredentials.googleapis.com",
+    ),
     "default_location": (
         "BigQuery location used when neither operator_args nor the profile give one.",
         "string", None, "US",
+    ),
+    "wait_for_parents": (
+        "Who releases an AIRFLOW_ASYNC model once its parents succeed: 'triggerer' (every model task of a run "
+        "starts in the triggerer with the run and submits its job the moment its parents are done) or "
+        "'scheduler' (Airflow's trigger rules, one scheduler and triggerer round trip per dependency). Empty: "
+        "'triggerer' when start_from_trigger is on, else 'scheduler'. operator_args wait_for_parents overrides it.",
+        "string", "scheduler", "",
+    ),
+    "max_concurrent_jobs": (
+        "At most this many model tasks of one DAG run (or DbtTaskGroup) hold BigQuery jobs at once in one "
+        "triggerer process, like dbt's threads. Empty: the profile's threads. operator_args max_concurrent_jobs "
+        "overrides it.",
+        "integer", "8", "",
+    ),
+    "parent_check_interval": (
+        "Seconds between the batched state checks of the parents that waiting model tasks cannot hear about "
+        "from a trigger in the same triggerer process (parents on workers or in another triggerer).",
+        "float", None, "1.0",
     ),
 }
 

@@ -59,7 +59,8 @@ class RemoteTarget:
         if scheme in ("gs", "gcs") and not conn_id:
             raise ConfigurationError(
                 "a gs:// remote target path needs a connection: set AIRFLOW__COSMOS__REMOTE_TARGET_PATH_CONN_ID "
-                "to a google_cloud_platform connection id."
+                "to a google_cloud_platform connection id (also with profiles_yml_filepath: the setup task and "
+                "the triggerer reach the bucket through that connection, not through the dbt profile)."
             )
         return cls(url.strip(), conn_id or None)
 

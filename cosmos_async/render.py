@@ -30,8 +30,9 @@ from cosmos_async.project.select import select_nodes
 _TOOLKIT_ARGS = ("install_deps", "full_refresh", "vars", "env", "append_env", "gcp_conn_id", "location", "project",
                  "poll_interval", "start_from_trigger", "remote_target_path", "remote_target_path_conn_id",
                  "dbt_cmd_flags", "dbt_cmd_global_flags", "quiet", "fail_fast", "cancel_query_on_kill",
-                 "py_requirements", "py_system_site_packages")
+                 "py_requirements", "py_system_site_packages", "wait_for_parents", "max_concurrent_jobs")
 log = logging.getLogger(__name__)
+DBT_DEFAULT_THREADS = 1  # dbt's default when a target sets no threads
 
 
 def asset_for(node: DbtNode) -> Asset | None:
@@ -186,8 +187,12 @@ class _Renderer:
         from cosmos_async.remote import HOOK_IDS, RemoteTarget
 
         args = self.operator_args
+        toolkit = sorted(set(self.execution.setup_operator_args) & set(_TOOLKIT_ARGS))
+        if toolkit:
+            raise ConfigurationError(f"ExecutionConfig(setup_operator_args=...) takes Airflow task arguments (queue, "
+                                     f"pool, retries, ...); {', '.join(toolkit)} belong in operator_args.")
         remote = RemoteTarget.from_config(args.get("remote_target_path"), args.get("remote_target_path_conn_id"))
-        settings = async_settings(self.profile, args)
+        settings = async_settings(self.profile, args, self.execution.execution_mode)
         node_airflow_kwargs = self.airflow_kwargs
         # Two DbtTaskGroups of one DAG run each keep their files apart (their own setup, index and teardown).
         remote_kwargs = {"remote_target_path": remote.url, "remote_target_path_conn_id": remote.conn_id,
@@ -197,7 +202,7 @@ class _Renderer:
                       **extra: Any) -> BaseOperator:
             labels = {"dbt_project": self.manifest.project_name, "dbt_node": nodes[0]["name"]}
             return DbtBigQueryAsyncOperator(task_id=task_id, nodes=nodes, local_fallback=fallback, labels=labels,
-                                            **settings, **remote_kwargs, **node_airflow_kwargs, **extra)
+                                            **{**settings, **extra}, **remote_kwargs, **node_airflow_kwargs)
 
         def make(plan: TaskPlan) -> BaseOperator:
             nodes = [self.async_node(uid) for uid in plan.node_ids]
@@ -208,10 +213,12 @@ class _Renderer:
             node_ids=sorted({uid for plan in self.plans for uid in plan.node_ids}), select=self.render.select,
             exclude=self.render.exclude, py_requirements=self.execution.async_py_requirements,
             dbt_executable_path=self.execution.dbt_executable_path, **remote_kwargs,
-            **self.dbt_kwargs, **node_airflow_kwargs,
+            **self.dbt_kwargs, **{**node_airflow_kwargs, **self.execution.setup_operator_args},
         ).as_setup()
         start = node_task("dbt_on_run_start", [{"id": HOOK_IDS["on-run-start"], "kind": "hook",
-                                                "name": "on-run-start"}], None)
+                                                "name": "on-run-start"}], None,
+                          # Airflow requires all_success right after a setup task: one scheduler hop here.
+                          wait_for_parents="scheduler")
         tasks = self.wire(make)
         roots = [t for key, t in tasks.items() if not self.plan_by_key[key].upstream]
         leaves = [t for t in tasks.values() if not t.downstream_list]
@@ -222,7 +229,7 @@ class _Renderer:
             # dbt runs on-run-end whatever the models did. As a teardown it runs after failures too, yet a failed
             # model still fails the DAG run (Airflow leaves teardowns out of the run's state).
             end = node_task("dbt_on_run_end", [{"id": HOOK_IDS["on-run-end"], "kind": "hook",
-                                                "name": "on-run-end"}], None)
+                                                "name": "on-run-end"}], None, wait_for_parents="scheduler")
             last >> end.as_teardown(setups=setup)
             last = [end]
         last >> teardown.as_teardown(setups=setup)
@@ -245,29 +252,74 @@ def _strings(operator_args: dict[str, Any], name: str) -> list[str]:
     return list(value)
 
 
-def async_settings(profile: ProfileConfig, operator_args: dict[str, Any]) -> dict[str, Any]:
-    """Connection, project, location and polling for AIRFLOW_ASYNC tasks: operator_args, then profile, then [cosmos]."""
+def async_settings(profile: ProfileConfig, operator_args: dict[str, Any],
+                   mode: ExecutionMode = ExecutionMode.AIRFLOW_ASYNC) -> dict[str, Any]:
+    """Credentials, project, location and polling for AIRFLOW_ASYNC tasks: operator_args, then profile, then [cosmos].
+
+    The triggers authenticate with ``operator_args['gcp_conn_id']``, else the profile mapping's connection, else
+    the profiles.yml target itself (only its reference travels: the triggerer reads and renders the file).
+    """
     from cosmos_async.config import cosmos_setting
+    from cosmos_async.profiles import check_async_target
 
     mapping = profile.profile_mapping
     profile_args = getattr(mapping, "profile_args", {}) or {}
     conn_id = operator_args.get("gcp_conn_id") or getattr(mapping, "conn_id", None)
-    if not conn_id:
-        raise ConfigurationError("AIRFLOW_ASYNC needs a google_cloud_platform connection for the triggerer: use a "
-                                 "profile_mapping (its conn_id) or operator_args={'gcp_conn_id': ...}.")
     start = operator_args.get("start_from_trigger")
     if start is None:
         start = str(cosmos_setting("start_from_trigger", "True")).lower() == "true"
+    # WATCHER is this engine with the dependencies in the triggerer, whatever [cosmos] says for AIRFLOW_ASYNC.
+    default_wait = "triggerer" if mode == ExecutionMode.WATCHER else cosmos_setting("wait_for_parents", "")
+    wait = str(operator_args.get("wait_for_parents") or default_wait or
+               ("triggerer" if start else "scheduler")).lower()
+    if wait not in ("triggerer", "scheduler"):
+        raise ConfigurationError(f"wait_for_parents={wait!r} (operator_args or [cosmos]): use 'triggerer' or "
+                                 "'scheduler'.")
+    if wait == "triggerer" and operator_args.get("trigger_rule") not in (None, "always", "all_success"):
+        raise ConfigurationError(
+            f"operator_args trigger_rule={operator_args['trigger_rule']!r} needs wait_for_parents='scheduler': with "
+            "'triggerer' model tasks start with the run and wait for all their parents to succeed themselves.")
+    jobs = operator_args.get("max_concurrent_jobs") or cosmos_setting("max_concurrent_jobs", "") \
+        or profile_threads(profile)
+    settings: dict[str, Any] = {
+        "poll_interval": float(operator_args.get("poll_interval") or cosmos_setting("poll_interval", "2.0")),
+        "start_from_trigger": bool(start),
+        "wait_for_parents": wait,
+        "max_jobs": int(jobs),
+        "parent_check_interval": float(cosmos_setting("parent_check_interval", "1.0") or 1.0),
+    }
+    if not conn_id:
+        # project, execution_project and location come from the target as the triggerer renders it.
+        return {**settings, "gcp_conn_id": None, "dbt_target": check_async_target(profile).to_kwargs(),
+                "project": operator_args.get("project"), "location": operator_args.get("location")}
     return {
+        **settings,
         "gcp_conn_id": conn_id,
+        "dbt_target": None,
         # dbt's execution_project bills the jobs to another project than the data's (astronomer-cosmos #1933).
         "project": operator_args.get("project") or profile_args.get("execution_project")
         or profile_args.get("project"),
         "location": operator_args.get("location") or profile_args.get("location")
         or cosmos_setting("default_location", "US"),
-        "poll_interval": float(operator_args.get("poll_interval") or cosmos_setting("poll_interval", "2.0")),
-        "start_from_trigger": bool(start),
     }
+
+
+def profile_threads(profile: ProfileConfig) -> int:
+    """dbt's ``threads`` for the profile's target: profile_args, else profiles.yml, else dbt's default."""
+    from cosmos_async.profiles import DEFAULT_THREADS
+
+    mapping = profile.profile_mapping
+    if mapping is not None:
+        return int((getattr(mapping, "profile_args", {}) or {}).get("threads") or DEFAULT_THREADS)
+    import yaml
+
+    try:
+        profiles = yaml.safe_load(Path(profile.profiles_yml_filepath).read_text()) or {}  # type: ignore[arg-type]
+        threads = profiles[profile.profile_name]["outputs"][profile.target_name].get("threads")
+        return int(threads) if threads else DBT_DEFAULT_THREADS
+    except (OSError, KeyError, TypeError, ValueError, yaml.YAMLError):
+        # Unreadable here or templated (``{{ env_var(...) }}``): dbt itself will say what is wrong at run time.
+        return DBT_DEFAULT_THREADS
 
 
 class DbtDag(DAG):

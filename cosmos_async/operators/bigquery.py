@@ -5,6 +5,9 @@ holds a worker slot. A failure resumes it on a worker just long enough to raise 
 callbacks behave as for any task); a node the capture marked unsafe resumes on a worker and runs through dbt
 (LOCAL). With start-from-trigger off, and under ``airflow dags test`` / ``dag.test()``, ``execute`` defers to the
 same trigger.
+
+With ``wait_for_parents="triggerer"`` the task starts with its DAG run and its trigger waits for the upstream
+tasks (see :mod:`cosmos_async_triggers.parents`); ``execute`` judges them itself and reschedules while they run.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from airflow.triggers.base import StartTriggerArgs
 from cosmos_async.operators.links import JOB_LINK_KEY, BigQueryJobLink
 
 TRIGGER_CLASSPATH = "cosmos_async_triggers.bigquery.BigQueryNodeTrigger"
+WAIT_MODES = ("triggerer", "scheduler")
 
 
 class DbtBigQueryAsyncOperator(BaseOperator):
@@ -28,15 +32,29 @@ class DbtBigQueryAsyncOperator(BaseOperator):
     template_fields: Sequence[str] = ("local_fallback",)
     ui_color = "#c6e2ff"
 
-    def __init__(self, *, nodes: Sequence[dict[str, Any]], gcp_conn_id: str, remote_target_path: str,
-                 remote_target_path_conn_id: str | None, location: str, project: str | None = None,
+    def __init__(self, *, nodes: Sequence[dict[str, Any]], gcp_conn_id: str | None, remote_target_path: str,
+                 remote_target_path_conn_id: str | None, location: str | None, project: str | None = None,
                  poll_interval: float = 2.0, start_from_trigger: bool = True,
                  labels: dict[str, str] | None = None, local_fallback: dict[str, Any] | None = None,
-                 dbt_group_id: str | None = None, **kwargs: Any) -> None:
-        """``dbt_group_id``: the DbtTaskGroup whose setup uploads this node's SQL (None in a DbtDag)."""
+                 dbt_group_id: str | None = None, dbt_target: dict[str, str] | None = None,
+                 wait_for_parents: str = "scheduler", parent_check_interval: float = 1.0,
+                 max_jobs: int | None = None, **kwargs: Any) -> None:
+        """``dbt_group_id``: the DbtTaskGroup whose setup uploads this node's SQL (None in a DbtDag). Credentials:
+        ``gcp_conn_id``, or when it is None ``dbt_target`` (profiles.yml path, profile, target), which the trigger
+        reads in the triggerer; neither holds a secret.
+
+        ``wait_for_parents="triggerer"``: the task starts with its DAG run (trigger rule ``always``) and waits for
+        its upstream tasks itself, in the trigger; ``"scheduler"``: Airflow releases it after its upstream tasks.
+        ``max_jobs``: at most this many tasks of one DAG run hold BigQuery jobs at once (per triggerer process).
+        """
+        if wait_for_parents not in WAIT_MODES:
+            raise ValueError(f"wait_for_parents={wait_for_parents!r}: use one of {', '.join(WAIT_MODES)}")
+        if wait_for_parents == "triggerer":
+            kwargs["trigger_rule"] = "always"
         super().__init__(**kwargs)
         self.nodes = [dict(n) for n in nodes]
         self.gcp_conn_id = gcp_conn_id
+        self.dbt_target = dict(dbt_target) if dbt_target else None
         self.remote_target_path = remote_target_path
         self.remote_target_path_conn_id = remote_target_path_conn_id
         self.location = location
@@ -46,40 +64,98 @@ class DbtBigQueryAsyncOperator(BaseOperator):
         self.local_fallback = local_fallback
         self.start_from_trigger = start_from_trigger
         self.dbt_group_id = dbt_group_id
-        if start_from_trigger:
-            self.start_trigger_args = StartTriggerArgs(
-                trigger_cls=TRIGGER_CLASSPATH, trigger_kwargs=self.trigger_kwargs(end_task=True),
-                next_method="execute_complete", next_kwargs=None, timeout=self.execution_timeout,
-            )
+        self.wait_for_parents = wait_for_parents
+        self.parent_check_interval = parent_check_interval
+        self.max_jobs = max_jobs
 
-    def trigger_kwargs(self, *, end_task: bool, run: dict[str, Any] | None = None) -> dict[str, Any]:
+    @property
+    def start_trigger_args(self) -> StartTriggerArgs | None:  # type: ignore[override]
+        """Computed when Airflow reads it (DAG serialization), so edges added after rendering count as parents."""
+        if not self.start_from_trigger:
+            return None
+        in_trigger = self.wait_for_parents == "triggerer"
+        return StartTriggerArgs(
+            trigger_cls=TRIGGER_CLASSPATH,
+            trigger_kwargs=self.trigger_kwargs(end_task=True, parents=self.parent_task_ids() if in_trigger else []),
+            next_method="execute_complete", next_kwargs=None,
+            # Waiting for parents must not count against execution_timeout: the trigger times the jobs itself.
+            timeout=None if in_trigger else self.execution_timeout,
+        )
+
+    def parent_task_ids(self) -> list[str]:
+        """The task ids this task waits for when it waits in the triggerer: its upstream tasks, and the setup
+        tasks above it (trigger rule ``always`` turns off Airflow's own wait for them, e.g. when a clear
+        re-runs the setup)."""
+        setups = {t.task_id for t in self.get_flat_relatives(upstream=True) if t.is_setup}
+        return sorted(set(self.upstream_task_ids) | setups)
+
+    def trigger_kwargs(self, *, end_task: bool, run: dict[str, Any] | None = None,
+                       parents: list[str] | None = None) -> dict[str, Any]:
         """JSON-able trigger arguments; ``run`` (dag/run/task ids) is None when the trigger reads its task instance."""
+        timeout = self.execution_timeout.total_seconds() if self.execution_timeout and parents else None
         return {"nodes": self.nodes, "gcp_conn_id": self.gcp_conn_id,
                 "storage_conn_id": self.remote_target_path_conn_id, "remote_target_path": self.remote_target_path,
                 "project": self.project, "location": self.location, "poll_interval": self.poll_interval,
-                "labels": self.labels, "end_task": end_task, "run": run, "group_id": self.dbt_group_id}
+                "labels": self.labels, "end_task": end_task, "run": run, "group_id": self.dbt_group_id,
+                "dbt_target": self.dbt_target,
+                "parents": parents or [], "parent_check_interval": self.parent_check_interval,
+                "max_jobs": self.max_jobs, "execution_timeout_s": timeout}
 
     def execute(self, context: Any) -> None:
         from cosmos_async_triggers.bigquery import BigQueryNodeTrigger
 
         ti = context["ti"]
+        if self.wait_for_parents == "triggerer":
+            # On a worker and under `airflow dags test` (which runs triggers inline, one task at a time) a trigger
+            # waiting for a parent would hold the only loop the parent could run in: judge here, and come back
+            # later while a parent is still running.
+            self._check_parents(ti)
         run = {"dag_id": ti.dag_id, "run_id": ti.run_id, "task_id": ti.task_id, "map_index": ti.map_index}
         self.defer(trigger=BigQueryNodeTrigger(**self.trigger_kwargs(end_task=False, run=run)),
                    method_name="execute_complete", timeout=self.execution_timeout)
 
+    def _check_parents(self, ti: Any) -> None:
+        from datetime import datetime, timedelta, timezone
+
+        from airflow.sdk.exceptions import AirflowFailException, AirflowRescheduleException, AirflowSkipException
+        from cosmos_async_triggers.parents import FAILED, SKIPPED, WAIT, judge, parent_state
+
+        parents = self.parent_task_ids()
+        if not parents:
+            return
+        answer = (ti.get_task_states(dag_id=ti.dag_id, task_ids=parents, run_ids=[ti.run_id]) or {}).get(ti.run_id)
+        verdict = judge(parents, {p: parent_state(answer or {}, p) for p in parents})
+        if verdict.outcome == FAILED:
+            raise AirflowFailException(f"not run: {verdict.reason}")
+        if verdict.outcome == SKIPPED:
+            raise AirflowSkipException(f"skipped: {verdict.reason}")
+        if verdict.outcome == WAIT:
+            self.log.info("waiting for upstream task(s) %s; checking again in %s s", ", ".join(parents),
+                          self.parent_check_interval)
+            raise AirflowRescheduleException(
+                datetime.now(timezone.utc) + timedelta(seconds=self.parent_check_interval))
+
     def execute_complete(self, context: Any, event: dict[str, Any] | None = None) -> Any:
         from airflow.exceptions import AirflowException
+        from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException, AirflowTaskTimeout
 
         event = event or {}
         status = event.get("status")
         if status == "fallback":
             return self._run_locally(event.get("reason", "the capture marked this node unsafe"))
+        if status == "upstream_failed":
+            # No trigger may set upstream_failed; failing without retries says the same and fails the DAG run.
+            raise AirflowFailException(event.get("message"))
+        if status == "skipped":
+            raise AirflowSkipException(event.get("message"))
         for job in event.get("jobs", []):
             self.log.info("BigQuery job %s: %s", job.get("job_id"), _describe(job))
             if job.get("link"):
                 context["ti"].xcom_push(key=JOB_LINK_KEY, value=job["link"])
         for warning in event.get("warnings", []):
             self.log.warning("%s", warning)
+        if status == "timeout":
+            raise AirflowTaskTimeout(event.get("message"))
         if status != "success":
             raise AirflowException(event.get("message") or f"BigQuery job ended with status {status!r}")
         return event.get("jobs")

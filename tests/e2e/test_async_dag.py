@@ -1,7 +1,8 @@
 """AIRFLOW_ASYNC end to end on real Airflow processes, the BigQuery emulator and the GCS emulator.
 
-The example DAG (dev/dags/corner_shop.py) runs unchanged; a second DAG file written by the test adds two
-variants of it: one with a broken model, one with start-from-trigger turned off (the worker path).
+The example DAG (dev/dags/corner_shop.py) runs unchanged; a second DAG file written by the test adds variants of
+it: one with a broken model, one with start-from-trigger turned off (the worker path), runs overlapping, and two
+that authenticate with the user's own profiles.yml (a key file; the key JSON in an env var of the processes).
 """
 
 from __future__ import annotations
@@ -20,11 +21,14 @@ from google.cloud import bigquery
 from tests.support.airflow import AirflowStack
 from tests.support.credentials import TokenEndpoint, secret_fragments, service_account_key
 from tests.support.dbt_oracle import built_tables, dbt_build
+from tests.support.trigger_rows import TriggerRowRecorder
 
 REPO = Path(__file__).resolve().parents[2]
 DAGS = REPO / "dev" / "dags"
 DATASET = "async_e2e"
 REMOTE_ROOT = "runs"
+PROFILE_DAGS = {"corner_shop_profile_keyfile": "keyfile", "corner_shop_profile_env": "env_json"}
+SELECTED_TABLES = {"raw_orders", "raw_customers", "stg_orders", "stg_customers"}  # of the profile DAGs
 
 VARIANTS = '''"""Variants of the example DAG for the end-to-end tests (airflow DAG file)."""
 from datetime import datetime
@@ -65,6 +69,16 @@ corner_shop_twice = DbtDag(
     profile_config=profile_in("async_twice"),
     render_config=RenderConfig(select=["+daily_revenue", "+orders", "stg_customers"],
                                exclude=["resource_type:seed"]), **common)
+# The user's own profiles.yml (written by the test beside this file): the triggers authenticate with its target,
+# one with a key file, one with the key JSON in an env var of the Airflow processes. No connection holds them.
+PROFILES = Path(__file__).parent / "profiles_e2e.yml"
+for target in ("keyfile", "env_json"):
+    dag_id = "corner_shop_profile_" + target.split("_")[0]
+    globals()[dag_id] = DbtDag(
+        dag_id=dag_id, project_config=project_config,
+        profile_config=ProfileConfig(profile_name="corner_shop", target_name=target, profiles_yml_filepath=PROFILES),
+        # stg_customers too: dbt selects the relationships test of stg_orders, which reads it.
+        render_config=RenderConfig(select=["+stg_orders", "+stg_customers"]), **common)
 '''
 
 
@@ -82,6 +96,9 @@ def stack(tmp_path_factory, bigquery_emulator, gcs_emulator, key) -> Iterator[Ai
     (broken / "models" / "staging" / "stg_orders.sql").write_text(
         "select order_id, no_such_column from {{ ref('raw_orders') }}\n")
     (dags / "corner_shop_variants.py").write_text(VARIANTS)
+    keyfile = tmp_path_factory.mktemp("keys") / "dbt-runner.json"
+    keyfile.write_text(json.dumps(key))
+    (dags / "profiles_e2e.yml").write_text(_profiles_yml(keyfile, bigquery_emulator.endpoint))
     conn = {"conn_type": "google_cloud_platform",
             "extra": {"project": "demo-proj", "keyfile_dict": json.dumps(key),
                       "bigquery_api_endpoint": bigquery_emulator.endpoint,
@@ -91,11 +108,33 @@ def stack(tmp_path_factory, bigquery_emulator, gcs_emulator, key) -> Iterator[Ai
            "AIRFLOW__COSMOS__REMOTE_TARGET_PATH": f"gs://{bucket}/{REMOTE_ROOT}",
            "AIRFLOW__COSMOS__REMOTE_TARGET_PATH_CONN_ID": "gcp_conn",
            "AIRFLOW__COSMOS__POLL_INTERVAL": "0.5",
+           # Set for the processes only (the triggerer renders it there): no DAG or connection holds it.
+           "CORNER_SHOP_KEYFILE_JSON": json.dumps(key),
            "PYTHONPATH": str(REPO)}
     with AirflowStack(tmp_path_factory.mktemp("airflow"), dags, env=env, parallelism=4) as af:
-        for dag_id in ("corner_shop", "corner_shop_worker", "corner_shop_broken", "corner_shop_twice"):
+        for dag_id in ("corner_shop", "corner_shop_worker", "corner_shop_broken", "corner_shop_twice",
+                       *PROFILE_DAGS):
             af.wait_for_dag(dag_id, timeout=120)
         yield af
+
+
+@pytest.fixture(scope="module")
+def trigger_rows(stack: AirflowStack) -> Iterator[TriggerRowRecorder]:
+    """Every trigger row Airflow stores while this module's DAGs run, decrypted as Airflow reads it."""
+    with TriggerRowRecorder(stack.home) as recorder:
+        yield recorder
+
+
+def _profiles_yml(keyfile: Path, bigquery: str) -> str:
+    common = {"type": "bigquery", "project": "demo-proj", "api_endpoint": bigquery, "location": "US", "threads": 4}
+    targets = {
+        "keyfile": {**common, "method": "service-account", "keyfile": str(keyfile),
+                    "dataset": "async_profile_keyfile"},
+        "env_json": {**common, "method": "service-account-json",
+                     "keyfile_json": "{{ env_var('CORNER_SHOP_KEYFILE_JSON') | as_native }}",
+                     "dataset": "async_profile_env"},
+    }
+    return json.dumps({"corner_shop": {"target": "keyfile", "outputs": targets}})  # JSON is YAML
 
 
 @pytest.fixture(scope="module")
@@ -138,16 +177,23 @@ def _failures(af: AirflowStack, dag_id: str, run_id: str) -> str:
     return "\n".join([str(states), *logs])
 
 
+@pytest.fixture(scope="module")
+def oracle(bigquery_emulator, client, tmp_path_factory) -> dict[str, list[tuple]]:
+    """The tables plain ``dbt build`` makes of the whole example project (dataset async_oracle), built once."""
+    with pytest.MonkeyPatch.context() as mp:
+        _dbt_corner_shop("async_oracle", bigquery_emulator.endpoint, tmp_path_factory.mktemp("oracle"), mp)
+    return built_tables(client, "async_oracle")
+
+
 def test_async_run_builds_tables_without_worker_slots_and_cleans_up(
-        stack: AirflowStack, client, gcs, gcs_emulator, bigquery_emulator, key, token_endpoint, tmp_path: Path,
-        monkeypatch: pytest.MonkeyPatch) -> None:
+        stack: AirflowStack, trigger_rows: TriggerRowRecorder, oracle, client, gcs, gcs_emulator, key,
+        token_endpoint) -> None:
     run_id = stack.trigger("corner_shop")
-    assert stack.wait_for_run("corner_shop", run_id, timeout=300) == "success", _states(stack, "corner_shop", run_id)
+    assert stack.wait_for_run("corner_shop", run_id, timeout=300) == "success", _failures(stack, "corner_shop", run_id)
     states = _states(stack, "corner_shop", run_id)
     assert set(states.values()) == {"success"}, states
 
-    _dbt_corner_shop("async_oracle", bigquery_emulator.endpoint, tmp_path, monkeypatch)
-    assert built_tables(client, DATASET) == built_tables(client, "async_oracle")
+    assert built_tables(client, DATASET) == oracle
 
     slots = stack.worker_seconds("corner_shop", run_id)
     model_tasks = [t for t in states if t.endswith("run") and "dbt_" not in t]
@@ -155,27 +201,62 @@ def test_async_run_builds_tables_without_worker_slots_and_cleans_up(
     assert slots["dbt_setup_async"] > 0
 
     assert _remote_files(gcs, gcs_emulator.extra["bucket"], "corner_shop") == []
-    _assert_no_secret_shown(stack, run_id, key, token_endpoint)
+    rows = _our_trigger_rows(trigger_rows)
+    assert any('"gcp_conn_id": "gcp_conn"' in text for text in rows.values()), rows
+    _assert_no_secret_shown(stack, "corner_shop", run_id, key, token_endpoint, rows)
 
 
-def _assert_no_secret_shown(af: AirflowStack, run_id: str, key: dict, token_endpoint: TokenEndpoint) -> None:
-    """Nothing Airflow shows for the run holds key material or an access token: task logs, every XCom, and every
-    task instance's details with its rendered template fields (the uploaded files are scanned by
-    tests/integration/test_secrets.py: teardown has deleted them by now)."""
+def _our_trigger_rows(recorder: TriggerRowRecorder) -> dict[str, str]:
+    """The decrypted kwargs of every BigQueryNodeTrigger row seen so far, by trigger id."""
+    rows = {f"trigger row {i}": text for i, (classpath, text) in enumerate(recorder.seen().values())
+            if classpath.endswith("BigQueryNodeTrigger")}
+    assert rows, f"no trigger row was seen while the DAG ran (recorder errors: {recorder.errors[-3:]})"
+    return rows
+
+
+def _assert_no_secret_shown(af: AirflowStack, dag_id: str, run_id: str, key: dict, token_endpoint: TokenEndpoint,
+                            trigger_rows: dict[str, str]) -> None:
+    """Nothing Airflow shows or stores for the run holds key material or an access token: task logs, every XCom,
+    every task instance's details with its rendered template fields, and the trigger rows of its database (the
+    uploaded files are scanned by tests/integration/test_secrets.py: teardown has deleted them by now)."""
     # The tokens the setup (dbt, gcsfs), the triggers and the teardown obtained with the key: secrets as well.
     tokens = token_endpoint.tokens()
     assert tokens, "the run never exchanged the key for a token: scanning for tokens would prove nothing"
-    tis = af.task_instances("corner_shop", run_id)
-    details = {ti["task_id"]: af.task_instance("corner_shop", run_id, ti["task_id"], ti["map_index"]) for ti in tis}
+    tis = af.task_instances(dag_id, run_id)
+    details = {ti["task_id"]: af.task_instance(dag_id, run_id, ti["task_id"], ti["map_index"]) for ti in tis}
     # The setup has template fields and runs on a worker: if it shows none, the API moved and the scan is empty.
     assert {"dbt_vars", "env"} <= set(details["dbt_setup_async"]["rendered_fields"]), details["dbt_setup_async"]
-    xcoms = af.xcom_entries("corner_shop", run_id)
+    xcoms = af.xcom_entries(dag_id, run_id)
     assert {"dbt_setup_async", "stg_orders.run"} <= {e["task_id"] for e in xcoms}, xcoms
-    texts = {f"log of {t}": af.task_log("corner_shop", run_id, t) for t in details}
+    texts = {f"log of {t}": af.task_log(dag_id, run_id, t) for t in details}
     texts |= {f"details of {t}": json.dumps(d) for t, d in details.items()}
     texts |= {f"xcom {e['task_id']}/{e['key']}": json.dumps(e) for e in xcoms}
+    texts |= trigger_rows
     leaked = [(where, f[:12]) for where, text in texts.items() for f in [*secret_fragments(key), *tokens] if f in text]
     assert not leaked, f"key material or access tokens shown by Airflow: {leaked}"
+
+
+def test_profiles_yml_runs_with_a_key_file_and_with_the_key_in_an_env_var(
+        stack: AirflowStack, trigger_rows: TriggerRowRecorder, oracle, client, key, token_endpoint) -> None:
+    """The triggers authenticate with the target of the user's profiles.yml, read in the triggerer: the trigger
+    rows name the target and hold no key; the tables are dbt's."""
+    runs = {dag_id: stack.trigger(dag_id) for dag_id in PROFILE_DAGS}
+    for dag_id, run_id in runs.items():
+        assert stack.wait_for_run(dag_id, run_id, timeout=300) == "success", _failures(stack, dag_id, run_id)
+
+    # The selection's tables (run_audit also holds rows of hooks of models outside it: not comparable).
+    selected = {name for name in oracle if name.rsplit(".", 1)[-1] in SELECTED_TABLES}
+    assert len(selected) == len(SELECTED_TABLES), oracle.keys()
+    for dataset in ("async_profile_keyfile", "async_profile_env"):
+        got = built_tables(client, dataset)
+        assert {name: got.get(name) for name in selected} == {name: oracle[name] for name in selected}, dataset
+
+    rows = _our_trigger_rows(trigger_rows)
+    for dag_id, target in PROFILE_DAGS.items():
+        named = [t for t in rows.values() if f'"target": "{target}"' in t and "profiles_e2e.yml" in t]
+        assert named, f"no trigger row of {dag_id} names its profiles.yml target: {list(rows.values())[:2]}"
+        assert all('"gcp_conn_id": null' in t for t in named), named[0]
+        _assert_no_secret_shown(stack, dag_id, runs[dag_id], key, token_endpoint, rows)
 
 
 def test_worker_path_on_file_remote_holds_workers_and_cleans_up(stack: AirflowStack) -> None:
@@ -196,7 +277,10 @@ def test_broken_model_fails_with_bigquery_message_and_teardown_still_cleans(stac
     assert state == "failed", stack.task_log("corner_shop_broken", run_id, "stg_orders.run")
     states = _states(stack, "corner_shop_broken", run_id)
     assert states["stg_orders.run"] == "failed", states
-    assert states["orders.run"] == "upstream_failed", states
+    # No trigger may set upstream_failed: the child fails without retries, naming its failed parent.
+    assert states["orders.run"] == "failed", states
+    assert "not run: upstream task 'stg_orders.test' ended failed" in stack.task_log(
+        "corner_shop_broken", run_id, "orders.run"), states
     assert states["stg_customers.run"] == "success", states
     assert states["dbt_teardown_async"] == "success", states
     assert "no_such_column" in stack.task_log("corner_shop_broken", run_id, "stg_orders.run", try_number=1)

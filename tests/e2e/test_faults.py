@@ -75,6 +75,7 @@ def test_triggerer_sigkill_while_jobs_run_reattaches_without_rerunning(rig: Faul
     assert len(check.model_jobs()) == len(models_run) == 4, (check.model_jobs(), models_run)
     # Logs of a SIGKILLed triggerer can be lost, so this is a lower bound; the proxy's counts above are exact.
     assert reattached["running"] >= 2, reattached
+    assert check.early_children == [], check.early_children
     assert rig.wrong_tables(KILL) == []
 
 
@@ -110,8 +111,12 @@ def test_task_marked_failed_cancels_its_running_job_and_stops_dependents(rig: Fa
     assert check.cancels == {job_id: 1}, (check.cancels, rig.af.task_log(CANCEL, run_id, target))
     assert state == "failed", check.tasks
     assert check.tasks[target] == "failed", check.tasks
-    assert all(check.tasks[d] == "upstream_failed" for d in dependents), check.tasks
+    # They waited in the triggerer: no trigger may set upstream_failed, so they fail naming the parent, no retry.
+    assert all(check.tasks[d] == "failed" for d in dependents), check.tasks
+    assert all(f"not run: upstream task '{target}' ended failed" in rig.af.task_log(CANCEL, run_id, d)
+               for d in dependents), rig.af.task_log(CANCEL, run_id, dependents[0])
     assert not any(check.job_task[j] in dependents for j in check.inserts), "a dependent submitted a job"
+    assert check.early_children == [], check.early_children
     assert check.tasks["dbt_teardown_async"] == "success", check.tasks
     assert check.duplicates() == {}, check.inserts
     assert sum(check.model_jobs().values()) == len(models_run), (check.model_jobs(), models_run)
@@ -124,8 +129,8 @@ def test_transient_http_errors_on_submit_and_poll_are_retried_without_resubmitti
     run_id = TRANSIENT_RUN
     rig.trigger_once(TRANSIENT, run_id)
     rig.wait_task(TRANSIENT, run_id, "dbt_setup_async", {"success"})  # faults for the node jobs only
-    assert rig.states(TRANSIENT, run_id).get("model_00000_run") in (None, "scheduled", "queued"), \
-        "the models started before the faults were in place"
+    # Model tasks wait in the triggerer from the start of the run; none may have submitted a job yet.
+    assert not rig.run_jobs_inserted(TRANSIENT, run_id), "the models started before the faults were in place"
     before = rig.proxy.fired()
     rig.add_http_faults([
         ("POST", INSERT_PATH, 503, 2, False),
@@ -148,6 +153,7 @@ def test_transient_http_errors_on_submit_and_poll_are_retried_without_resubmitti
     assert check.duplicates() == {}, check.inserts
     assert check.cancels == {}, check.cancels
     assert len(check.model_jobs()) == len(models_run) == 4, (check.model_jobs(), models_run)
+    assert check.early_children == [], check.early_children
     assert rig.wrong_tables(TRANSIENT) == []
 
 
@@ -181,6 +187,7 @@ def test_task_process_sigkilled_after_its_job_ran_retries_and_reattaches_worker_
     assert check.duplicates() == {}, check.inserts
     assert check.cancels == {}, check.cancels
     assert len(check.model_jobs()) == 4, check.model_jobs()
+    assert check.early_children == [], check.early_children
     assert rig.wrong_tables(WORKER) == []
 
 
@@ -206,7 +213,7 @@ def test_execution_timeout_cancels_the_running_job(rig: FaultRig) -> None:
     assert check.cancels == {job_id: 1}, (check.cancels, rig.af.task_log(TIMEOUT, run_id, target))
     assert check.tasks[target] == "failed", check.tasks
     assert "timeout" in rig.af.task_log(TIMEOUT, run_id, target).lower()
-    assert all(check.tasks[d] == "upstream_failed" for d in rig.children[target]), check.tasks
+    assert all(check.tasks[d] == "failed" for d in rig.children[target]), check.tasks
     assert check.duplicates() == {}, check.inserts
 
 
@@ -220,6 +227,7 @@ def test_tally(rig: FaultRig) -> None:
     assert sum(tally.faults.values()) >= 15, tally.report()
     assert tally.jobs_submitted == tally.models_run, tally.report()
     assert tally.duplicates == 0 and tally.unexpected_cancels == 0, tally.report()
+    assert tally.early_children == 0 and tally.gaps, tally.report()
     assert tally.tables_checked > 0 and tally.wrong_tables == [], tally.report()
 
 

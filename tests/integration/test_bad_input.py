@@ -518,7 +518,8 @@ CASES = [
          cause="cannot get an access token: RefreshError: ('invalid_grant", fix="put a valid key into the connection"),
     Case("adc_unavailable_in_triggerer", "no key and no Application Default Credentials in the triggerer",
          Node(conn_id="no_keyfile"), AirflowException,
-         cause="has no keyfile_dict/key_path and Application Default Credentials failed",
+         cause="has no keyfile_dict/key_path, so it uses Application Default Credentials: Application Default "
+               "Credentials failed",
          fix="Make them available to the triggerer"),
 ]
 

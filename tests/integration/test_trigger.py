@@ -478,7 +478,7 @@ def test_service_account_token_is_signed_cached_and_sent(file_target: RemoteTarg
 
 def test_unreadable_key_error_has_no_key_material() -> None:
     secret = "-----BEGIN PRIVATE KEY-----SECRETSECRET"
-    conn = auth.GcpConnection.from_extras("c", {"extra__google_cloud_platform__keyfile_dict":
+    conn = auth.GcpSource.from_extras("c", {"extra__google_cloud_platform__keyfile_dict":
                                                 json.dumps({"private_key": secret})})
     auth.forget_tokens()
     with pytest.raises(auth.GcpAuthError) as info:

@@ -13,7 +13,7 @@ every request to the emulator and rewrites the job lifecycle to match BigQuery:
   request goes through) for the next ``count`` requests matching a method and path regex; a status or reset
   either instead of forwarding or after forwarding (the answer is lost on the way back). Paths that are not
   BigQuery's are forwarded unchanged, so the proxy also fronts the storage emulator;
-* it counts inserts, jobs.get calls and cancels per job id;
+* it counts inserts, jobs.get calls and cancels per job id, and records each request's Authorization header;
 * per-job holds: ``hold_for`` maps an inserted job's configuration to (a name for it, its hold), so a benchmark
   can give every runner the same duration for the same dbt node; every insert lands in ``timeline`` with its
   name, submit time and the time it turned DONE (wall clock, ``time.time()``);
@@ -98,6 +98,8 @@ class LifecycleProxy:
         self.cancels: Counter[str] = Counter()
         self.configs: dict[str, Any] = {}  # job id -> the inserted job's configuration (labels, query)
         self.faults_fired: Counter[str] = Counter()
+        # The Authorization header of every request, in order: tests check which credential reached BigQuery.
+        self.authorizations: list[str] = []
         self._faults: list[Fault] = []
         self._jobs: dict[str, _HeldJob] = {}
         self._lock = threading.Lock()
@@ -133,7 +135,8 @@ class LifecycleProxy:
         with self._lock:
             self._faults.clear()
             self._jobs.clear()
-            for counter in (self.inserts, self.gets, self.cancels, self.faults_fired, self.configs):
+            for counter in (self.inserts, self.gets, self.cancels, self.faults_fired, self.configs,
+                            self.authorizations):
                 counter.clear()
 
     def stats(self) -> dict[str, Any]:
@@ -141,6 +144,12 @@ class LifecycleProxy:
             return {"inserts": dict(self.inserts), "gets": dict(self.gets), "cancels": dict(self.cancels),
                     "faults_fired": dict(self.faults_fired), "hold": self.hold,
                     "pending_faults": [asdict(f) for f in self._faults if f.count > 0]}
+
+    def timeline(self) -> dict[str, tuple[float, float]]:
+        """Job id → (inserted, DONE) in ``time.monotonic()`` seconds; a cancelled job never counts as DONE (inf)."""
+        with self._lock:
+            return {j: (h.inserted_at, float("inf") if h.cancelled else h.inserted_at + h.hold)
+                    for j, h in self._jobs.items()}
 
     # ---- lifecycle ------------------------------------------------------------------------------------
 
@@ -194,6 +203,8 @@ class LifecycleProxy:
         path = request.path
         if path.startswith("/_proxy/"):
             return await self._control(request)
+        with self._lock:
+            self.authorizations.append(request.headers.get("Authorization", ""))
         fault = self._take_fault(request.method, path)
         if fault is not None and fault.action == "delay":
             await asyncio.sleep(fault.delay_s)

@@ -13,6 +13,7 @@ import secrets
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+from urllib.parse import parse_qs, unquote
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
@@ -21,9 +22,11 @@ ISSUED_TOKEN_PREFIX = "ya29.local-token-"
 
 
 class TokenEndpoint:
-    """An OAuth token endpoint that answers every JWT-bearer grant with a fresh access token.
+    """An OAuth token endpoint that answers every grant (a service account's JWT bearer, a user's refresh token)
+    with a fresh access token.
 
-    ``issued`` lists every access token handed out: they are secrets too, so the scanning tests look for each.
+    ``issued`` lists every access token handed out: they are secrets too, so the scanning tests look for each;
+    ``grants_seen`` holds each request's form (grant_type, and client_id/refresh_token for a refresh grant).
     With ``refuse`` set it answers like Google does for a revoked or unknown key (HTTP 400 ``invalid_grant``).
     """
 
@@ -32,13 +35,15 @@ class TokenEndpoint:
         self.refusals = 0
         self.refuse = refuse
         self.issued: list[str] = []
+        self.grants_seen: list[dict[str, str]] = []
         self._lock = threading.Lock()  # the server answers each request on its own thread
         owner = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:
-                self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                form = parse_qs(self.rfile.read(int(self.headers.get("Content-Length") or 0)).decode())
                 with owner._lock:
+                    owner.grants_seen.append({k: v[0] for k, v in form.items()})
                     if owner.refuse:
                         owner.refusals += 1
                         status, payload = 400, {"error": "invalid_grant",
@@ -94,3 +99,51 @@ def secret_fragments(key: dict[str, str]) -> list[str]:
     body = [line for line in key["private_key"].splitlines() if line and not line.startswith("-----")]
     # Any full line of the PEM body is unmistakable; also look for the JSON-escaped form of the key.
     return [key["private_key_id"], *body[1:4], json.dumps(key["private_key"])[1:60], ISSUED_TOKEN_PREFIX]
+
+
+class IamCredentialsEndpoint:
+    """A local IAM Credentials API answering ``generateAccessToken`` with a delegated token.
+
+    ``calls`` records, per call, the service account named in the path, the caller's Authorization header and the
+    requested scopes; ``issued`` the delegated tokens (secrets for the scanning tests).
+    """
+
+    PREFIX = "ya29.delegated-"
+
+    def __init__(self) -> None:
+        self.calls: list[dict[str, Any]] = []
+        self.issued: list[str] = []
+        self._lock = threading.Lock()
+        owner = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)) or b"{}")
+                prefix, _, rest = self.path.partition("/v1/projects/-/serviceAccounts/")
+                account, _, method = rest.partition(":")
+                with owner._lock:
+                    token = f"{owner.PREFIX}{len(owner.issued) + 1}-{secrets.token_urlsafe(16)}"
+                    owner.issued.append(token)
+                    owner.calls.append({"account": unquote(account), "method": method,
+                                        "authorization": self.headers.get("Authorization", ""),
+                                        "scope": body.get("scope")})
+                ok = not prefix and method == "generateAccessToken"
+                payload = ({"accessToken": token, "expireTime": "2999-01-01T00:00:00Z"} if ok
+                           else {"error": {"code": 404, "message": "no such method"}})
+                data = json.dumps(payload).encode()
+                self.send_response(200 if ok else 404)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()

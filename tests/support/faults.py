@@ -23,6 +23,7 @@ import os
 import random
 import re
 import shutil
+import statistics
 import threading
 import time
 from collections import Counter
@@ -172,6 +173,24 @@ class RunCheck:
     inserts: dict[str, int]  # job id -> inserts, for every job of this run's node tasks
     cancels: dict[str, int]  # job id -> cancels
     job_task: dict[str, str]  # job id -> task id
+    early_children: list[str] = field(default_factory=list)  # "child<parent": a job started before a parent's ended
+    gaps: list[float] = field(default_factory=list)  # seconds from the last parent job DONE to the child's insert
+
+    def order(self, timeline: dict[str, tuple[float, float]], children: dict[str, list[str]]) -> None:
+        """Fill ``early_children`` and ``gaps`` from the proxy's timeline and the DAG's task graph."""
+        spans: dict[str, tuple[float, float]] = {}
+        for job, task in self.job_task.items():
+            if job in timeline:
+                start, end = spans.get(task, (float("inf"), 0.0))
+                spans[task] = (min(start, timeline[job][0]), max(end, timeline[job][1]))
+        for parent, kids in children.items():
+            for child in kids:
+                if parent in spans and child in spans and spans[child][0] < spans[parent][1]:
+                    self.early_children.append(f"{child}<{parent}")
+        for child in spans:
+            ends = [spans[p][1] for p, kids in children.items() if child in kids and p in spans]
+            if ends and max(ends) != float("inf"):
+                self.gaps.append(round(spans[child][0] - max(ends), 3))
 
     def model_jobs(self) -> dict[str, int]:
         return {j: n for j, n in self.inserts.items() if self.job_task[j].startswith("model_")}
@@ -197,6 +216,8 @@ class Tally:
     tables_checked: int = 0
     wrong_tables: list[str] = field(default_factory=list)
     reattached: int = 0
+    early_children: int = 0
+    gaps: list[float] = field(default_factory=list)
 
     def add_run(self, check: RunCheck, *, models_run: list[str], expected_cancels: set[str] = frozenset()) -> None:
         self.runs += 1
@@ -204,13 +225,17 @@ class Tally:
         self.models_run += len(models_run)
         self.duplicates += len(check.duplicates())
         self.unexpected_cancels += sum(n for j, n in check.cancels.items() if j not in expected_cancels)
+        self.early_children += len(check.early_children)
+        self.gaps += check.gaps
 
     def report(self) -> str:
         faults = ", ".join(f"{k}={v}" for k, v in sorted(self.faults.items())) or "none"
         return (f"fault tally: runs={self.runs} faults_injected={sum(self.faults.values())} ({faults}); "
                 f"jobs_submitted={self.jobs_submitted} models_run={self.models_run} "
                 f"duplicate_or_retried_jobs={self.duplicates} unexpected_cancels={self.unexpected_cancels} "
-                f"jobs_reattached_after_restart={self.reattached} tables_checked={self.tables_checked} "
+                f"jobs_reattached_after_restart={self.reattached} children_started_early={self.early_children} "
+                f"median_parent_done_to_child_submitted_s={statistics.median(self.gaps) if self.gaps else None} "
+                f"tables_checked={self.tables_checked} "
                 f"wrong_tables={len(self.wrong_tables)} {self.wrong_tables or ''}").rstrip()
 
 
@@ -457,13 +482,20 @@ class FaultRig:
 
     # ---- checks ------------------------------------------------------------------------------------------------
 
+    def run_jobs_inserted(self, dag_id: str, run_id: str) -> list[str]:
+        """The model jobs of this run the proxy has seen inserted so far."""
+        inserts = self.proxy.stats()["inserts"]
+        return [j for j, task in self.run_jobs(dag_id, run_id).items() if task.startswith("model_") and j in inserts]
+
     def check_run(self, dag_id: str, run_id: str) -> RunCheck:
         stats = self.proxy.stats()
         jobs = self.run_jobs(dag_id, run_id)
-        return RunCheck(dag_id, run_id, self.af.run_state(dag_id, run_id), self.states(dag_id, run_id),
-                        {j: stats["inserts"][j] for j in jobs}, {j: n for j, n in stats["cancels"].items()
-                                                                  if j in jobs or self.job_task(dag_id, run_id, j)},
-                        jobs)
+        check = RunCheck(dag_id, run_id, self.af.run_state(dag_id, run_id), self.states(dag_id, run_id),
+                         {j: stats["inserts"][j] for j in jobs}, {j: n for j, n in stats["cancels"].items()
+                                                                   if j in jobs or self.job_task(dag_id, run_id, j)},
+                         jobs)
+        check.order(self.proxy.timeline(), self.children)
+        return check
 
     def count_reattached(self, dag_id: str, run_id: str) -> Counter[str]:
         """Jobs a restarted trigger found instead of submitting (``running``: still RUNNING, ``done``: already

@@ -21,7 +21,9 @@ from cosmos_async import (
 PROJECT = Path(__file__).resolve().parents[2] / "dev" / "dags" / "dbt" / "corner_shop"
 
 
-def _dag(monkeypatch: pytest.MonkeyPatch, profile_args: dict | None = None, **kwargs) -> DbtDag:
+def _dag(monkeypatch: pytest.MonkeyPatch, profile_args: dict | None = None,
+         mode: ExecutionMode = ExecutionMode.AIRFLOW_ASYNC, setup_operator_args: dict | None = None,
+         **kwargs) -> DbtDag:
     monkeypatch.setenv("AIRFLOW__COSMOS__REMOTE_TARGET_PATH", "file:///tmp/x")
     mapping = GoogleCloudServiceAccountDictProfileMapping(
         conn_id="gcp_conn", profile_args={"dataset": "shop", "project": "data-proj", **(profile_args or {})})
@@ -29,7 +31,8 @@ def _dag(monkeypatch: pytest.MonkeyPatch, profile_args: dict | None = None, **kw
                   project_config=ProjectConfig(dbt_project_path=PROJECT, manifest_path=PROJECT / "manifest.json"),
                   profile_config=ProfileConfig(profile_name="corner_shop", target_name="dev",
                                                profile_mapping=mapping),
-                  execution_config=ExecutionConfig(execution_mode=ExecutionMode.AIRFLOW_ASYNC), **kwargs)
+                  execution_config=ExecutionConfig(execution_mode=mode, setup_operator_args=setup_operator_args),
+                  **kwargs)
 
 
 def test_jobs_are_billed_to_execution_project(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -69,3 +72,75 @@ def test_parsing_with_a_manifest_imports_no_dbt(tmp_path: Path) -> None:
     out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True)
     tasks, heavy = out.stdout.split(maxsplit=1)
     assert int(tasks) > 20 and heavy.strip() == "[]"
+
+
+def _trigger_parents(task) -> list[str] | None:
+    args = task.start_trigger_args
+    return None if args is None else args.trigger_kwargs["parents"]
+
+
+def test_models_wait_for_their_parents_in_the_triggerer(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Default: every model task starts with the run and its trigger waits for exactly its graph parents."""
+    dag = _dag(monkeypatch)
+    daily = dag.task_dict["daily_revenue.run"]
+    assert daily.trigger_rule == "always"
+    # dbt's edges kept and handed to the trigger, with the setup (a clear re-runs it before the model).
+    assert _trigger_parents(daily) == sorted({*daily.upstream_task_ids, "dbt_setup_async"})
+    start = dag.task_dict["dbt_on_run_start"]  # Airflow wants all_success right after a setup task
+    assert start.trigger_rule == "all_success" and _trigger_parents(start) == []
+    assert daily.start_trigger_args.timeout is None  # waiting does not count against execution_timeout
+    end = dag.task_dict["dbt_on_run_end"]
+    assert end.trigger_rule != "always" and _trigger_parents(end) == []  # a teardown: scheduler-gated, runs last
+    assert daily.max_jobs == 4  # the mapping's default threads
+
+
+def test_wait_for_parents_scheduler_keeps_airflow_trigger_rules(monkeypatch: pytest.MonkeyPatch) -> None:
+    dag = _dag(monkeypatch, operator_args={"wait_for_parents": "scheduler"})
+    daily = dag.task_dict["daily_revenue.run"]
+    assert daily.trigger_rule == "all_success" and _trigger_parents(daily) == []
+    monkeypatch.setenv("AIRFLOW__COSMOS__WAIT_FOR_PARENTS", "scheduler")
+    assert _dag(monkeypatch).task_dict["daily_revenue.run"].trigger_rule == "all_success"
+    # WATCHER is the triggerer engine whatever [cosmos] says.
+    assert _dag(monkeypatch, mode=ExecutionMode.WATCHER).task_dict["daily_revenue.run"].trigger_rule == "always"
+
+
+def test_edges_added_after_rendering_are_waited_for(monkeypatch: pytest.MonkeyPatch) -> None:
+    from airflow.sdk import BaseOperator
+
+    dag = _dag(monkeypatch)
+    with dag:
+        extra = BaseOperator(task_id="extract")
+    extra >> dag.task_dict["stg_orders.run"]
+    assert "extract" in _trigger_parents(dag.task_dict["stg_orders.run"])
+
+
+def test_job_cap_follows_threads(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert _dag(monkeypatch, {"threads": 8}).task_dict["orders.run"].max_jobs == 8
+    assert _dag(monkeypatch, {"threads": 8}, operator_args={"max_concurrent_jobs": 2}).task_dict[
+        "orders.run"].max_jobs == 2
+    monkeypatch.setenv("AIRFLOW__COSMOS__MAX_CONCURRENT_JOBS", "3")
+    assert _dag(monkeypatch, {"threads": 8}).task_dict["orders.run"].max_jobs == 3
+    task = _dag(monkeypatch).task_dict["orders.run"]
+    assert task.start_trigger_args.trigger_kwargs["max_jobs"] == 3
+
+
+def test_watcher_applies_setup_operator_args(monkeypatch: pytest.MonkeyPatch) -> None:
+    dag = _dag(monkeypatch, mode=ExecutionMode.WATCHER, setup_operator_args={"queue": "dbt_producer", "retries": 0},
+               operator_args={"retries": 2})
+    setup = dag.task_dict["dbt_setup_async"]
+    assert (setup.queue, setup.retries) == ("dbt_producer", 0)
+    assert dag.task_dict["orders.run"].retries == 2 and dag.task_dict["orders.run"].queue != "dbt_producer"
+    assert "orders.test" in dag.task_dict  # tests are their own jobs: AFTER_EACH works under WATCHER
+
+
+def test_bad_scheduling_arguments_name_the_fix(monkeypatch: pytest.MonkeyPatch) -> None:
+    from cosmos_async.errors import ConfigurationError
+
+    with pytest.raises(ConfigurationError, match="wait_for_parents='sideways'"):
+        _dag(monkeypatch, operator_args={"wait_for_parents": "sideways"})
+    with pytest.raises(ConfigurationError, match="trigger_rule='all_done' needs wait_for_parents='scheduler'"):
+        _dag(monkeypatch, operator_args={"trigger_rule": "all_done"})
+    with pytest.raises(ConfigurationError, match="vars belong in operator_args"):
+        _dag(monkeypatch, mode=ExecutionMode.WATCHER, setup_operator_args={"vars": {"a": 1}})
+    with pytest.raises(ConfigurationError, match="setup_operator_args"):
+        ExecutionConfig(execution_mode=ExecutionMode.LOCAL, setup_operator_args={"queue": "q"})

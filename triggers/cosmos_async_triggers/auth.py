@@ -1,30 +1,48 @@
-"""Access tokens and endpoints for a ``google_cloud_platform`` Airflow connection, from async code.
+"""Access tokens and endpoints for the triggers, from an Airflow connection or a dbt profiles.yml target.
 
-google-auth signs and refreshes synchronously (HTTP to the token endpoint), so that work runs in a thread.
-Tokens are cached once per process for every trigger, keyed by connection id and scopes, and refreshed
-about five minutes before they expire. Neither tokens nor key material ever reach a log line or an exception.
+Both are a :class:`GcpSource`: where the credentials come from (its ``source`` describes it and keys the caches),
+the dbt-bigquery ``method`` they use, and the endpoints. A connection maps to a method (``keyfile_dict`` →
+service-account-json, ``key_path`` → service-account, else oauth); a profile target is read and rendered in
+this process (:mod:`cosmos_async_triggers.dbt_profile`), so its ``env_var()`` references resolve where the trigger
+runs and no secret travels in trigger kwargs.
+
+google-auth signs and refreshes synchronously (HTTP to the token endpoint), so that work runs in a thread;
+``impersonate_service_account`` asks the IAM Credentials API over aiohttp. Tokens are cached once per process
+for every trigger, keyed by source and scopes, and refreshed about five minutes before they expire. Neither
+tokens nor key material ever reach a log line or an exception.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
+import os
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import timezone
+from datetime import datetime, timezone
 from typing import Any
 
+from cosmos_async_triggers import credentials, dbt_profile
+from cosmos_async_triggers.dbt_profile import TargetRef
+
 DEFAULT_SCOPES: tuple[str, ...] = ("https://www.googleapis.com/auth/cloud-platform",)
+# dbt-bigquery's default scopes for a profile target (BigQueryCredentials.scopes).
+DBT_SCOPES: tuple[str, ...] = ("https://www.googleapis.com/auth/bigquery",
+                               "https://www.googleapis.com/auth/cloud-platform",
+                               "https://www.googleapis.com/auth/drive",
+                               "https://www.googleapis.com/auth/userinfo.email")
 DEFAULT_BIGQUERY_ENDPOINT = "https://bigquery.googleapis.com"
 DEFAULT_STORAGE_ENDPOINT = "https://storage.googleapis.com"
+DEFAULT_IAM_CREDENTIALS_ENDPOINT = "https://iamcredentials.googleapis.com"
 REFRESH_MARGIN_S = 300.0
 _PREFIX = "extra__google_cloud_platform__"
+_TRIGGERER_ENV = ("the triggerer's environment (its deployment's environment variables; a task's "
+                  "operator_args['env'] and ProjectConfig(env_vars) reach dbt on the worker only)")
 
 
 class GcpAuthError(Exception):
-    """A connection's credentials cannot be loaded or refreshed (the message never holds key material)."""
+    """A source's credentials cannot be loaded or refreshed (the message never holds key material)."""
 
 
 def _extra(extras: Mapping[str, Any], key: str) -> Any:
@@ -39,53 +57,115 @@ def _truthy(value: Any) -> bool:
     return str(value).strip().lower() in ("true", "1", "yes")
 
 
-@dataclass(frozen=True)
-class GcpConnection:
-    """What a trigger needs from the connection. ``repr`` leaves the extras (maybe a key) out."""
+def _scopes(value: Any, default: tuple[str, ...]) -> tuple[str, ...]:
+    if not value:
+        return default
+    if isinstance(value, str):
+        value = [s.strip() for s in value.split(",") if s.strip()]
+    return tuple(value)
 
-    conn_id: str
+
+@dataclass(frozen=True)
+class GcpSource:
+    """What a trigger needs to call Google. ``repr`` leaves the secrets out."""
+
+    source: str  # e.g. "connection 'gcp_conn'": names it in errors and keys the token cache
     project: str | None
     bigquery_endpoint: str
     storage_endpoint: str
     anonymous: bool
     scopes: tuple[str, ...]
-    extras: Mapping[str, Any] = field(repr=False, compare=False, hash=False)
+    method: str
+    uses: str  # how the credentials were chosen, for errors: "uses method oauth"
+    fix: str  # what to change when Google refuses the credentials
+    impersonate: str | None = None
+    location: str | None = None
+    secrets: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False, hash=False)
 
     @classmethod
-    def from_extras(cls, conn_id: str, extras: Mapping[str, Any]) -> GcpConnection:
-        scopes = _extra(extras, "scopes") or DEFAULT_SCOPES
-        if isinstance(scopes, str):
-            scopes = [s.strip() for s in scopes.split(",") if s.strip()]
+    def from_extras(cls, conn_id: str, extras: Mapping[str, Any]) -> GcpSource:
+        """A ``google_cloud_platform`` connection's extras."""
+        keyfile, key_path = _extra(extras, "keyfile_dict"), _extra(extras, "key_path")
+        if keyfile:
+            method, secrets, uses = "service-account-json", {"keyfile_json": keyfile}, "keyfile_dict"
+        elif key_path:
+            method, secrets, uses = "service-account", {"keyfile": key_path}, "key_path"
+        else:
+            method, secrets = "oauth", {}
+            uses = "has no keyfile_dict/key_path, so it uses Application Default Credentials"
         return cls(
-            conn_id=conn_id,
+            source=f"connection {conn_id!r}",
             project=_extra(extras, "project"),
             bigquery_endpoint=str(_extra(extras, "bigquery_api_endpoint") or DEFAULT_BIGQUERY_ENDPOINT).rstrip("/"),
             storage_endpoint=str(_extra(extras, "storage_api_endpoint") or DEFAULT_STORAGE_ENDPOINT).rstrip("/"),
             anonymous=_truthy(_extra(extras, "anonymous")),
-            scopes=tuple(scopes),
-            extras=dict(extras),
+            scopes=_scopes(_extra(extras, "scopes"), DEFAULT_SCOPES),
+            method=method,
+            uses=uses if method == "oauth" else f"uses its {uses}",
+            fix="put a valid key into the connection the triggerer reads",
+            secrets=secrets,
+        )
+
+    @classmethod
+    def from_target(cls, ref: TargetRef, target: Mapping[str, Any]) -> GcpSource:
+        """A rendered dbt BigQuery target (checked with :func:`dbt_profile.check_target`)."""
+        names = ("keyfile", "keyfile_json", "token", "refresh_token", "client_id", "client_secret", "token_uri")
+        project = target.get("execution_project") or target.get("project") or target.get("database")
+        return cls(
+            source=f"profiles.yml {ref.describe()}",
+            project=str(project) if project else None,
+            bigquery_endpoint=str(target.get("api_endpoint") or DEFAULT_BIGQUERY_ENDPOINT).rstrip("/"),
+            storage_endpoint=DEFAULT_STORAGE_ENDPOINT,
+            anonymous=False,
+            scopes=_scopes(target.get("scopes"), DBT_SCOPES),
+            method=str(target["method"]),
+            uses=f"uses method {target['method']}"
+            + (f" to impersonate {target['impersonate_service_account']}"
+               if target.get("impersonate_service_account") else ""),
+            fix=("fix the target, or the environment variables it reads, where the triggerer runs (the key must "
+                 "be valid and its token_uri reachable)"),
+            impersonate=target.get("impersonate_service_account") or None,
+            location=target.get("location") or None,
+            secrets={k: target[k] for k in names if target.get(k) not in (None, "")},
         )
 
 
-CONNECTION_TTL_S = 60.0
-_connections: dict[str, tuple[float, GcpConnection]] = {}
+SOURCE_TTL_S = 60.0
+_sources: dict[str, tuple[float, GcpSource]] = {}
 
 
-async def get_connection(conn_id: str) -> GcpConnection:
-    """Read the Airflow connection (secrets backends, env vars, or the triggerer's API) without blocking.
-
-    Kept for a minute per process: a thousand triggers starting together ask the API server once, not a
-    thousand times; a changed connection is seen within the minute.
-    """
-    cached = _connections.get(conn_id)
+async def _cached_source(key: str, load: Callable[[], Awaitable[GcpSource]]) -> GcpSource:
+    """Kept for a minute per process: a thousand triggers starting together read the connection (or the file)
+    once, not a thousand times; a change is seen within the minute."""
+    cached = _sources.get(key)
     if cached is not None and cached[0] > time.monotonic():
         return cached[1]
-    conn = await _read_connection(conn_id)
-    _connections[conn_id] = (time.monotonic() + CONNECTION_TTL_S, conn)
-    return conn
+    source = await load()
+    _sources[key] = (time.monotonic() + SOURCE_TTL_S, source)
+    return source
 
 
-async def _read_connection(conn_id: str) -> GcpConnection:
+async def get_connection(conn_id: str) -> GcpSource:
+    """The Airflow connection (secrets backends, env vars, or the triggerer's API), read without blocking."""
+    return await _cached_source(f"connection:{conn_id}", lambda: _read_connection(conn_id))
+
+
+async def get_profile_target(ref: TargetRef) -> GcpSource:
+    """The dbt target ``ref`` names, read from its profiles.yml in a thread and rendered with this process's
+    environment; :class:`ProfileTargetError` names the file, the target and the fix."""
+    return await _cached_source(f"profile:{ref.profiles_yml}:{ref.profile}:{ref.target}",
+                                lambda: asyncio.to_thread(_read_profile_target, ref))
+
+
+def _read_profile_target(ref: TargetRef) -> GcpSource:
+    env = dict(os.environ)
+    target = dbt_profile.render_value(dbt_profile.read_target(ref), env, f"profiles.yml {ref.describe()}",
+                                      _TRIGGERER_ENV)
+    dbt_profile.check_target(ref, target, env)
+    return GcpSource.from_target(ref, target)
+
+
+async def _read_connection(conn_id: str) -> GcpSource:
     from airflow.sdk import Connection
 
     try:
@@ -95,7 +175,7 @@ async def _read_connection(conn_id: str) -> GcpConnection:
                            "where the triggerer can read it (the metadata database or a secrets backend) or fix "
                            "the conn id the task names") from None
     extras = await conn.aextra_dejson() if hasattr(conn, "aextra_dejson") else conn.extra_dejson
-    return GcpConnection.from_extras(conn_id, extras or {})
+    return GcpSource.from_extras(conn_id, extras or {})
 
 
 @dataclass
@@ -104,54 +184,63 @@ class _Cached:
     expires_at: float  # time.time() seconds; inf when google-auth gives no expiry
 
 
+_TokenKey = tuple[str, tuple[str, ...], str]  # (source, scopes, impersonated account or "")
+
 # One cache per process, shared by every trigger. The lock is a thread lock because refreshes run in threads
 # (and must work from any event loop); reads of a fresh token happen in the loop without it.
-_tokens: dict[tuple[str, tuple[str, ...]], _Cached] = {}
-_credentials: dict[tuple[str, tuple[str, ...]], Any] = {}
+_tokens: dict[_TokenKey, _Cached] = {}
+_credentials: dict[_TokenKey, Any] = {}
 _lock = threading.Lock()
+# Impersonation runs in the loop: one generateAccessToken call per key at a time, per event loop.
+_delegations: dict[tuple[asyncio.AbstractEventLoop, _TokenKey], asyncio.Future[str]] = {}
 
 
 def _fresh(cached: _Cached | None) -> bool:
     return cached is not None and cached.expires_at - REFRESH_MARGIN_S > time.time()
 
 
-async def get_token(conn: GcpConnection) -> str | None:
-    """A bearer token for ``conn``, or None for an anonymous (emulator) connection."""
-    if conn.anonymous:
+async def get_token(source: GcpSource) -> str | None:
+    """A bearer token for ``source`` (delegated when it impersonates), or None for an anonymous connection."""
+    if source.anonymous:
         return None
-    key = (conn.conn_id, conn.scopes)
+    key: _TokenKey = (source.source, source.scopes, "")
     cached = _tokens.get(key)
     if _fresh(cached):
-        return cached.token  # type: ignore[union-attr]
-    return await asyncio.to_thread(_refresh_locked, conn, key)
+        token = cached.token  # type: ignore[union-attr]
+    else:
+        token = await asyncio.to_thread(_refresh_locked, source, key)
+    if not source.impersonate:
+        return token
+    return await _delegated_token(source, token)
 
 
 def forget_tokens() -> None:
-    """Drop cached connections, tokens and credentials (tests, or after a key was rotated)."""
-    _connections.clear()
+    """Drop cached sources, tokens and credentials (tests, or after a key was rotated)."""
+    _sources.clear()
     with _lock:
         _tokens.clear()
         _credentials.clear()
 
 
-def _refresh_locked(conn: GcpConnection, key: tuple[str, tuple[str, ...]]) -> str:
+def _refresh_locked(source: GcpSource, key: _TokenKey) -> str:
     with _lock:
         cached = _tokens.get(key)
         if _fresh(cached):  # another trigger refreshed it while this one waited
             return cached.token  # type: ignore[union-attr]
         creds = _credentials.get(key)
         if creds is None:
-            creds = _credentials[key] = _load_credentials(conn)
+            creds = _credentials[key] = _load_credentials(source)
         failure = None
-        try:
-            creds.refresh(_transport_request())
-        except Exception as exc:
-            # Token endpoint errors carry its response (e.g. "invalid_grant"), never the key itself.
-            failure = f"{type(exc).__name__}: {str(exc)[:300]}"
+        if not creds.valid:  # a static oauth-secrets token is valid as given and cannot be refreshed
+            try:
+                creds.refresh(_transport_request())
+            except Exception as exc:
+                # Token endpoint errors carry its response (e.g. "invalid_grant"), never the key itself.
+                failure = f"{type(exc).__name__}: {str(exc)[:300]}"
         if failure is not None:  # raised outside the except block: no __context__ holding google-auth's objects
-            raise GcpAuthError(f"connection {conn.conn_id!r}: cannot get an access token: {failure}. Google refused "
-                               "the connection's credentials (a deleted or revoked key, a disabled service account "
-                               "or a wrong token_uri): put a valid key into the connection the triggerer reads")
+            raise GcpAuthError(f"{source.source}: cannot get an access token: {failure}. Google refused the "
+                               "credentials (a deleted or revoked key or refresh token, a disabled service account "
+                               f"or a wrong token_uri): {source.fix}")
         expiry = getattr(creds, "expiry", None)
         # google-auth's expiry is a naive UTC datetime.
         expires_at = expiry.replace(tzinfo=timezone.utc).timestamp() if expiry else float("inf")
@@ -171,36 +260,85 @@ def _transport_request() -> Any:
         return transport_urllib3.Request(urllib3.PoolManager())
 
 
-def _load_credentials(conn: GcpConnection) -> Any:
-    """Service-account key (``keyfile_dict`` / ``key_path``), else Application Default Credentials."""
-    keyfile = _extra(conn.extras, "keyfile_dict")
-    key_path = _extra(conn.extras, "key_path")
-    failure = None
+def _load_credentials(source: GcpSource) -> Any:
     try:
-        return _credentials_from(conn, keyfile, key_path)
+        return credentials.build(source.method, source.secrets, source.scopes)
+    except credentials.CredentialsError as exc:
+        failure = f"{source.source} {source.uses}: {exc}"
+    raise GcpAuthError(failure)  # outside the except block: no context holding key material
+
+
+def iam_credentials_endpoint() -> str:
+    """``[cosmos] iam_credentials_endpoint`` (env ``AIRFLOW__COSMOS__IAM_CREDENTIALS_ENDPOINT``), else Google's."""
+    try:
+        from airflow.configuration import conf
+    except ImportError:  # used without Airflow
+        return DEFAULT_IAM_CREDENTIALS_ENDPOINT
+    value = conf.get("cosmos", "iam_credentials_endpoint", fallback=None)
+    return str(value or DEFAULT_IAM_CREDENTIALS_ENDPOINT).rstrip("/")
+
+
+async def _delegated_token(source: GcpSource, source_token: str | None) -> str:
+    """A token of ``source.impersonate`` from IAM Credentials ``generateAccessToken``, cached like the others."""
+    key: _TokenKey = (source.source, source.scopes, str(source.impersonate))
+    cached = _tokens.get(key)
+    if _fresh(cached):
+        return cached.token  # type: ignore[union-attr]
+    slot = (asyncio.get_running_loop(), key)
+    pending = _delegations.get(slot)
+    while pending is not None:  # another trigger is asking already: share its answer
+        try:
+            return await asyncio.shield(pending)
+        except asyncio.CancelledError:
+            if not pending.cancelled():
+                raise  # this trigger itself was cancelled
+        pending = _delegations.get(slot)  # the asking trigger was cancelled: ask (or wait for the next asker)
+    future: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+    _delegations[slot] = future
+    try:
+        token = await _generate_access_token(source, source_token)
     except Exception as exc:
-        if not keyfile and not key_path:  # ADC errors explain where google-auth looked; no key involved
-            failure = (f"connection {conn.conn_id!r} has no keyfile_dict/key_path and Application Default "
-                       f"Credentials failed: {type(exc).__name__}: {str(exc).rstrip('.')}. Make them available "
-                       "to the triggerer (workload identity, or GOOGLE_APPLICATION_CREDENTIALS naming a key file), "
-                       "or put a service-account key into the connection's keyfile_dict")
-        else:  # never quote a parse error: it may echo parts of the key
-            failure = (f"connection {conn.conn_id!r}: cannot load a service-account key from "
-                       f"{'keyfile_dict' if keyfile else 'key_path'} ({type(exc).__name__}); check that it holds "
-                       "a service-account key JSON")
-    # Raised outside the except block, so no __context__ keeps the original exception (and its arguments).
+        future.set_exception(exc)
+        future.exception()  # retrieved: waiting triggers get it; none waiting is no "never retrieved" warning
+        raise
+    except BaseException:
+        future.cancel()
+        raise
+    else:
+        future.set_result(token)
+    finally:
+        del _delegations[slot]
+    return token
+
+
+async def _generate_access_token(source: GcpSource, source_token: str | None) -> str:
+    from urllib.parse import quote
+
+    from cosmos_async_triggers import rest
+
+    account = str(source.impersonate)
+    url = (f"{iam_credentials_endpoint()}/v1/projects/-/serviceAccounts/{quote(account, safe='@.')}"
+           ":generateAccessToken")
+    try:
+        answer = await rest.request_json("POST", url, token=source_token,
+                                         json={"scope": list(source.scopes), "lifetime": "3600s"})
+    except rest.BigQueryApiError as exc:
+        failure = (f"{source.source}: cannot impersonate {account}: HTTP {exc.status} {exc.reason}: "
+                   f"{exc.message[:300]}. The credentials need roles/iam.serviceAccountTokenCreator on {account}")
+    else:
+        token = answer.get("accessToken")
+        if token:
+            expire = _expire_time(answer.get("expireTime"))
+            with _lock:
+                _tokens[(source.source, source.scopes, account)] = _Cached(str(token), expire)
+            return str(token)
+        failure = f"{source.source}: generateAccessToken for {account} answered without an accessToken"
     raise GcpAuthError(failure)
 
 
-def _credentials_from(conn: GcpConnection, keyfile: Any, key_path: Any) -> Any:
-    from google.oauth2 import service_account
-
-    if keyfile:
-        info = json.loads(keyfile) if isinstance(keyfile, str) else dict(keyfile)
-        return service_account.Credentials.from_service_account_info(info, scopes=list(conn.scopes))
-    if key_path:
-        return service_account.Credentials.from_service_account_file(str(key_path), scopes=list(conn.scopes))
-    import google.auth
-
-    creds, _ = google.auth.default(scopes=list(conn.scopes))
-    return creds
+def _expire_time(value: Any) -> float:
+    """RFC 3339 ``expireTime`` as time.time() seconds; an hour from now when it is missing or unreadable."""
+    try:
+        return datetime.fromisoformat(str(value).replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return time.time() + 3600.0

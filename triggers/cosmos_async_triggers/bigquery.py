@@ -31,10 +31,12 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
-from airflow.triggers.base import BaseTrigger, TaskSuccessEvent, TriggerEvent
+from airflow.triggers.base import BaseTrigger, TaskSkippedEvent, TaskSuccessEvent, TriggerEvent
 
 from cosmos_async_triggers import layout, load, rest
-from cosmos_async_triggers.auth import GcpAuthError, GcpConnection, get_connection, get_token
+from cosmos_async_triggers import parents as parent_wait
+from cosmos_async_triggers.auth import GcpAuthError, GcpSource, get_connection, get_profile_target, get_token
+from cosmos_async_triggers.dbt_profile import ProfileTargetError, TargetRef
 from cosmos_async_triggers.layout import job_id_base
 from cosmos_async_triggers.storage import RemoteReadError, Step, read_index, read_node_steps
 
@@ -71,15 +73,29 @@ def bq_label_key(value: str) -> str:
 
 
 class BigQueryNodeTrigger(BaseTrigger):
-    """Submit (or reattach to) one BigQuery job per node and report the outcome as a dbt run would."""
+    """Submit (or reattach to) one BigQuery job per node and report the outcome as a dbt run would.
 
-    def __init__(self, *, nodes: list[dict[str, Any]], gcp_conn_id: str, storage_conn_id: str | None,
+    BigQuery credentials come from ``gcp_conn_id`` or, when it is None, from ``dbt_target`` (a
+    :class:`~cosmos_async_triggers.dbt_profile.TargetRef` as kwargs: profiles.yml path, profile, target), read
+    here. The kwargs hold references only: Airflow stores them in its database.
+    """
+
+    def __init__(self, *, nodes: list[dict[str, Any]], gcp_conn_id: str | None, storage_conn_id: str | None,
                  remote_target_path: str, project: str | None, location: str | None, poll_interval: float = 2.0,
                  labels: dict[str, str] | None = None, end_task: bool = False,
-                 run: dict[str, Any] | None = None, group_id: str | None = None) -> None:
+                 run: dict[str, Any] | None = None, group_id: str | None = None,
+                 dbt_target: dict[str, str] | None = None,
+                 parents: list[str] | None = None, parent_check_interval: float = 1.0,
+                 max_jobs: int | None = None, execution_timeout_s: float | None = None) -> None:
+        """``parents``: task ids of this run that must succeed before any job is submitted (waited for here);
+        ``max_jobs``: at most this many tasks of the run hold BigQuery jobs at once in this triggerer process;
+        ``execution_timeout_s``: the task's execution_timeout, counted from the moment its parents are done."""
         super().__init__()
+        if (gcp_conn_id is None) == (dbt_target is None):
+            raise ValueError("BigQueryNodeTrigger needs exactly one of gcp_conn_id and dbt_target")
         self.nodes = [dict(n) for n in nodes]
         self.gcp_conn_id = gcp_conn_id
+        self.dbt_target = TargetRef.from_kwargs(dbt_target) if dbt_target else None
         self.storage_conn_id = storage_conn_id
         self.remote_target_path = remote_target_path
         self.project = project
@@ -89,8 +105,13 @@ class BigQueryNodeTrigger(BaseTrigger):
         self.end_task = bool(end_task)
         self.run_info = dict(run) if run else None
         self.group_id = group_id  # the DbtTaskGroup whose setup uploaded this run's files (None for a DbtDag)
-        self._gcp: GcpConnection | None = None
+        self.parents = sorted(parents or [])
+        self.parent_check_interval = float(parent_check_interval)
+        self.max_jobs = int(max_jobs) if max_jobs else None
+        self.execution_timeout_s = float(execution_timeout_s) if execution_timeout_s else None
+        self._gcp: GcpSource | None = None
         self._active: _JobRef | None = None  # the job on_kill must cancel
+        self._ids: dict[str, Any] | None = None
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
         return CLASSPATH, {
@@ -98,36 +119,69 @@ class BigQueryNodeTrigger(BaseTrigger):
             "remote_target_path": self.remote_target_path, "project": self.project, "location": self.location,
             "poll_interval": self.poll_interval, "labels": self.labels, "end_task": self.end_task,
             "run": self.run_info, "group_id": self.group_id,
+            "dbt_target": self.dbt_target.to_kwargs() if self.dbt_target else None, "parents": self.parents,
+            "parent_check_interval": self.parent_check_interval, "max_jobs": self.max_jobs,
+            "execution_timeout_s": self.execution_timeout_s,
         }
 
     # ---- events -------------------------------------------------------------------------------------------
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
-        jobs: list[dict[str, Any]] = []
-        warnings: list[str] = []
-        try:
-            payload = await self._run_nodes(jobs, warnings)
-        except asyncio.CancelledError:
-            if self._timed_out():
-                self.log.info("the task's execution_timeout passed while its BigQuery job ran")
-                await self._cancel_active()
-            raise
-        except (NodeRunError, RemoteReadError, GcpAuthError, rest.BigQueryApiError) as exc:
-            payload = {"status": "failed", "message": str(exc), "jobs": jobs, "warnings": warnings}
-        except Exception as exc:  # an event with the cause beats a trigger crash with a traceback only
-            self.log.exception("BigQuery trigger failed unexpectedly")
-            payload = {"status": "failed", "message": f"{type(exc).__name__}: {exc}", "jobs": jobs,
-                       "warnings": warnings}
+        payload = await self._outcome()
         for warning in payload.get("warnings", []):
             self.log.warning("%s", warning)
-        if payload["status"] == "success" and self.end_task:
+        status = payload["status"]
+        final = {"success": parent_wait.SUCCESS, "upstream_failed": parent_wait.FAILED,
+                 "skipped": parent_wait.SKIPPED}
+        if status in final and self._ids is not None:
+            # Children of this task waiting in this process go on (or give up) now, not at the next state check.
+            parent_wait.publish(self._ids["dag_id"], self._ids["run_id"], self._ids["task_id"], final[status])
+        if status == "success" and self.end_task:
             xcoms: dict[str, Any] = {"return_value": payload["jobs"]}
             links = [j["link"] for j in payload["jobs"] if j.get("link")]
             if links:
                 xcoms[JOB_LINK_KEY] = links[-1]
             yield TaskSuccessEvent(xcoms=xcoms)
+        elif status == "skipped" and self.end_task:
+            self.log.info("%s", payload["message"])
+            yield TaskSkippedEvent()
         else:
             yield TriggerEvent(payload)
+
+    async def _outcome(self) -> dict[str, Any]:
+        """Wait for the parents, then run the nodes: the event payload (status, message, jobs, warnings)."""
+        jobs: list[dict[str, Any]] = []
+        warnings: list[str] = []
+        try:
+            ids = self._ids = self._run_ids()
+            verdict = await parent_wait.wait_for_parents(ids["dag_id"], ids["run_id"], self.parents,
+                                                     interval=self.parent_check_interval)
+            if verdict.outcome == parent_wait.FAILED:
+                return {"status": "upstream_failed", "message": f"not run: {verdict.reason}", "jobs": jobs}
+            if verdict.outcome == parent_wait.SKIPPED:
+                return {"status": "skipped", "message": f"skipped: {verdict.reason}", "jobs": jobs}
+            cap_key = (ids["dag_id"], ids["run_id"], self.group_id or "")
+            async with parent_wait.job_slot(cap_key, self.max_jobs):
+                if self.execution_timeout_s is None:
+                    return await self._run_nodes(jobs, warnings)
+                try:
+                    return await asyncio.wait_for(self._run_nodes(jobs, warnings), self.execution_timeout_s)
+                except asyncio.TimeoutError:
+                    await self._cancel_active()
+                    return {"status": "timeout", "jobs": jobs, "warnings": warnings,
+                            "message": f"execution_timeout of {self.execution_timeout_s:g} s passed while the "
+                                       "task's BigQuery job(s) ran; the job in flight was cancelled"}
+        except asyncio.CancelledError:
+            if self._timed_out():
+                self.log.info("the task's execution_timeout passed while its BigQuery job ran")
+                await self._cancel_active()
+            raise
+        except (NodeRunError, RemoteReadError, GcpAuthError, ProfileTargetError, rest.BigQueryApiError) as exc:
+            return {"status": "failed", "message": str(exc), "jobs": jobs, "warnings": warnings}
+        except Exception as exc:  # an event with the cause beats a trigger crash with a traceback only
+            self.log.exception("BigQuery trigger failed unexpectedly")
+            return {"status": "failed", "message": f"{type(exc).__name__}: {exc}", "jobs": jobs,
+                    "warnings": warnings}
 
     async def on_kill(self) -> None:
         """The user stopped the task: cancel the job in flight (Airflow does not call this on restarts)."""
@@ -199,14 +253,19 @@ class BigQueryNodeTrigger(BaseTrigger):
         ids = self._run_ids()
         dag_id, run_id, task_id = ids["dag_id"], ids["run_id"], ids["task_id"]
         map_index = -1 if ids.get("map_index") is None else int(ids["map_index"])
-        gcp = self._gcp = await get_connection(self.gcp_conn_id)
-        storage_conn = gcp
-        if self.remote_target_path.startswith(("gs://", "gcs://")) and self.storage_conn_id not in (
-                None, self.gcp_conn_id):
-            storage_conn = await get_connection(self.storage_conn_id)  # type: ignore[arg-type]
+        gcp = self._gcp = await self._bigquery_source()
+        storage_conn: GcpSource | None = gcp if self.dbt_target is None else None
+        if self.remote_target_path.startswith(("gs://", "gcs://")):
+            if self.storage_conn_id not in (None, self.gcp_conn_id):
+                storage_conn = await get_connection(self.storage_conn_id)  # type: ignore[arg-type]
+            elif storage_conn is None:
+                raise NodeRunError(f"{self.remote_target_path}: a gs:// remote target path needs a "
+                                   "google_cloud_platform connection for the bucket, also with a profiles.yml: set "
+                                   "AIRFLOW__COSMOS__REMOTE_TARGET_PATH_CONN_ID (or operator_args"
+                                   "['remote_target_path_conn_id'])")
 
         async def storage_token() -> str | None:
-            return await get_token(storage_conn)
+            return await get_token(storage_conn) if storage_conn is not None else None
 
         prefix, index = await read_index(self.remote_target_path, dag_id, run_id, conn=storage_conn,
                                          token_for=storage_token, group_id=self.group_id)
@@ -236,8 +295,9 @@ class BigQueryNodeTrigger(BaseTrigger):
                                    f"{layout.MAX_MULTIPART_BYTES} a trigger uploads")
         project = self.project or gcp.project
         if not project:
-            raise NodeRunError(f"no BigQuery project: set the operator's 'project' or the 'project' extra of "
-                               f"connection {self.gcp_conn_id!r}")
+            where = (f"the 'project' extra of connection {self.gcp_conn_id!r}" if self.dbt_target is None
+                     else f"project (or execution_project) in {gcp.source}")
+            raise NodeRunError(f"no BigQuery project: set the operator's 'project' or {where}")
         created_after_ms = float(index.get("created_at") or 0) * 1000
         stem = job_id_base(dag_id, task_id, run_id, map_index)
         base_labels = {bq_label_key(k): bq_label(v) for k, v in self.labels.items()}
@@ -245,7 +305,7 @@ class BigQueryNodeTrigger(BaseTrigger):
                            airflow_run=bq_label(run_id))
 
         for i, (node, entry, steps) in enumerate(zip(self.nodes, entries, plans, strict=True)):
-            location = entry.get("location") or self.location
+            location = entry.get("location") or self.location or gcp.location
             labels = {**base_labels, "dbt_node": bq_label(node["id"])}
             job: dict[str, Any] | None = None
             for j, step in enumerate(steps):
@@ -267,6 +327,11 @@ class BigQueryNodeTrigger(BaseTrigger):
                 "warnings": warnings}
 
     # ---- one job --------------------------------------------------------------------------------------------
+
+    async def _bigquery_source(self) -> GcpSource:
+        if self.dbt_target is not None:
+            return await get_profile_target(self.dbt_target)
+        return await get_connection(self.gcp_conn_id)  # type: ignore[arg-type]
 
     def _jobs_url(self, project: str) -> str:
         assert self._gcp is not None

@@ -17,7 +17,7 @@ from typing import Any
 from urllib.parse import quote
 
 from cosmos_async_triggers import rest
-from cosmos_async_triggers.auth import GcpConnection
+from cosmos_async_triggers.auth import GcpSource
 from cosmos_async_triggers.layout import index_path, run_prefix
 
 INDEX_VERSION = 1
@@ -34,7 +34,7 @@ class RemoteNotFound(RemoteReadError):
     """The object or file does not exist."""
 
 
-async def read_bytes(url: str, *, conn: GcpConnection | None, token_for: Callable[[], Awaitable[str | None]]
+async def read_bytes(url: str, *, conn: GcpSource | None, token_for: Callable[[], Awaitable[str | None]]
                      ) -> bytes:
     """The bytes at ``url``. ``token_for`` gives a bearer token for ``gs://`` (only called for it)."""
     scheme = url.split("://", 1)[0] if "://" in url else ""
@@ -61,7 +61,7 @@ def _read_file(url: str) -> bytes:
         raise RemoteReadError(f"{url}: {type(exc).__name__}: {exc.strerror or exc}") from None
 
 
-async def _read_gcs(url: str, conn: GcpConnection, token: str | None) -> bytes:
+async def _read_gcs(url: str, conn: GcpSource, token: str | None) -> bytes:
     bucket, _, name = url.split("://", 1)[1].partition("/")
     if not bucket or not name:
         raise RemoteReadError(f"{url}: not a gs://bucket/object path")
@@ -75,7 +75,7 @@ async def _read_gcs(url: str, conn: GcpConnection, token: str | None) -> bytes:
     return body
 
 
-async def read_index(remote_target_path: str, dag_id: str, run_id: str, *, conn: GcpConnection | None,
+async def read_index(remote_target_path: str, dag_id: str, run_id: str, *, conn: GcpSource | None,
                      token_for: Callable[[], Awaitable[str | None]],
                      group_id: str | None = None) -> tuple[str, dict[str, Any]]:
     """(run prefix, parsed index) of this DAG run, or of this task group's part of it."""
@@ -112,7 +112,7 @@ class Step:
     data: bytes = b""
 
 
-async def _read_verified(prefix: str, node_id: str, entry: dict[str, Any], what: str, *, conn: GcpConnection | None,
+async def _read_verified(prefix: str, node_id: str, entry: dict[str, Any], what: str, *, conn: GcpSource | None,
                          token_for: Callable[[], Awaitable[str | None]]) -> bytes:
     """The file at ``entry['path']``, verified against ``entry['sha256']``."""
     rel = entry.get("path")
@@ -130,14 +130,14 @@ async def _read_verified(prefix: str, node_id: str, entry: dict[str, Any], what:
     return data
 
 
-async def read_node_sql(prefix: str, node_id: str, entry: dict[str, Any], *, conn: GcpConnection | None,
+async def read_node_sql(prefix: str, node_id: str, entry: dict[str, Any], *, conn: GcpSource | None,
                         token_for: Callable[[], Awaitable[str | None]]) -> str:
     """A one-script node's script, verified against the index's sha256."""
     data = await _read_verified(prefix, node_id, entry, "SQL", conn=conn, token_for=token_for)
     return data.decode("utf-8")
 
 
-async def read_node_steps(prefix: str, node_id: str, entry: dict[str, Any], *, conn: GcpConnection | None,
+async def read_node_steps(prefix: str, node_id: str, entry: dict[str, Any], *, conn: GcpSource | None,
                           token_for: Callable[[], Awaitable[str | None]]) -> list[Step]:
     """A node's jobs in order, every file verified; an entry without ``steps`` is one script."""
     if "steps" not in entry:
