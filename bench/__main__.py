@@ -25,6 +25,7 @@ from bench.results import RESULTS, environment, machine, stem
 
 WORKDIR = Path("/tmp/cosmos-async-bench")
 RUNNERS = scheduling.RUNNERS  # the scheduling tier's runners, in order (--runners narrows them)
+BUDGET_S = 2000.0  # the scheduling tier starts no run after this many seconds (--budget)
 
 NOTES = [
     "Parse: fresh interpreter per sample; one untimed warm-up run per DAG file compiles the libraries' .pyc "
@@ -81,7 +82,8 @@ TIERS: dict[str, list[tuple[str, Callable[[], list]]]] = {
         ("airflow", lambda: _airflow("full")),
         ("parse", lambda: parse.run([5000], 3, WORKDIR / "parse", cosmos_runs=1)),
     ],
-    "scheduling": [("scheduling", lambda: scheduling.run(WORKDIR / "scheduling", runners=RUNNERS))],
+    "scheduling": [("scheduling", lambda: scheduling.run(WORKDIR / "scheduling", runners=RUNNERS,
+                                                         budget_s=BUDGET_S))],
 }
 
 
@@ -120,9 +122,11 @@ def main() -> None:
     parser.add_argument("--only", nargs="*", help="run only these sections")
     parser.add_argument("--label", default="", help="suffix of the results files (two runs of one tier a day)")
     parser.add_argument("--runners", nargs="*", choices=scheduling.RUNNERS, help="scheduling: only these runners")
+    parser.add_argument("--budget", type=float, default=BUDGET_S, help="scheduling: start no run after S seconds")
     args = parser.parse_args()
-    global RUNNERS
+    global RUNNERS, BUDGET_S
     RUNNERS = tuple(args.runners or scheduling.RUNNERS)
+    BUDGET_S = args.budget
     started = time.monotonic()
     os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
     cosmos_env: dict[str, Any] = {}

@@ -40,7 +40,7 @@ def test_a_job_is_held_for_its_own_duration(bigquery_emulator) -> None:
         fast = time.monotonic() - t0
         client.query("select 'slow' as x").result(timeout=30)
         slow = time.monotonic() - t0 - fast
-        timeline = {j["name"]: j for j in held.timeline()}
+        timeline = {j["name"]: j for j in held.job_log()}
     finally:
         held.stop()
     assert slow >= 1.5 > fast

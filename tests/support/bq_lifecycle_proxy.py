@@ -15,7 +15,7 @@ every request to the emulator and rewrites the job lifecycle to match BigQuery:
   BigQuery's are forwarded unchanged, so the proxy also fronts the storage emulator;
 * it counts inserts, jobs.get calls and cancels per job id, and records each request's Authorization header;
 * per-job holds: ``hold_for`` maps an inserted job's configuration to (a name for it, its hold), so a benchmark
-  can give every runner the same duration for the same dbt node; every insert lands in ``timeline`` with its
+  can give every runner the same duration for the same dbt node; every insert lands in ``job_log()`` with its
   name, submit time and the time it turned DONE (wall clock, ``time.time()``);
 * resumable uploads (dbt's seed loads): the upload session's ``Location`` is rewritten to point back at the
   proxy, so the data upload goes through it as well.
@@ -124,7 +124,7 @@ class LifecycleProxy:
     def set_hold(self, seconds: float) -> None:
         self.hold = seconds
 
-    def timeline(self) -> list[dict[str, Any]]:
+    def job_log(self) -> list[dict[str, Any]]:
         """Every successful insert since the last reset: job id, name, submitted / done (epoch seconds), hold."""
         with self._lock:
             return [{"job_id": job_id, "name": held.name, "submitted": held.submitted_wall,
