@@ -117,6 +117,7 @@ def write(doc: dict) -> Path:
 
 
 def main() -> None:
+    global RUNNERS, BUDGET_S
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("tier", choices=sorted(TIERS))
     parser.add_argument("--only", nargs="*", help="run only these sections")
@@ -124,7 +125,6 @@ def main() -> None:
     parser.add_argument("--runners", nargs="*", choices=scheduling.RUNNERS, help="scheduling: only these runners")
     parser.add_argument("--budget", type=float, default=BUDGET_S, help="scheduling: start no run after S seconds")
     args = parser.parse_args()
-    global RUNNERS, BUDGET_S
     RUNNERS = tuple(args.runners or scheduling.RUNNERS)
     BUDGET_S = args.budget
     started = time.monotonic()
