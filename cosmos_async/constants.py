@@ -22,7 +22,10 @@ class ExecutionMode(Enum):
     AWS_ECS = "aws_ecs"
     AZURE_CONTAINER_INSTANCE = "azure_container_instance"
     GCP_CLOUD_RUN_JOB = "gcp_cloud_run_job"
+    GCP_GKE = "gcp_gke"
     WATCHER = "watcher"
+    WATCHER_GCP_GKE = "watcher_gcp_gke"
+    WATCHER_KUBERNETES = "watcher_kubernetes"
 
 
 class LoadMode(Enum):

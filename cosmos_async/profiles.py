@@ -53,10 +53,15 @@ class _BigQueryProfileMapping:
                 f"connection {self.conn_id!r} has no project and profile_args has none: set the connection's "
                 "'project' extra or profile_args={'project': ...}."
             )
-        if not self.profile_args.get("dataset"):
-            raise ConfigurationError("profile_args needs 'dataset' (the default BigQuery dataset for dbt).")
+        # Like Cosmos's BigQuery mappings, the connection's 'dataset' extra serves when profile_args has none.
+        dataset = self.profile_args.get("dataset") or _extra(extras, "dataset")
+        if not dataset:
+            raise ConfigurationError(
+                f"connection {self.conn_id!r} has no dataset and profile_args has none: set profile_args="
+                "{'dataset': ...} or the connection's 'dataset' extra (the default BigQuery dataset for dbt)."
+            )
         target: dict[str, Any] = {"type": "bigquery", "method": self.dbt_method, "project": project,
-                                  "threads": DEFAULT_THREADS}
+                                  "dataset": dataset, "threads": DEFAULT_THREADS}
         endpoint = _extra(extras, "bigquery_api_endpoint")
         if endpoint:
             target["api_endpoint"] = endpoint

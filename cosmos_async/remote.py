@@ -90,7 +90,8 @@ def _strip_scheme(fs: Any, url: str) -> str:
 
 
 def upload_capture(target: RemoteTarget, dag_id: str, run_id: str, capture: Capture,
-                   wanted: set[str], group_id: str | None = None) -> dict[str, Any]:
+                   wanted: set[str], group_id: str | None = None,
+                   target_settings: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Upload each wanted node's files and the hooks, then the index (last: its presence means complete).
 
     A node without loads is one script: its entry has ``path``/``sha256``. A node with loads (a seed) has
@@ -135,6 +136,8 @@ def upload_capture(target: RemoteTarget, dag_id: str, run_id: str, capture: Capt
              "nodes": entries}
     if group_id is not None:  # absent for a DbtDag, so triggerers of earlier versions still read its index
         index["group_id"] = group_id
+    if target_settings:  # a profiles.yml target's public fields (never a credential), for the triggers
+        index["dbt_target"] = dict(target_settings)
     try:
         if getattr(fs, "async_impl", False):
             # gcsfs uploads a batch concurrently; one-at-a-time uploads cost Cosmos users minutes per run.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from contextlib import nullcontext
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ from cosmos_async.config import (
     RenderConfig,
     check_operator_args,
 )
+from cosmos_async.config import _reject as reject_unsupported
 from cosmos_async.dbt_executable import DbtInvocation
 from cosmos_async.errors import ConfigurationError, SelectionError
 from cosmos_async.plan import TaskPlan, node_selector, plan_tasks
@@ -322,12 +324,21 @@ def profile_threads(profile: ProfileConfig) -> int:
         return DBT_DEFAULT_THREADS
 
 
+# Cosmos DbtDag / DbtTaskGroup arguments without a counterpart here; Airflow would report them as unknown kwargs.
+_COSMOS_ONLY_KWARGS = ("on_warning_callback", "task_group")
+
+
+def _reject_cosmos_only(owner: str, kwargs: dict[str, Any]) -> None:
+    reject_unsupported(owner, {k: kwargs[k] for k in _COSMOS_ONLY_KWARGS if k in kwargs})
+
+
 class DbtDag(DAG):
     """An Airflow DAG holding one task per selected dbt node (the Cosmos ``DbtDag`` interface)."""
 
     def __init__(self, project_config: ProjectConfig, profile_config: ProfileConfig | None = None,
                  execution_config: ExecutionConfig | None = None, render_config: RenderConfig | None = None,
                  operator_args: dict[str, Any] | None = None, **dag_kwargs: Any) -> None:
+        _reject_cosmos_only("DbtDag", dag_kwargs)
         super().__init__(**dag_kwargs)
         renderer = _Renderer(project_config, profile_config, execution_config, render_config, operator_args)
         with self:
@@ -343,7 +354,9 @@ class DbtTaskGroup(TaskGroup):
                  **group_kwargs: Any) -> None:
         if project_config is None:
             raise ConfigurationError("DbtTaskGroup needs project_config.")
+        _reject_cosmos_only("DbtTaskGroup", group_kwargs)
         super().__init__(group_id=group_id, **group_kwargs)
         renderer = _Renderer(project_config, profile_config, execution_config, render_config, operator_args)
-        with self:
+        # DbtTaskGroup(dag=...) outside a `with dag:` block, as Cosmos allows: the tasks need that DAG's context.
+        with self.dag if self.dag is not None else nullcontext(), self:
             self.dbt_tasks = renderer.build(self.group_id)

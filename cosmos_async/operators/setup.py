@@ -102,6 +102,19 @@ class DbtAsyncSetupOperator(BaseOperator):
 
         return capture_in_python(python, Path(self.project_dir), self.profile_config, log=self.log, **options)
 
+    def _target_settings(self) -> dict[str, Any] | None:
+        """A profiles.yml target's public fields rendered here, where operator_args' env is set (the triggerer
+        may lack those variables); None for a profile mapping, whose connection the triggers read themselves."""
+        if self.profile_config.profiles_yml_filepath is None:
+            return None
+        from cosmos_async_triggers.dbt_profile import public_settings
+
+        from cosmos_async.dbt_invoke import environment
+        from cosmos_async.profiles import resolve_target
+
+        with environment(self.env):
+            return public_settings(resolve_target(self.profile_config))
+
     def execute(self, context: Any) -> dict[str, Any]:
         from cosmos_async.remote import RemoteTarget, upload_capture
 
@@ -111,7 +124,8 @@ class DbtAsyncSetupOperator(BaseOperator):
         captured = time.monotonic()
         dag_id, run_id = context["dag_run"].dag_id, context["run_id"]
         group = self.dbt_group_id
-        index = upload_capture(target, dag_id, run_id, capture, set(self.node_ids), group)
+        index = upload_capture(target, dag_id, run_id, capture, set(self.node_ids), group,
+                               target_settings=self._target_settings())
         uploaded = time.monotonic()
         fallbacks = {uid: e["fallback"] for uid, e in index["nodes"].items() if e["fallback"]}
         total = sum(e["bytes"] for e in index["nodes"].values())

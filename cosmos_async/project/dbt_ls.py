@@ -8,8 +8,10 @@ version), so an edit to a model or a var invalidates it and nothing else does.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
+import logging
 import os
 import re
 from collections.abc import Mapping
@@ -20,6 +22,8 @@ from typing import Any
 from cosmos_async.config import ProfileConfig, cache_dir
 from cosmos_async.errors import ConfigurationError, ManifestError
 from cosmos_async.project.manifest import RUNNABLE_TYPES, DbtNode, Manifest, load_manifest, node_from_dict
+
+logger = logging.getLogger(__name__)
 
 # Directories dbt writes or downloads into: their content never changes the project's graph definition.
 _SKIPPED_DIRS = frozenset({"target", "logs", "dbt_packages", ".git", "__pycache__", ".venv"})
@@ -61,17 +65,26 @@ def load_with_dbt_ls(project_dir: Path, profile: ProfileConfig, *, dbt_vars: Map
     ``dbt_executable`` (ExecutionConfig.dbt_executable_path) runs that dbt as a subprocess; else dbt runs
     in-process. A variable dbt needs but was not given fails with a message saying where to give it.
     """
+    from cosmos_async.profiles import parse_time_target
+
     dbt_vars, env = dict(dbt_vars or {}), dict(env or {})
-    key = project_checksum(Path(project_dir), profile, dbt_vars, env, dbt_executable)
+    target, placeholders = parse_time_target(profile, env)
+    # Which variables were stood in for is part of what the graph was computed from.
+    key = project_checksum(Path(project_dir), profile, dbt_vars, {**env, "\0placeholders": ",".join(placeholders)},
+                           dbt_executable)
     cached = cache_dir() / f"manifest-{key}.json"
     if cached.is_file():
-        return load_manifest(cached, cache=cache_dir())
+        return _without_relations(load_manifest(cached, cache=cache_dir()), placeholders)
 
     from cosmos_async.dbt_executable import DbtSubprocess
     from cosmos_async.dbt_invoke import DbtCommandError, dbt_workspace, invoke
 
+    if placeholders:
+        logger.info("dbt ls at DAG parse: %s set only when tasks run (operator_args env); parsing with "
+                    "placeholders for them, so nodes get no Airflow asset", ", ".join(placeholders))
     runner = DbtSubprocess(dbt_executable) if dbt_executable else None
-    with dbt_workspace(Path(project_dir), profile, install_deps=install_deps, env=env, runner=runner) as workspace:
+    with dbt_workspace(Path(project_dir), profile, install_deps=install_deps, env=env, runner=runner,
+                       target=target) as workspace:
         try:
             invoke(workspace, ["ls", "--output", "json", "--quiet"], dbt_vars, runner=runner)
         except DbtCommandError as exc:
@@ -83,7 +96,16 @@ def load_with_dbt_ls(project_dir: Path, profile: ProfileConfig, *, dbt_vars: Map
         partial = cached.with_suffix(f".{os.getpid()}.tmp")
         partial.write_bytes(produced.read_bytes())
         partial.replace(cached)
-    return manifest
+    return _without_relations(manifest, placeholders)
+
+
+def _without_relations(manifest: Manifest, placeholders: list[str]) -> Manifest:
+    """With placeholders in the parse-time profile, node database/schema may be placeholders too: drop them
+    (those nodes emit no Airflow asset) rather than name assets after a relation that does not exist."""
+    if not placeholders:
+        return manifest
+    nodes = [dataclasses.replace(n, database=None, schema=None) for n in manifest.nodes.values()]
+    return dataclasses.replace(manifest, nodes={n.unique_id: n for n in nodes})
 
 
 # dbt's own wording for an env_var() / var() without a default and without a value.

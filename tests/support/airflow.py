@@ -120,7 +120,9 @@ class AirflowStack:
             "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{url}/execution/",
             "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": f"{USERNAME}:admin",
             "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(self.home / "passwords.json"),
-            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{self.home / 'airflow.db'}",
+            # SQLite serialises writers: under load a writer can wait more than pysqlite's default 5 s for the lock
+            # (an api-server 500 "Database error" in the middle of a run), so let it wait longer.
+            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{self.home / 'airflow.db'}?timeout=60",
             "AIRFLOW__LOGGING__BASE_LOG_FOLDER": str(self.logs),
             "AIRFLOW__API__HOST": "127.0.0.1",
             "AIRFLOW__API__PORT": str(self.port),
@@ -302,8 +304,9 @@ class AirflowStack:
     def import_errors(self) -> list[dict[str, Any]]:
         return self.api("GET", "/importErrors", params={"limit": 100})["import_errors"]
 
-    def wait_for_dag(self, dag_id: str, timeout: float = 60.0) -> dict[str, Any]:
-        """Wait until the dag-processor has serialized ``dag_id``; fail fast on an import error naming it."""
+    def wait_for_dag(self, dag_id: str, timeout: float = 60.0, dag_file: str | None = None) -> dict[str, Any]:
+        """Wait until the dag-processor has serialized ``dag_id``; fail fast on an import error naming it, or of
+        ``dag_file`` (a file name, for DAGs whose id the file does not spell out, e.g. derived from ``__file__``)."""
         deadline = time.monotonic() + timeout
         while True:
             self.check_alive()
@@ -313,7 +316,8 @@ class AirflowStack:
                 if "HTTP 404" not in str(e):
                     raise
             errors = self.import_errors()
-            mine = [e for e in errors if dag_id in _file_text(self.dags_folder, e.get("filename", ""))]
+            mine = [e for e in errors if dag_id in _file_text(self.dags_folder, e.get("filename", ""))
+                    or (dag_file is not None and Path(e.get("filename", "")).name == dag_file)]
             if mine or time.monotonic() > deadline:
                 text = "\n".join(f"{e['filename']}:\n{e['stack_trace']}" for e in errors) or "(no import errors)"
                 what = "has an import error" if mine else f"not loaded within {timeout}s"

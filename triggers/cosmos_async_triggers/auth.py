@@ -15,6 +15,7 @@ tokens nor key material ever reach a log line or an exception.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import threading
 import time
@@ -150,17 +151,22 @@ async def get_connection(conn_id: str) -> GcpSource:
     return await _cached_source(f"connection:{conn_id}", lambda: _read_connection(conn_id))
 
 
-async def get_profile_target(ref: TargetRef) -> GcpSource:
+async def get_profile_target(ref: TargetRef, settings: Mapping[str, Any] | None = None) -> GcpSource:
     """The dbt target ``ref`` names, read from its profiles.yml in a thread and rendered with this process's
-    environment; :class:`ProfileTargetError` names the file, the target and the fix."""
-    return await _cached_source(f"profile:{ref.profiles_yml}:{ref.profile}:{ref.target}",
-                                lambda: asyncio.to_thread(_read_profile_target, ref))
+    environment; :class:`ProfileTargetError` names the file, the target and the fix.
+
+    ``settings``: the target's public fields as the setup task rendered them (from the run's index); they are
+    taken as given, so only the credential fields need this process's environment.
+    """
+    settings = dict(settings or {})
+    key = f"profile:{ref.profiles_yml}:{ref.profile}:{ref.target}:{json.dumps(settings, sort_keys=True)}"
+    return await _cached_source(key, lambda: asyncio.to_thread(_read_profile_target, ref, settings))
 
 
-def _read_profile_target(ref: TargetRef) -> GcpSource:
+def _read_profile_target(ref: TargetRef, settings: Mapping[str, Any]) -> GcpSource:
     env = dict(os.environ)
-    target = dbt_profile.render_value(dbt_profile.read_target(ref), env, f"profiles.yml {ref.describe()}",
-                                      _TRIGGERER_ENV)
+    raw = {k: v for k, v in dbt_profile.read_target(ref).items() if k not in settings}
+    target = {**dbt_profile.render_value(raw, env, f"profiles.yml {ref.describe()}", _TRIGGERER_ENV), **settings}
     dbt_profile.check_target(ref, target, env)
     return GcpSource.from_target(ref, target)
 

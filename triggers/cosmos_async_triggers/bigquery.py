@@ -253,8 +253,11 @@ class BigQueryNodeTrigger(BaseTrigger):
         ids = self._run_ids()
         dag_id, run_id, task_id = ids["dag_id"], ids["run_id"], ids["task_id"]
         map_index = -1 if ids.get("map_index") is None else int(ids["map_index"])
-        gcp = self._gcp = await self._bigquery_source()
-        storage_conn: GcpSource | None = gcp if self.dbt_target is None else None
+        # A profile target is read after the index: the index carries its public fields as setup rendered them.
+        gcp: GcpSource | None = None
+        if self.dbt_target is None:
+            gcp = self._gcp = await get_connection(self.gcp_conn_id)  # type: ignore[arg-type]
+        storage_conn: GcpSource | None = gcp
         if self.remote_target_path.startswith(("gs://", "gcs://")):
             if self.storage_conn_id not in (None, self.gcp_conn_id):
                 storage_conn = await get_connection(self.storage_conn_id)  # type: ignore[arg-type]
@@ -269,6 +272,9 @@ class BigQueryNodeTrigger(BaseTrigger):
 
         prefix, index = await read_index(self.remote_target_path, dag_id, run_id, conn=storage_conn,
                                          token_for=storage_token, group_id=self.group_id)
+        if gcp is None:
+            assert self.dbt_target is not None
+            gcp = self._gcp = await get_profile_target(self.dbt_target, index.get("dbt_target"))
         entries = []
         for node in self.nodes:
             entry = index["nodes"].get(node["id"])
@@ -327,11 +333,6 @@ class BigQueryNodeTrigger(BaseTrigger):
                 "warnings": warnings}
 
     # ---- one job --------------------------------------------------------------------------------------------
-
-    async def _bigquery_source(self) -> GcpSource:
-        if self.dbt_target is not None:
-            return await get_profile_target(self.dbt_target)
-        return await get_connection(self.gcp_conn_id)  # type: ignore[arg-type]
 
     def _jobs_url(self, project: str) -> str:
         assert self._gcp is not None

@@ -137,6 +137,24 @@ def render_value(value: Any, env: Mapping[str, str], where: str = "profiles.yml"
     raise ProfileTargetError(failure)  # outside the except block: no context holding rendered values
 
 
+# Target fields that locate and bill the jobs but hold no secret. The setup task renders them where the task's
+# env (operator_args["env"], templated at run time) is set and records them in the run's index, so the triggerer
+# need not have those variables; the credential fields are rendered in the triggerer only.
+PUBLIC_FIELDS = ("method", "project", "execution_project", "database", "location", "api_endpoint",
+                 "impersonate_service_account", "keyfile", "scopes")
+
+
+def public_settings(target: Mapping[str, Any]) -> dict[str, Any]:
+    """The rendered target's :data:`PUBLIC_FIELDS` that are set, as JSON-able values."""
+    settings: dict[str, Any] = {}
+    for name in PUBLIC_FIELDS:
+        value = target.get(name)
+        if value in (None, ""):
+            continue
+        settings[name] = [str(v) for v in value] if isinstance(value, (list, tuple)) else str(value)
+    return settings
+
+
 def read_target(ref: TargetRef) -> dict[str, Any]:
     """The raw (unrendered) target dict of ``ref``; blocking file I/O."""
     path = Path(ref.profiles_yml)

@@ -1,0 +1,1 @@
+select customer_id, first_name, signup_date from {{ source('raw', 'raw_customers') }}
