@@ -77,7 +77,7 @@ def _no(owner: str, argument: str, value: Any, error: str | None = None) -> Row:
 
 def _mode(member: str) -> str:
     return (f"ExecutionConfig(execution_mode=ExecutionMode.{member}) is not supported by cosmos-async; use "
-            "ExecutionMode.LOCAL, VIRTUALENV or AIRFLOW_ASYNC.")
+            "ExecutionMode.LOCAL, VIRTUALENV, AIRFLOW_ASYNC or WATCHER.")
 
 
 P, F, E, R, D, OA = OWNERS
@@ -101,7 +101,8 @@ ROWS: tuple[Row, ...] = (
                                           "as the target says, secrets resolved by `env_var()` where they run)"),
     _ok(F, "profile_mapping", None, "an Airflow connection mapped to a target: the GoogleCloud* BigQuery mappings"),
 
-    _no(E, "execution_mode=ExecutionMode.WATCHER", "WATCHER", _mode("WATCHER")),
+    _ok(E, "execution_mode=ExecutionMode.WATCHER", "WATCHER", "the setup task plays Cosmos's producer; model tasks "
+                                                              "wait for their parents in the triggerer"),
     _ok(E, "execution_mode=ExecutionMode.LOCAL", "LOCAL", "dbt runs in the worker, one invocation per task"),
     _ok(E, "execution_mode=ExecutionMode.AIRFLOW_ASYNC", "AIRFLOW_ASYNC",
         "one capture per run in a setup task; each model's BigQuery job awaited in the triggerer"),
@@ -122,9 +123,10 @@ ROWS: tuple[Row, ...] = (
     _no(E, "install_dbt_deps", True),
     _ok(E, "dbt_project_path", None, "the project dbt runs in, when ProjectConfig gives only a manifest"),
     _no(E, "virtualenv_dir", "/tmp/venvs"),
+    _ok(E, "setup_operator_args", {"queue": "default"}, "Airflow arguments of the AIRFLOW_ASYNC / WATCHER setup "
+                                                        "task only, over operator_args"),
     _ok(E, "async_py_requirements", ["dbt-bigquery"], "AIRFLOW_ASYNC's setup captures in a cached virtualenv of "
                                                       "these requirements"),
-    _no(E, "setup_operator_args", {"queue": "setup"}),
 
     _ok(R, "emit_datasets", False, "each model task's outlet is the Asset `bigquery://project/dataset/table`"),
     _no(R, "test_behavior=TestBehavior.BUILD", "BUILD",
