@@ -6,7 +6,10 @@
 # The -base runtime runs no ONBUILD steps (those expect packages.txt and requirements.txt at the context root); the
 # steps below do what they would, from dev/. Airflow and its bundled providers come from the runtime (same minor
 # series as uv.lock); everything else is pinned to uv.lock through dev/requirements-lock.txt.
-FROM astrocrpublic.azurecr.io/runtime:3.3-7-base
+# The base is a build argument so the same file builds where the Astro registry is unreachable: there
+# dev/containers/build-images builds a stand-in of this runtime and passes it (dev/README-devstack.md).
+ARG BASE_IMAGE=astrocrpublic.azurecr.io/runtime:3.3-7-base
+FROM ${BASE_IMAGE}
 
 USER root
 COPY dev/packages.txt /opt/cosmos-async/packages.txt

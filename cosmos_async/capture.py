@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from urllib.parse import unquote, urlsplit
+from urllib.parse import parse_qs, unquote, urlsplit
 
 from cosmos_async.config import ProfileConfig
 from cosmos_async.errors import CosmosAsyncError
@@ -83,6 +83,19 @@ class LoadCapture:
 
 
 @dataclass
+class ScriptCapture:
+    """Consecutive statements of a node run as one multi-statement query job, with dbt's job configuration."""
+
+    statements: list[str]
+    # What dbt-bigquery put on these statements' jobs (see :func:`replayable_configuration`); {} when unknown.
+    configuration: dict[str, Any] = field(default_factory=dict)
+
+    def script(self) -> str:
+        """The statements as one BigQuery multi-statement job."""
+        return "\n".join(_as_script_statement(s) for s in self.statements)
+
+
+@dataclass
 class NodeCapture:
     """What one node (or one hook phase) would execute."""
 
@@ -94,23 +107,46 @@ class NodeCapture:
     loads: list[LoadCapture] = field(default_factory=list)
     # Relations (and listings) whose state dbt read while compiling this node, in the order first read.
     reads: list[Relation] = field(default_factory=list)
+    # Per statement, the job configuration dbt sent with it; None for a statement dbt made through another API
+    # (dataset creation, table delete) or recorded before configurations were. Shorter lists mean None.
+    configurations: list[dict[str, Any] | None] = field(default_factory=list)
 
     def script(self) -> str:
         """The statements as one BigQuery multi-statement job (loads left out: see :meth:`steps`)."""
-        return "\n".join(_as_script_statement(s) for s in self.statements)
+        return ScriptCapture(self.statements).script()
 
-    def steps(self) -> list[list[str] | LoadCapture]:
-        """The node in dbt's order: runs of statements (one script each) and the loads between them."""
-        steps: list[list[str] | LoadCapture] = []
+    def configuration(self, i: int) -> dict[str, Any] | None:
+        return self.configurations[i] if i < len(self.configurations) else None
+
+    def steps(self) -> list[ScriptCapture | LoadCapture]:
+        """The node in dbt's order: runs of statements (one script each) and the loads between them.
+
+        A run is also split where dbt changed the job configuration between two statements, so each script
+        carries the configuration dbt gave all of its statements. A statement without one joins its run.
+        """
+        steps: list[ScriptCapture | LoadCapture] = []
         start = 0
         for load in sorted(self.loads, key=lambda x: x.after):
             if load.after > start:
-                steps.append(self.statements[start:load.after])
+                steps.extend(self._scripts(start, load.after))
             steps.append(load)
             start = load.after
         if start < len(self.statements) or not steps:
-            steps.append(self.statements[start:])
+            steps.extend(self._scripts(start, len(self.statements)) or [ScriptCapture([])])
         return steps
+
+    def _scripts(self, start: int, end: int) -> list[ScriptCapture]:
+        scripts: list[ScriptCapture] = []
+        current: ScriptCapture | None = None
+        for i in range(start, end):
+            config = self.configuration(i)
+            if current is None or (config is not None and current.configuration and config != current.configuration):
+                current = ScriptCapture([], dict(config or {}))
+                scripts.append(current)
+            elif config is not None and not current.configuration:
+                current.configuration = dict(config)
+            current.statements.append(self.statements[i])
+        return scripts
 
 
 @dataclass
@@ -181,10 +217,16 @@ class _Recorder:
     def current_is_test(self) -> bool:
         return self.current is not None and self.current.startswith(("test.", "unit_test."))
 
+    def current_is_source(self) -> bool:
+        return self.current is not None and self.current.startswith("source.")
+
     # -- requests ---------------------------------------------------------------------------------
-    def record(self, sql: str, location: str | None) -> None:
+    def record(self, sql: str, location: str | None, configuration: dict[str, Any] | None = None) -> None:
         with self.lock:
             target = self.target()
+            if configuration is not None:
+                target.configurations.extend([None] * (len(target.statements) - len(target.configurations)))
+                target.configurations.append(configuration)
             target.statements.append(sql)
             target.location = target.location or location
 
@@ -232,6 +274,9 @@ class _Recorder:
             "statistics": {"creationTime": now, "startTime": now, "endTime": now,
                            "query": {"statementType": statement_type, "totalBytesProcessed": "0"}},
         }
+        if job["configuration"].get("createSession"):
+            # dbt passes the session on to its next jobs; the trigger swaps in the session its replay creates.
+            job["statistics"]["sessionInfo"] = {"sessionId": f"cosmos_async_capture_session_{uuid.uuid4().hex}"}
         with self.lock:
             self.fake_jobs[ref["jobId"]] = {"job": job, "test": self.current_is_test()}
         return job
@@ -251,6 +296,9 @@ class _Recorder:
 def _handler(recorder: _Recorder) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
+        # Headers and body go out as two writes; with Nagle's algorithm the body then waits for the client's
+        # delayed ACK of the headers (~40 ms on Linux), on every one of the thousands of requests dbt sends.
+        disable_nagle_algorithm = True
 
         def log_message(self, format: str, *args: Any) -> None:
             pass
@@ -309,16 +357,18 @@ def _handler(recorder: _Recorder) -> type[BaseHTTPRequestHandler]:
                 if "uploadType=multipart" in self.path:
                     job, data = _parse_multipart(self.headers.get("Content-Type", ""), body)
                     return self._end_upload(job, data)
-                # Start of a resumable upload: hand out a session URL on this endpoint; the PUTs bring the data.
+                # Start of a resumable upload: hand out a session URI on this endpoint, shaped as BigQuery's (the
+                # upload path with an upload_id); the PUTs bring the data.
                 session = uuid.uuid4().hex
                 recorder.uploads[session] = {"job": json.loads(body or b"{}"), "data": bytearray()}
                 host, port = self.server.server_address[:2]
                 self.send_response(200)
-                self.send_header("Location", f"http://{host}:{port}/upload/session/{session}")
+                self.send_header("Location", f"http://{host}:{port}{path}?uploadType=resumable&upload_id={session}")
                 self.send_header("Content-Length", "0")
                 self.end_headers()
                 return None
-            upload = recorder.uploads.get(path.rsplit("/", 1)[-1])
+            session = (parse_qs(urlsplit(self.path).query).get("upload_id") or [""])[0]
+            upload = recorder.uploads.get(session)
             if upload is None:
                 return self._send(404, {"error": {"code": 404, "message": f"no upload session at {path}"}})
             upload["data"] += body
@@ -331,7 +381,7 @@ def _handler(recorder: _Recorder) -> type[BaseHTTPRequestHandler]:
                 self.send_header("Content-Length", "0")
                 self.end_headers()
                 return None
-            recorder.uploads.pop(path.rsplit("/", 1)[-1], None)
+            recorder.uploads.pop(session, None)
             return self._end_upload(upload["job"], bytes(upload["data"]))
 
         def _end_upload(self, job: dict[str, Any], data: bytes) -> None:
@@ -359,12 +409,17 @@ def _handler(recorder: _Recorder) -> type[BaseHTTPRequestHandler]:
                 kind = next(iter(k for k in config if k not in ("labels", "dryRun", "jobTimeoutMs")), "job")
                 recorder.fall_back(f"dbt-bigquery runs a {kind} job for this node")
                 return self._send(200, recorder.fake_job(project, body, kind.upper()))
+            if recorder.current_is_source() and not config.get("dryRun"):
+                # `dbt source freshness`: its query is what the source task runs; forwarded too, since dbt
+                # needs its row to go on.
+                recorder.record(query, location)
+                return self._forward(raw)
             if config.get("dryRun") or (is_read_only(query) and not recorder.current_is_test()):
                 default = (config.get("query") or {}).get("defaultDataset") or {}
                 recorder.note_reads(relations_read(query, default.get("projectId") or project,
                                                    default.get("datasetId")))
                 return self._forward(raw)
-            recorder.record(query, location)
+            recorder.record(query, location, replayable_configuration(config))
             return self._send(200, recorder.fake_job(project, body, "SCRIPT"))
 
         def _create_dataset(self, project: str, raw: bytes) -> None:
@@ -383,6 +438,19 @@ def _handler(recorder: _Recorder) -> type[BaseHTTPRequestHandler]:
         do_POST = do_PUT = do_PATCH = do_DELETE = do_HEAD = do_GET
 
     return Handler
+
+
+def replayable_configuration(configuration: Mapping[str, Any]) -> dict[str, Any]:
+    """A query job's configuration as dbt-bigquery sent it, minus what each replay sets itself: the SQL text
+    (uploaded as the node's script) and ``dryRun``. The job id and location travel in ``jobReference``, not here.
+
+    Kept: ``maximumBytesBilled``, ``priority``, ``jobTimeoutMs``, ``labels``, ``defaultDataset``,
+    ``destinationEncryptionConfiguration``, ``createSession``/``connectionProperties``, ``reservation`` and
+    whatever later dbt-bigquery versions add, so the trigger replays what dbt asked for and nothing else.
+    """
+    kept = {k: v for k, v in configuration.items() if k != "dryRun"}
+    kept["query"] = {k: v for k, v in (configuration.get("query") or {}).items() if k != "query"}
+    return json.loads(json.dumps(kept))  # a deep copy of plain JSON values
 
 
 def _metadata_read(m: re.Match) -> Relation:
@@ -422,8 +490,14 @@ def recording_endpoint(upstream: str) -> Iterator[tuple[str, _Recorder]]:
 def capture_project(project_dir: Path, profile_config: ProfileConfig, *, select: Sequence[str] = (),
                     exclude: Sequence[str] = (), dbt_vars: Mapping[str, Any] | None = None,
                     full_refresh: bool = False, install_deps: bool = False,
-                    env: Mapping[str, str] | None = None) -> Capture:
+                    env: Mapping[str, str] | None = None, sources: Sequence[str] = (),
+                    partial_parse: Path | None = None) -> Capture:
     """Run ``dbt build`` once against the recording endpoint and return every node's statements.
+
+    ``sources`` (``source:...`` selectors): also run ``dbt source freshness`` for them and record the query
+    dbt sends per source (none for a source judged from table metadata). Their freshness verdicts at setup
+    time do not matter: the source tasks judge again when they run.
+    ``partial_parse``: where dbt's partial-parse state is kept between runs (see :mod:`cosmos_async.partial_parse`).
 
     A node whose capture fails, or that dbt skipped because an upstream capture failed, is retried in a
     further pass on its own; a node that still fails falls back to LOCAL with dbt's message as the reason.
@@ -437,7 +511,7 @@ def capture_project(project_dir: Path, profile_config: ProfileConfig, *, select:
     failed: dict[str, str] = {}
     with recording_endpoint(upstream) as (url, recorder), dbt_workspace(
         project_dir, profile_config, install_deps=install_deps, env=env,
-        target={**target, "api_endpoint": url, "threads": 1},
+        target={**target, "api_endpoint": url, "threads": 1}, partial_parse=partial_parse,
     ) as workspace:
         base = ["build", "--resource-type", "model", "seed", "snapshot", "test"]
         if full_refresh:
@@ -461,6 +535,8 @@ def capture_project(project_dir: Path, profile_config: ProfileConfig, *, select:
                 failed.update((o.unique_id, "dbt skipped it after an upstream capture failed") for o in skipped)
                 break
             pending_select, pending_exclude = [o.selector for o in skipped], []
+        if sources:
+            _capture_freshness(workspace, list(sources), dbt_vars, recorder)
         manifest = _run_manifest(workspace.target_dir)
     for unique_id, message in failed.items():
         node = recorder.nodes.setdefault(unique_id, NodeCapture())
@@ -469,6 +545,14 @@ def capture_project(project_dir: Path, profile_config: ProfileConfig, *, select:
     project = recorder.project if recorder.project != "unknown" else str(target.get("project") or "")
     mark_run_dependencies(capture, manifest, project)
     return capture
+
+
+def _capture_freshness(workspace: Any, sources: list[str], dbt_vars: Mapping[str, Any] | None,
+                       recorder: _Recorder) -> None:
+    from cosmos_async.dbt_invoke import node_outcomes
+
+    # Stale or missing sources are no capture failure: the source tasks judge them when they run.
+    node_outcomes(workspace, ["source", "freshness", "--select", *sources], dbt_vars, [recorder.on_event])
 
 
 def _run_manifest(target_dir: Path) -> Manifest | None:

@@ -105,7 +105,9 @@ def _escape_templates(value: Any) -> Any:
 def build_request(project_dir: Path, profile_config: ProfileConfig, *, select: Sequence[str] = (),
                   exclude: Sequence[str] = (), dbt_vars: Mapping[str, Any] | None = None,
                   full_refresh: bool = False, install_deps: bool = False,
-                  env: Mapping[str, str] | None = None) -> tuple[dict[str, Any], dict[str, str]]:
+                  env: Mapping[str, str] | None = None,
+                  sources: Sequence[str] = (),
+                  partial_parse: Path | None = None) -> tuple[dict[str, Any], dict[str, str]]:
     """(request without secrets, environment for the child holding the secrets and ``env``)."""
     from cosmos_async.dbt_invoke import environment
     from cosmos_async.profiles import resolve_target, split_secrets
@@ -116,7 +118,8 @@ def build_request(project_dir: Path, profile_config: ProfileConfig, *, select: S
     request = {"project_dir": str(Path(project_dir).resolve()), "profile_name": profile_config.profile_name,
                "target_name": profile_config.target_name, "target": _escape_templates(safe),
                "select": list(select), "exclude": list(exclude), "vars": dict(dbt_vars or {}),
-               "full_refresh": full_refresh, "install_deps": install_deps,
+               "full_refresh": full_refresh, "install_deps": install_deps, "sources": list(sources),
+               "partial_parse": str(partial_parse) if partial_parse else None,
                # Values of ``env`` may be secrets too: only their names go in the file.
                "env_keys": sorted(env or {})}
     return request, {**dict(env or {}), **secret_env}
@@ -145,7 +148,8 @@ def _source_path(root: Path) -> Path:
 def capture_in_python(python: Path, project_dir: Path, profile_config: ProfileConfig, *, select: Sequence[str] = (),
                     exclude: Sequence[str] = (), dbt_vars: Mapping[str, Any] | None = None,
                     full_refresh: bool = False, install_deps: bool = False, env: Mapping[str, str] | None = None,
-                    log: logging.Logger | None = None, workdir: Path | None = None) -> Capture:
+                    partial_parse: Path | None = None, log: logging.Logger | None = None,
+                    workdir: Path | None = None, sources: Sequence[str] = ()) -> Capture:
     """:func:`capture_project` run by ``python`` (the interpreter of a dbt virtualenv: one built from
     ``async_py_requirements``, or the one of ``dbt_executable_path``); dbt's output goes to ``log`` line by line.
 
@@ -155,7 +159,8 @@ def capture_in_python(python: Path, project_dir: Path, profile_config: ProfileCo
     log = log or logging.getLogger(__name__)
     request, child_secrets = build_request(project_dir, profile_config, select=select, exclude=exclude,
                                            dbt_vars=dbt_vars, full_refresh=full_refresh,
-                                           install_deps=install_deps, env=env)
+                                           install_deps=install_deps, env=env, sources=sources,
+                                           partial_parse=partial_parse)
     with contextlib.ExitStack() as stack:
         if workdir is None:
             work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="cosmos-async-capture-")))
@@ -224,7 +229,9 @@ def run_request(request: Mapping[str, Any]) -> Capture:
         env = {k: os.environ[k] for k in request["env_keys"] if k in os.environ}
         return capture_project(Path(request["project_dir"]), profile, select=request["select"],
                                exclude=request["exclude"], dbt_vars=request["vars"],
-                               full_refresh=request["full_refresh"], install_deps=request["install_deps"], env=env)
+                               full_refresh=request["full_refresh"], install_deps=request["install_deps"], env=env,
+                               sources=request.get("sources") or (),
+                               partial_parse=Path(request["partial_parse"]) if request.get("partial_parse") else None)
 
 
 def main(argv: Sequence[str]) -> int:

@@ -34,7 +34,7 @@ def _reject(owner: str, unsupported: dict[str, Any]) -> None:
         names = ", ".join(sorted(unsupported))
         raise UnsupportedArgumentError(
             f"{owner}: argument(s) {names} are not supported by cosmos-async; remove them "
-            f"(supported arguments are listed in the README's configuration table)."
+            f"(the README's migration table lists every Cosmos argument and what cosmos-async does with it)."
         )
 
 
@@ -159,15 +159,27 @@ class RenderConfig:
     dbt_deps: bool = True
     dbt_project_path: Path | None = None
     dbt_ls_path: Path | None = None
+    source_rendering_behavior: SourceRenderingBehavior = SourceRenderingBehavior.NONE
+    source_pruning: bool = False
 
     def __init__(self, load_method: LoadMode = LoadMode.AUTOMATIC, select: list[str] | str | None = None,
                  exclude: list[str] | str | None = None, test_behavior: TestBehavior = TestBehavior.AFTER_EACH,
                  emit_datasets: bool = True, dbt_deps: bool = True, dbt_project_path: str | Path | None = None,
-                 dbt_ls_path: str | Path | None = None, **unsupported: Any) -> None:
+                 dbt_ls_path: str | Path | None = None,
+                 source_rendering_behavior: SourceRenderingBehavior = SourceRenderingBehavior.NONE,
+                 source_pruning: bool = False, **unsupported: Any) -> None:
         """``load_method``: AUTOMATIC, DBT_MANIFEST, DBT_LS, DBT_LS_FILE (``dbt_ls_path`` holds the output of
         ``dbt ls --output json``) or CUSTOM (the manifest when ProjectConfig has one, else the cached
-        ``dbt ls``: cosmos-async's own parser reads the project either way)."""
+        ``dbt ls``: cosmos-async's own parser reads the project either way).
+
+        ``source_rendering_behavior``: NONE (no source tasks), WITH_TESTS_OR_FRESHNESS (a ``<source>_<table>_source``
+        task for each source with freshness rules or tests) or ALL (every source; one without either is a no-op
+        task). ``source_pruning``: render only the sources that feed a selected node."""
         _reject("RenderConfig", unsupported)
+        if not isinstance(source_rendering_behavior, SourceRenderingBehavior):
+            raise ConfigurationError(
+                f"RenderConfig(source_rendering_behavior={source_rendering_behavior!r}): use "
+                "SourceRenderingBehavior.NONE, ALL or WITH_TESTS_OR_FRESHNESS (from cosmos_async.constants).")
         if load_method == LoadMode.DBT_LS_CACHE:
             raise UnsupportedArgumentError(
                 "RenderConfig(load_method=LoadMode.DBT_LS_CACHE) is not supported by cosmos-async; use "
@@ -191,6 +203,8 @@ class RenderConfig:
         self.dbt_deps = dbt_deps
         self.dbt_project_path = Path(dbt_project_path) if dbt_project_path else None
         self.dbt_ls_path = Path(dbt_ls_path) if dbt_ls_path else None
+        self.source_rendering_behavior = source_rendering_behavior
+        self.source_pruning = bool(source_pruning)
 
 
 # operator_args keys understood by cosmos-async operators; anything else is rejected at parse time.
@@ -201,7 +215,7 @@ OPERATOR_ARGS = frozenset({
     "on_success_callback", "on_retry_callback", "on_execute_callback", "max_active_tis_per_dag",
     "start_from_trigger", "project", "remote_target_path", "remote_target_path_conn_id", "gcp_conn_id",
     "dbt_cmd_flags", "dbt_cmd_global_flags", "quiet", "fail_fast", "cancel_query_on_kill", "py_requirements",
-    "py_system_site_packages", "wait_for_parents", "max_concurrent_jobs",
+    "py_system_site_packages", "wait_for_parents", "max_concurrent_jobs", "source_freshness_wait",
 })
 
 

@@ -22,6 +22,7 @@ from typing import Any
 from cosmos_async.config import ProfileConfig
 from cosmos_async.dbt_executable import DbtSubprocess
 from cosmos_async.errors import CosmosAsyncError
+from cosmos_async.partial_parse import keep, restore
 from cosmos_async.profiles import dbt_profile, resolve_target
 
 _IGNORED_COPY = shutil.ignore_patterns("target", "logs", "dbt_packages", ".git", "__pycache__")
@@ -69,11 +70,14 @@ def environment(env: Mapping[str, str]) -> Iterator[None]:
 @contextmanager
 def dbt_workspace(project_dir: Path, profile_config: ProfileConfig, *, install_deps: bool = False,
                   env: Mapping[str, str] | None = None, target: Mapping[str, Any] | None = None,
-                  runner: DbtSubprocess | None = None) -> Iterator[DbtWorkspace]:
+                  runner: DbtSubprocess | None = None,
+                  partial_parse: Path | None = None) -> Iterator[DbtWorkspace]:
     """Prepare a workspace for one or more dbt commands and clean it up afterwards.
 
     ``runner`` runs ``dbt deps`` when packages must be installed (None: in-process).
     ``target`` replaces the profile's resolved target (the capture points dbt at its recording endpoint).
+    ``partial_parse`` is where dbt's partial-parse state is kept between runs
+    (:func:`cosmos_async.partial_parse.state_file`); None parses in full every time.
     """
     project_dir = Path(project_dir)
     if not (project_dir / "dbt_project.yml").is_file():
@@ -93,10 +97,14 @@ def dbt_workspace(project_dir: Path, profile_config: ProfileConfig, *, install_d
         run_env = {**(env or {}), **secret_env, "DBT_LOG_PATH": str(work / "logs"),
                    "DBT_SEND_ANONYMOUS_USAGE_STATS": "false"}
         workspace = DbtWorkspace(project_dir, profiles_dir, work / "target", run_env, profile_config)
+        restore(partial_parse, workspace.target_dir)
         with environment(run_env):
             if needs_deps:
                 invoke(workspace, ["deps"], runner=runner)
-            yield workspace
+            try:
+                yield workspace
+            finally:  # dbt writes the state once it has parsed, whatever the command's outcome
+                keep(workspace.target_dir, partial_parse)
 
 
 def invoke(workspace: DbtWorkspace, command: Sequence[str], dbt_vars: Mapping[str, Any] | None = None,

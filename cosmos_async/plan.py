@@ -5,7 +5,9 @@ Rules (Cosmos users will recognise them):
 - ephemeral models get no task; edges pass through them to the nodes they feed;
 - TestBehavior.AFTER_EACH: a node with tests becomes a task group ``<name>`` holding its task and ``test``,
   and its children wait for the tests; a test over several parents gets its own ``<test>_test`` task;
-- TestBehavior.AFTER_ALL: one ``<project>_test`` task after every other task.
+- TestBehavior.AFTER_ALL: one ``<project>_test`` task after every other task;
+- SourceRenderingBehavior ALL / WITH_TESTS_OR_FRESHNESS: a ``<source>_<table>_source`` task per rendered source,
+  upstream of every task reading it; its tests attach to it as a model's do.
 """
 
 from __future__ import annotations
@@ -14,10 +16,10 @@ import hashlib
 import re
 from dataclasses import dataclass
 
-from cosmos_async.config import TestBehavior
+from cosmos_async.config import SourceRenderingBehavior, TestBehavior
 from cosmos_async.project.manifest import DbtNode, Manifest
 
-BUILD_COMMANDS = {"model": "run", "seed": "seed", "snapshot": "snapshot"}
+BUILD_COMMANDS = {"model": "run", "seed": "seed", "snapshot": "snapshot", "source": "source"}
 _UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
 
 
@@ -28,7 +30,7 @@ class TaskPlan:
     key: str  # the full task id (group prefix included)
     task_id: str  # id inside its group
     group_id: str | None
-    command: str  # run / seed / snapshot / test
+    command: str  # run / seed / snapshot / source / test
     node_ids: tuple[str, ...]  # dbt nodes this task executes
     upstream: tuple[str, ...]  # keys of the plans this one waits for
 
@@ -83,11 +85,42 @@ def _topological(manifest: Manifest, ids: set[str]) -> list[str]:
     return order
 
 
-def plan_tasks(manifest: Manifest, selected: set[str], test_behavior: TestBehavior) -> list[TaskPlan]:
-    """Plans in dependency order for the selected unique ids."""
+def rendered_sources(manifest: Manifest, selected: set[str], behavior: SourceRenderingBehavior,
+                     pruning: bool, everything: bool) -> set[str]:
+    """The sources that get a task: those feeding a selected node (through ephemerals too) and, without
+    ``pruning`` and with no selectors (``everything``), the project's other sources as well."""
+    if behavior == SourceRenderingBehavior.NONE:
+        return set()
+    nodes = manifest.nodes
+    sources = {uid for uid, n in nodes.items() if n.resource_type == "source"}
+    feeding = {parent for uid in selected if nodes[uid].resource_type != "test"
+               for parent in _ancestors_through_ephemerals(manifest, uid) if parent in sources}
+    candidates = feeding if pruning or not everything else sources
+    if behavior == SourceRenderingBehavior.ALL:
+        return candidates
+    tested = {parent for uid in selected if nodes[uid].resource_type == "test" for parent in nodes[uid].depends_on}
+    return {uid for uid in candidates if nodes[uid].has_freshness or uid in tested}
+
+
+def _ancestors_through_ephemerals(manifest: Manifest, node_id: str) -> set[str]:
+    found: set[str] = set()
+    stack = list(manifest.nodes[node_id].depends_on)
+    while stack:
+        parent = stack.pop()
+        if parent in found or parent not in manifest.nodes:
+            continue
+        found.add(parent)
+        if manifest.nodes[parent].materialized == "ephemeral":
+            stack.extend(manifest.nodes[parent].depends_on)
+    return found
+
+
+def plan_tasks(manifest: Manifest, selected: set[str], test_behavior: TestBehavior,
+               sources: set[str] = frozenset()) -> list[TaskPlan]:
+    """Plans in dependency order for the selected unique ids, plus a task per source in ``sources``."""
     nodes = manifest.nodes
     builds = {uid for uid in selected if nodes[uid].resource_type in BUILD_COMMANDS
-              and nodes[uid].materialized != "ephemeral"}
+              and nodes[uid].resource_type != "source" and nodes[uid].materialized != "ephemeral"} | set(sources)
     tests = sorted(uid for uid in selected if nodes[uid].resource_type == "test")
 
     attached: dict[str, list[str]] = {}
@@ -106,7 +139,7 @@ def plan_tasks(manifest: Manifest, selected: set[str], test_behavior: TestBehavi
         node = nodes[uid]
         command = BUILD_COMMANDS[node.resource_type]
         upstream = tuple(end_key[p] for p in _task_ancestors(manifest, uid, builds))
-        name = safe_id(node.label)
+        name = safe_id(task_name(node))
         if uid in attached:
             run = TaskPlan(f"{name}.{command}", command, name, command, (uid,), upstream)
             test = TaskPlan(f"{name}.test", "test", name, "test", tuple(attached[uid]), (run.key,))
@@ -128,8 +161,17 @@ def plan_tasks(manifest: Manifest, selected: set[str], test_behavior: TestBehavi
     return plans
 
 
+def task_name(node: DbtNode) -> str:
+    """The name a node's task (or task group) is called by: Cosmos's ``<source>_<table>`` for a source."""
+    if node.resource_type == "source":
+        return f"{node.source_name}_{node.name}" if node.source_name else node.name
+    return node.label
+
+
 def node_selector(node: DbtNode) -> str:
     """A dbt --select argument matching exactly this node."""
     if node.resource_type == "test":
         return node.name
+    if node.resource_type == "source":
+        return f"source:{node.package_name}.{node.source_name}.{node.name}"
     return "fqn:" + ".".join(node.fqn) if node.fqn else node.name

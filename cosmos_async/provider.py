@@ -39,6 +39,12 @@ OPTIONS: dict[str, tuple[str, str, str | None, str | None]] = {
         "by project checksum. Empty means a cosmos_async_cache folder in the system temp directory.",
         "string", "/tmp/cosmos_async_cache", "",
     ),
+    "enable_cache_partial_parse": (
+        "Keep dbt's partial-parse state (partial_parse.msgpack) under cache_dir between runs of a project, so the "
+        "setup task and LOCAL tasks parse only what changed; dbt itself parses in full when the state no longer "
+        "fits the project, vars, env vars or profile.",
+        "boolean", None, "True",
+    ),
     "http_retry_max_sleep": (
         "Seconds a trigger may spend backing off on one BigQuery or storage request that keeps failing with "
         "429/5xx or a dropped connection (at most 8 attempts) before the task fails with the last error.",
@@ -56,14 +62,15 @@ OPTIONS: dict[str, tuple[str, str, str | None, str | None]] = {
     "wait_for_parents": (
         "Who releases an AIRFLOW_ASYNC model once its parents succeed: 'triggerer' (every model task of a run "
         "starts in the triggerer with the run and submits its job the moment its parents are done) or "
-        "'scheduler' (Airflow's trigger rules, one scheduler and triggerer round trip per dependency). Empty: "
-        "'triggerer' when start_from_trigger is on, else 'scheduler'. operator_args wait_for_parents overrides it.",
-        "string", "scheduler", "",
+        "'scheduler' (the default: Airflow's trigger rules, one scheduler and triggerer round trip per "
+        "dependency). 'triggerer' is opt-in (ExecutionMode.WATCHER always uses it); operator_args "
+        "wait_for_parents overrides it.",
+        "string", "triggerer", "scheduler",
     ),
     "max_concurrent_jobs": (
         "At most this many model tasks of one DAG run (or DbtTaskGroup) hold BigQuery jobs at once in one "
-        "triggerer process, like dbt's threads. Empty: the profile's threads. operator_args max_concurrent_jobs "
-        "overrides it.",
+        "triggerer process, like dbt's threads. Empty: the profile's threads with wait_for_parents 'triggerer', "
+        "no cap with 'scheduler'. operator_args max_concurrent_jobs overrides it.",
         "integer", "8", "",
     ),
     "parent_check_interval": (

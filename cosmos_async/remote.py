@@ -15,7 +15,7 @@ from typing import Any
 
 from cosmos_async_triggers.layout import DAG_LEVEL_NAMES, index_path, node_relpath, run_prefix, step_relpath
 
-from cosmos_async.capture import Capture, LoadCapture, NodeCapture
+from cosmos_async.capture import Capture, LoadCapture, NodeCapture, ScriptCapture
 from cosmos_async.config import cosmos_setting
 from cosmos_async.errors import ConfigurationError, CosmosAsyncError
 
@@ -97,6 +97,9 @@ def upload_capture(target: RemoteTarget, dag_id: str, run_id: str, capture: Capt
     A node without loads is one script: its entry has ``path``/``sha256``. A node with loads (a seed) has
     ``steps`` instead, in dbt's order: ``{"kind": "query", "path", "sha256", ...}`` for a script and
     ``{"kind": "load", "configuration", "path", "sha256", ...}`` for a load job whose data is the file at path.
+    A script (entry or step) also has the ``configuration`` dbt-bigquery sent with its statements' query jobs
+    (:func:`cosmos_async.capture.replayable_configuration`), which the trigger replays; a node's statements are
+    split into several scripts where dbt changed it between them.
     """
     fs, _ = _filesystem(target)
     prefix = target.run_prefix(dag_id, run_id, group_id)
@@ -110,17 +113,23 @@ def upload_capture(target: RemoteTarget, dag_id: str, run_id: str, capture: Capt
     def add(key: str, node: NodeCapture) -> None:
         entry: dict[str, Any] = {"statements": len(node.statements), "location": node.location,
                                  "fallback": node.fallback}
-        if not node.loads or node.fallback:  # a fallback runs through dbt: its data need not be uploaded
+        plan = node.steps()
+        if node.fallback:  # it runs through dbt: its data need not be uploaded
             entries[key] = {**put(node_relpath(key), node.script().encode()), **entry}
             return
+        if len(plan) == 1 and isinstance(plan[0], ScriptCapture):  # one script: the entry is that script
+            entries[key] = {**put(node_relpath(key), plan[0].script().encode()), **entry,
+                            **_configuration(plan[0].configuration)}
+            return
         steps = []
-        for i, step in enumerate(node.steps()):
+        for i, step in enumerate(plan):
             if isinstance(step, LoadCapture):
                 steps.append({"kind": "load", "configuration": step.configuration,
                               **put(step_relpath(key, i, "csv"), step.data)})
             else:
-                script = NodeCapture(step).script().encode()
-                steps.append({"kind": "query", "statements": len(step), **put(step_relpath(key, i, "sql"), script)})
+                steps.append({"kind": "query", "statements": len(step.statements),
+                              **put(step_relpath(key, i, "sql"), step.script().encode()),
+                              **_configuration(step.configuration)})
         # "bytes" totals the steps: readers that sum entry sizes (the setup task's log) keep working.
         entries[key] = {**entry, "bytes": sum(s["bytes"] for s in steps), "steps": steps}
 
@@ -150,6 +159,11 @@ def upload_capture(target: RemoteTarget, dag_id: str, run_id: str, capture: Capt
                                  "that the bucket/path exists, that its endpoint is reachable from the worker and "
                                  "that the connection may write to it.") from exc
     return index
+
+
+def _configuration(configuration: Mapping[str, Any]) -> dict[str, Any]:
+    """The ``configuration`` key of a script's entry: the job configuration dbt sent (absent when unknown)."""
+    return {"configuration": dict(configuration)} if configuration else {}
 
 
 def _filesystem(target: RemoteTarget) -> tuple[Any, str]:

@@ -23,16 +23,18 @@ from cosmos_async.config import (
 from cosmos_async.config import _reject as reject_unsupported
 from cosmos_async.dbt_executable import DbtInvocation
 from cosmos_async.errors import ConfigurationError, SelectionError
-from cosmos_async.plan import TaskPlan, node_selector, plan_tasks
+from cosmos_async.plan import TaskPlan, node_selector, plan_tasks, rendered_sources
 from cosmos_async.project.load import load_project
 from cosmos_async.project.manifest import DbtNode, Manifest
 from cosmos_async.project.select import select_nodes
+from cosmos_async.sources import source_check
 
 # operator_args consumed by the dbt invocation or the async tasks rather than passed to BaseOperator.
 _TOOLKIT_ARGS = ("install_deps", "full_refresh", "vars", "env", "append_env", "gcp_conn_id", "location", "project",
                  "poll_interval", "start_from_trigger", "remote_target_path", "remote_target_path_conn_id",
                  "dbt_cmd_flags", "dbt_cmd_global_flags", "quiet", "fail_fast", "cancel_query_on_kill",
-                 "py_requirements", "py_system_site_packages", "wait_for_parents", "max_concurrent_jobs")
+                 "py_requirements", "py_system_site_packages", "wait_for_parents", "max_concurrent_jobs",
+                 "source_freshness_wait")
 log = logging.getLogger(__name__)
 DBT_DEFAULT_THREADS = 1  # dbt's default when a target sets no threads
 
@@ -64,7 +66,10 @@ class _Renderer:
         self.manifest: Manifest = load_project(self.project, self.render, self.profile, self.project_dir,
                                                self.execution.dbt_executable_path)
         self.selected = select_nodes(self.manifest, self.render.select, self.render.exclude)
-        self.plans = plan_tasks(self.manifest, self.selected, self.render.test_behavior)
+        self.sources = rendered_sources(self.manifest, self.selected, self.render.source_rendering_behavior,
+                                        self.render.source_pruning,
+                                        everything=not (self.render.select or self.render.exclude))
+        self.plans = plan_tasks(self.manifest, self.selected, self.render.test_behavior, self.sources)
         if not self.plans:
             # A DAG without dbt tasks parses, runs and succeeds doing nothing: a typo in a selector would go
             # unnoticed, so refuse it here.
@@ -143,6 +148,11 @@ class _Renderer:
     def build(self, group_id: str | None = None) -> dict[str, BaseOperator]:
         """The tasks, in the current DAG / task group context; ``group_id`` names the DbtTaskGroup (None: DbtDag)."""
         if self.execution.execution_mode in (ExecutionMode.LOCAL, ExecutionMode.VIRTUALENV):
+            if self.operator_args.get("source_freshness_wait") is not None:
+                raise ConfigurationError(
+                    f"operator_args source_freshness_wait needs ExecutionMode.AIRFLOW_ASYNC (the wait happens in "
+                    f"the triggerer); {self.execution.execution_mode} runs `dbt source freshness` once on a worker: "
+                    "drop it, or use a sensor/retries for late data.")
             return self.wire(self.local_operator)
         return self.build_async(group_id)
 
@@ -155,7 +165,7 @@ class _Renderer:
     def local_kwargs(self, plan: TaskPlan) -> dict[str, Any]:
         """What a LOCAL run of this plan's nodes needs (also the fallback of async tasks)."""
         return {"project_dir": self.require_project_dir(), "profile_config": self.profile,
-                "command": plan.command,
+                "command": "source freshness" if plan.command == "source" else plan.command,
                 "select": [node_selector(self.manifest.nodes[uid]) for uid in plan.node_ids],
                 "invocation": self.invocation, **self.dbt_flags, **self.dbt_kwargs}
 
@@ -178,8 +188,16 @@ class _Renderer:
     def local_operator(self, plan: TaskPlan) -> BaseOperator:
         from cosmos_async.operators.local import DbtLocalOperator
 
+        if plan.command == "source" and not self.manifest.nodes[plan.node_ids[0]].has_freshness:
+            return self.no_op_source(plan)
         return DbtLocalOperator(task_id=plan.task_id, outlets=self.outlets(plan), **self.local_kwargs(plan),
                                 **self.airflow_kwargs)
+
+    def no_op_source(self, plan: TaskPlan) -> BaseOperator:
+        """A source without freshness rules (rendered by SourceRenderingBehavior.ALL): nothing to check."""
+        from airflow.providers.standard.operators.empty import EmptyOperator
+
+        return EmptyOperator(task_id=plan.task_id)
 
     def build_async(self, group_id: str | None) -> dict[str, BaseOperator]:
         """setup → on-run-start → node tasks → on-run-end (when the project has such hooks) → teardown."""
@@ -207,6 +225,8 @@ class _Renderer:
                                             **{**settings, **extra}, **remote_kwargs, **node_airflow_kwargs)
 
         def make(plan: TaskPlan) -> BaseOperator:
+            if plan.command == "source" and not self.manifest.nodes[plan.node_ids[0]].has_freshness:
+                return self.no_op_source(plan)
             nodes = [self.async_node(uid) for uid in plan.node_ids]
             return node_task(plan.task_id, nodes, self.local_kwargs(plan), outlets=self.outlets(plan))
 
@@ -214,7 +234,9 @@ class _Renderer:
             task_id="dbt_setup_async", project_dir=self.require_project_dir(), profile_config=self.profile,
             node_ids=sorted({uid for plan in self.plans for uid in plan.node_ids}), select=self.render.select,
             exclude=self.render.exclude, py_requirements=self.execution.async_py_requirements,
-            dbt_executable_path=self.execution.dbt_executable_path, **remote_kwargs,
+            dbt_executable_path=self.execution.dbt_executable_path,
+            sources=[node_selector(self.manifest.nodes[uid]) for uid in sorted(self.sources)
+                     if self.manifest.nodes[uid].has_freshness], **remote_kwargs,
             **self.dbt_kwargs, **{**node_airflow_kwargs, **self.execution.setup_operator_args},
         ).as_setup()
         start = node_task("dbt_on_run_start", [{"id": HOOK_IDS["on-run-start"], "kind": "hook",
@@ -242,6 +264,8 @@ class _Renderer:
         entry = {"id": unique_id, "kind": node.resource_type, "name": node.label}
         if node.resource_type == "test":
             entry["severity"] = str(node.config.get("severity") or "error").lower()
+        if node.resource_type == "source":
+            entry.update(source_check(node, self.operator_args.get("source_freshness_wait")))
         return entry
 
 
@@ -270,10 +294,10 @@ def async_settings(profile: ProfileConfig, operator_args: dict[str, Any],
     start = operator_args.get("start_from_trigger")
     if start is None:
         start = str(cosmos_setting("start_from_trigger", "True")).lower() == "true"
-    # WATCHER is this engine with the dependencies in the triggerer, whatever [cosmos] says for AIRFLOW_ASYNC.
+    # AIRFLOW_ASYNC: Airflow's scheduler gates the edges unless the user opts in to waiting in the triggerer;
+    # WATCHER is this engine with the dependencies in the triggerer, whatever [cosmos] says.
     default_wait = "triggerer" if mode == ExecutionMode.WATCHER else cosmos_setting("wait_for_parents", "")
-    wait = str(operator_args.get("wait_for_parents") or default_wait or
-               ("triggerer" if start else "scheduler")).lower()
+    wait = str(operator_args.get("wait_for_parents") or default_wait or "scheduler").lower()
     if wait not in ("triggerer", "scheduler"):
         raise ConfigurationError(f"wait_for_parents={wait!r} (operator_args or [cosmos]): use 'triggerer' or "
                                  "'scheduler'.")
@@ -281,13 +305,16 @@ def async_settings(profile: ProfileConfig, operator_args: dict[str, Any],
         raise ConfigurationError(
             f"operator_args trigger_rule={operator_args['trigger_rule']!r} needs wait_for_parents='scheduler': with "
             "'triggerer' model tasks start with the run and wait for all their parents to succeed themselves.")
-    jobs = operator_args.get("max_concurrent_jobs") or cosmos_setting("max_concurrent_jobs", "") \
-        or profile_threads(profile)
+    jobs = operator_args.get("max_concurrent_jobs") or cosmos_setting("max_concurrent_jobs", "")
+    if not jobs and wait == "triggerer":
+        # Waiting in the triggerer, every ready model would submit at once: dbt's threads bound them instead.
+        # Scheduler-gated runs keep main's behaviour (no cap) unless the user sets one.
+        jobs = profile_threads(profile)
     settings: dict[str, Any] = {
         "poll_interval": float(operator_args.get("poll_interval") or cosmos_setting("poll_interval", "2.0")),
         "start_from_trigger": bool(start),
         "wait_for_parents": wait,
-        "max_jobs": int(jobs),
+        "max_jobs": int(jobs) if jobs else None,
         "parent_check_interval": float(cosmos_setting("parent_check_interval", "1.0") or 1.0),
     }
     if not conn_id:

@@ -8,11 +8,15 @@ same trigger.
 
 With ``wait_for_parents="triggerer"`` the task starts with its DAG run and its trigger waits for the upstream
 tasks (see :mod:`cosmos_async_triggers.parents`); ``execute`` judges them itself and reschedules while they run.
+Its ``execution_timeout`` then counts from the moment its parents are done, as it does when the scheduler releases
+the task: Airflow would count it from the deferral at the run's start, so Airflow is not given it (see
+:attr:`DbtBigQueryAsyncOperator.execution_timeout`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import timedelta
 from typing import Any
 
 from airflow.sdk import BaseOperator
@@ -51,6 +55,7 @@ class DbtBigQueryAsyncOperator(BaseOperator):
             raise ValueError(f"wait_for_parents={wait_for_parents!r}: use one of {', '.join(WAIT_MODES)}")
         if wait_for_parents == "triggerer":
             kwargs["trigger_rule"] = "always"
+        self.wait_for_parents = wait_for_parents  # before BaseOperator sets execution_timeout, which reads it
         super().__init__(**kwargs)
         self.nodes = [dict(n) for n in nodes]
         self.gcp_conn_id = gcp_conn_id
@@ -64,9 +69,22 @@ class DbtBigQueryAsyncOperator(BaseOperator):
         self.local_fallback = local_fallback
         self.start_from_trigger = start_from_trigger
         self.dbt_group_id = dbt_group_id
-        self.wait_for_parents = wait_for_parents
         self.parent_check_interval = parent_check_interval
         self.max_jobs = max_jobs
+
+    @property  # type: ignore[override]
+    def execution_timeout(self) -> timedelta | None:
+        """What Airflow enforces: the task's execution_timeout, or None while it waits for parents in the triggerer.
+
+        Airflow sets a deferred task's deadline to its deferral time plus execution_timeout; deferred with the run,
+        a model would time out while its parents run (before submitting any job). This operator then times its
+        own steps instead (:attr:`job_timeout`): the trigger from its parents' end, ``execute`` from its deferral.
+        """
+        return None if self.wait_for_parents == "triggerer" else self.job_timeout
+
+    @execution_timeout.setter
+    def execution_timeout(self, value: timedelta | None) -> None:
+        self.job_timeout = value
 
     @property
     def start_trigger_args(self) -> StartTriggerArgs | None:  # type: ignore[override]
@@ -76,10 +94,11 @@ class DbtBigQueryAsyncOperator(BaseOperator):
         in_trigger = self.wait_for_parents == "triggerer"
         return StartTriggerArgs(
             trigger_cls=TRIGGER_CLASSPATH,
-            trigger_kwargs=self.trigger_kwargs(end_task=True, parents=self.parent_task_ids() if in_trigger else []),
+            trigger_kwargs=self.trigger_kwargs(end_task=True, parents=self.parent_task_ids() if in_trigger else [],
+                                                times_itself=in_trigger),
             next_method="execute_complete", next_kwargs=None,
             # Waiting for parents must not count against execution_timeout: the trigger times the jobs itself.
-            timeout=None if in_trigger else self.execution_timeout,
+            timeout=None if in_trigger else self.job_timeout,
         )
 
     def parent_task_ids(self) -> list[str]:
@@ -90,9 +109,10 @@ class DbtBigQueryAsyncOperator(BaseOperator):
         return sorted(set(self.upstream_task_ids) | setups)
 
     def trigger_kwargs(self, *, end_task: bool, run: dict[str, Any] | None = None,
-                       parents: list[str] | None = None) -> dict[str, Any]:
-        """JSON-able trigger arguments; ``run`` (dag/run/task ids) is None when the trigger reads its task instance."""
-        timeout = self.execution_timeout.total_seconds() if self.execution_timeout and parents else None
+                       parents: list[str] | None = None, times_itself: bool = False) -> dict[str, Any]:
+        """JSON-able trigger arguments; ``run`` (dag/run/task ids) is None when the trigger reads its task instance;
+        ``times_itself``: the trigger enforces execution_timeout (no Airflow deadline is set on it)."""
+        timeout = self.job_timeout.total_seconds() if self.job_timeout and times_itself else None
         return {"nodes": self.nodes, "gcp_conn_id": self.gcp_conn_id,
                 "storage_conn_id": self.remote_target_path_conn_id, "remote_target_path": self.remote_target_path,
                 "project": self.project, "location": self.location, "poll_interval": self.poll_interval,
@@ -111,8 +131,9 @@ class DbtBigQueryAsyncOperator(BaseOperator):
             # later while a parent is still running.
             self._check_parents(ti)
         run = {"dag_id": ti.dag_id, "run_id": ti.run_id, "task_id": ti.task_id, "map_index": ti.map_index}
+        # Here the parents are done: Airflow's deadline from now is execution_timeout counted from their end.
         self.defer(trigger=BigQueryNodeTrigger(**self.trigger_kwargs(end_task=False, run=run)),
-                   method_name="execute_complete", timeout=self.execution_timeout)
+                   method_name="execute_complete", timeout=self.job_timeout)
 
     def _check_parents(self, ti: Any) -> None:
         from datetime import datetime, timedelta, timezone
@@ -161,14 +182,20 @@ class DbtBigQueryAsyncOperator(BaseOperator):
         return event.get("jobs")
 
     def _run_locally(self, reason: str) -> None:
+        from contextlib import nullcontext
+
         from airflow.exceptions import AirflowException
+        from airflow.sdk.execution_time.timeout import timeout
 
         from cosmos_async.operators.local import run_dbt_command
 
         if not self.local_fallback:
             raise AirflowException(f"this node cannot run as a BigQuery job ({reason}) and has no LOCAL fallback")
         self.log.info("running through dbt on this worker (LOCAL) because %s", reason)
-        run_dbt_command(**self.local_fallback, log=self.log)
+        # Where Airflow enforces no execution_timeout on this task (see execution_timeout), the dbt run gets it here.
+        limit = self.job_timeout if self.execution_timeout is None else None
+        with timeout(limit.total_seconds()) if limit else nullcontext():
+            run_dbt_command(**self.local_fallback, log=self.log)
 
 
 def _describe(job: dict[str, Any]) -> str:

@@ -60,20 +60,22 @@ def run_dbt_command(project_dir: str | Path, profile_config: ProfileConfig, comm
                     env: dict[str, str] | None = None, global_flags: Sequence[str] = (),
                     cmd_flags: Sequence[str] = (), invocation: DbtInvocation | None = None,
                     runner: DbtSubprocess | None = None, log: logging.Logger | None = None) -> None:
-    """Run ``dbt [global flags] <command> --select ... [flags]``; raises with dbt's error when it fails.
+    """Run ``dbt [global flags] <command> --select ... [flags]``; raises with dbt's error when it fails (for
+    ``source freshness``: when a source is past its error_after).
 
     ``runner`` (or one made from ``invocation``) runs dbt as a subprocess; neither runs it in-process.
     """
     from cosmos_async.dbt_invoke import dbt_workspace, invoke
+    from cosmos_async.partial_parse import state_file
 
     if runner is None and invocation is not None:
         runner = invocation.runner(log)
-    args = [command, "--select", *select]
+    args = [*command.split(), "--select", *select]  # "source freshness" is two words
     if indirect_selection:
         args += ["--indirect-selection", indirect_selection]
     if full_refresh and command in _FULL_REFRESH_COMMANDS:
         args.append("--full-refresh")
     args += cmd_flags
-    with dbt_workspace(Path(project_dir), profile_config, install_deps=install_deps, env=env,
-                       runner=runner) as workspace:
+    with dbt_workspace(Path(project_dir), profile_config, install_deps=install_deps, env=env, runner=runner,
+                       partial_parse=state_file(Path(project_dir), profile_config)) as workspace:
         invoke(workspace, args, dbt_vars, global_flags=global_flags, runner=runner)

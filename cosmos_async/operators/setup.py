@@ -13,6 +13,7 @@ from airflow.sdk import BaseOperator
 
 from cosmos_async.config import ProfileConfig
 from cosmos_async.errors import ConfigurationError
+from cosmos_async.partial_parse import state_file
 
 
 def dbt_installed() -> bool:
@@ -42,11 +43,12 @@ class DbtAsyncSetupOperator(BaseOperator):
                  install_deps: bool = False, env: dict[str, str] | None = None,
                  py_requirements: Sequence[str] = (), use_venv: bool | None = None,
                  dbt_group_id: str | None = None, dbt_executable_path: str | Path | None = None,
-                 **kwargs: Any) -> None:
+                 sources: Sequence[str] = (), **kwargs: Any) -> None:
         """``dbt_group_id``: the DbtTaskGroup this setup serves (its files get their own directory of the run).
         ``py_requirements``: ExecutionConfig.async_py_requirements, installed into a cached virtualenv when
         dbt is not importable here. ``use_venv``: True forces the virtualenv, False forbids it, None decides by
-        whether dbt is installed. ``dbt_executable_path``: capture with that dbt's interpreter instead."""
+        whether dbt is installed. ``dbt_executable_path``: capture with that dbt's interpreter instead.
+        ``sources``: ``source:...`` selectors whose freshness queries the capture records."""
         super().__init__(**kwargs)
         self.project_dir = str(project_dir)
         self.profile_config = profile_config
@@ -63,6 +65,7 @@ class DbtAsyncSetupOperator(BaseOperator):
         self.use_venv = use_venv
         self.dbt_group_id = dbt_group_id
         self.dbt_executable_path = str(dbt_executable_path) if dbt_executable_path else None
+        self.sources = list(sources)
 
     def _python(self) -> Path | None:
         """The interpreter of the dbt to capture with, or None to capture in this process."""
@@ -92,7 +95,8 @@ class DbtAsyncSetupOperator(BaseOperator):
     def _capture(self) -> Any:
         options: dict[str, Any] = {"select": self.select, "exclude": self.exclude, "dbt_vars": self.dbt_vars,
                                    "full_refresh": self.full_refresh, "install_deps": self.install_deps,
-                                   "env": self.env}
+                                   "env": self.env, "sources": self.sources,
+                                   "partial_parse": state_file(Path(self.project_dir), self.profile_config)}
         python = self._python()
         if python is None:
             from cosmos_async.capture import capture_project
@@ -103,17 +107,19 @@ class DbtAsyncSetupOperator(BaseOperator):
         return capture_in_python(python, Path(self.project_dir), self.profile_config, log=self.log, **options)
 
     def _target_settings(self) -> dict[str, Any] | None:
-        """A profiles.yml target's public fields rendered here, where operator_args' env is set (the triggerer
-        may lack those variables); None for a profile mapping, whose connection the triggers read themselves."""
-        if self.profile_config.profiles_yml_filepath is None:
-            return None
-        from cosmos_async_triggers.dbt_profile import public_settings
+        """The target's public fields rendered here, where operator_args' env is set (the triggerer may lack those
+        variables). For a profile mapping, whose connection the triggers read themselves, only the job retry
+        fields (its profile_args may set them); None when there is nothing to record."""
+        from cosmos_async_triggers.dbt_profile import JOB_FIELDS, public_settings
 
         from cosmos_async.dbt_invoke import environment
         from cosmos_async.profiles import resolve_target
 
         with environment(self.env):
-            return public_settings(resolve_target(self.profile_config))
+            settings = public_settings(resolve_target(self.profile_config))
+        if self.profile_config.profiles_yml_filepath is None:
+            settings = {k: v for k, v in settings.items() if k in JOB_FIELDS}
+        return settings or None
 
     def execute(self, context: Any) -> dict[str, Any]:
         from cosmos_async.remote import RemoteTarget, upload_capture

@@ -18,8 +18,10 @@ SUPPORTED_SCHEMA_VERSIONS = frozenset({10, 11, 12})
 RUNNABLE_TYPES = frozenset({"model", "seed", "snapshot", "test"})
 _NODE_KEYS = ("package_name", "original_file_path", "fqn", "tags", "database", "schema", "alias", "identifier",
               "version", "attached_node", "source_name")
+# Source-only keys: dbt's freshness rules and the meta that may carry a freshness wait.
+_SOURCE_KEYS = ("loaded_at_field", "freshness", "meta")
 # Bump when the cached graph's shape changes, so older cache files are ignored.
-_GRAPH_FORMAT = 2
+_GRAPH_FORMAT = 3
 
 
 @dataclass(frozen=True)
@@ -42,6 +44,17 @@ class DbtNode:
     # For tests: the model/seed/snapshot they are attached to, when dbt knows it.
     attached_node: str | None = None
     source_name: str | None = None
+    # For sources: the column dbt reads freshness from, and the freshness rules (warn_after, error_after, filter).
+    loaded_at_field: str | None = None
+    freshness: Mapping[str, Any] | None = None
+    meta: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def has_freshness(self) -> bool:
+        """Whether dbt checks this source's freshness (a warn_after or error_after with count and period)."""
+        rules = self.freshness or {}
+        return any((rules.get(k) or {}).get("count") and (rules.get(k) or {}).get("period")
+                   for k in ("warn_after", "error_after"))
 
     @property
     def materialized(self) -> str | None:
@@ -112,7 +125,15 @@ def node_from_dict(raw: Mapping[str, Any]) -> DbtNode:
         version=None if version is None else str(version),
         attached_node=raw.get("attached_node"),
         source_name=raw.get("source_name"),
+        # dbt 1.10+ also writes both into the source's config; the top-level keys are the resolved values.
+        loaded_at_field=raw.get("loaded_at_field") or (raw.get("config") or {}).get("loaded_at_field"),
+        freshness=_plain(raw.get("freshness") or (raw.get("config") or {}).get("freshness")),
+        meta=MappingProxyType(dict(raw.get("meta") or {})),
     )
+
+
+def _plain(value: Any) -> Mapping[str, Any] | None:
+    return MappingProxyType(dict(value)) if isinstance(value, Mapping) else None
 
 
 def parse_manifest(data: Mapping[str, Any], origin: str = "manifest.json") -> Manifest:
@@ -151,7 +172,8 @@ def _graph(data: Mapping[str, Any], origin: str) -> dict[str, Any]:
 
 
 def _compact(raw: Mapping[str, Any]) -> dict[str, Any]:
-    node = {key: raw[key] for key in _NODE_KEYS if raw.get(key) is not None}
+    keys = _NODE_KEYS + _SOURCE_KEYS if raw.get("resource_type") == "source" else _NODE_KEYS
+    node = {key: raw[key] for key in keys if raw.get(key) not in (None, {})}
     node["unique_id"], node["resource_type"], node["name"] = raw["unique_id"], raw["resource_type"], raw["name"]
     # Unset and empty config keys are most of a node's bytes and never match a selector.
     node["config"] = {k: v for k, v in (raw.get("config") or {}).items() if v is not None and v != {} and v != []}

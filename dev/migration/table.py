@@ -14,7 +14,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from cosmos_async.constants import LoadMode
+from cosmos_async.constants import ExecutionMode, LoadMode
 
 HERE = Path(__file__).parent
 README = HERE.parents[1] / "README.md"
@@ -25,7 +25,8 @@ OWNERS = ("ProjectConfig", "ProfileConfig", "ExecutionConfig", "RenderConfig", "
 # Arguments whose Cosmos values are enum members: one row per member.
 ENUM_ARGUMENTS = {("ExecutionConfig", "execution_mode"): "ExecutionMode",
                   ("ExecutionConfig", "invocation_mode"): "InvocationMode",
-                  ("RenderConfig", "load_method"): "LoadMode", ("RenderConfig", "test_behavior"): "TestBehavior"}
+                  ("RenderConfig", "load_method"): "LoadMode", ("RenderConfig", "test_behavior"): "TestBehavior",
+                  ("RenderConfig", "source_rendering_behavior"): "SourceRenderingBehavior"}
 # operator_args keys Cosmos DAGs commonly pass (Cosmos forwards the unknown ones to BaseOperator).
 COMMON_OPERATOR_ARGS = (
     "install_deps", "full_refresh", "vars", "env", "append_env", "dbt_cmd_flags", "dbt_cmd_global_flags", "quiet",
@@ -43,8 +44,8 @@ def _callback(context: Any) -> None:
 
 def refused(owner: str, name: str) -> str:
     """The message of ``config._reject`` for one argument cosmos-async does not implement."""
-    return (f"{owner}: argument(s) {name} are not supported by cosmos-async; remove them (supported arguments are "
-            "listed in the README's configuration table).")
+    return (f"{owner}: argument(s) {name} are not supported by cosmos-async; remove them (the README's migration "
+            "table lists every Cosmos argument and what cosmos-async does with it).")
 
 
 @dataclass(frozen=True)
@@ -101,8 +102,8 @@ ROWS: tuple[Row, ...] = (
                                           "as the target says, secrets resolved by `env_var()` where they run)"),
     _ok(F, "profile_mapping", None, "an Airflow connection mapped to a target: the GoogleCloud* BigQuery mappings"),
 
-    _ok(E, "execution_mode=ExecutionMode.WATCHER", "WATCHER", "the setup task plays Cosmos's producer; model tasks "
-                                                              "wait for their parents in the triggerer"),
+    _ok(E, "execution_mode=ExecutionMode.WATCHER", "WATCHER",
+        "AIRFLOW_ASYNC with the setup as producer and each model waiting for its parents in the triggerer"),
     _ok(E, "execution_mode=ExecutionMode.LOCAL", "LOCAL", "dbt runs in the worker, one invocation per task"),
     _ok(E, "execution_mode=ExecutionMode.AIRFLOW_ASYNC", "AIRFLOW_ASYNC",
         "one capture per run in a setup task; each model's BigQuery job awaited in the triggerer"),
@@ -123,10 +124,11 @@ ROWS: tuple[Row, ...] = (
     _no(E, "install_dbt_deps", True),
     _ok(E, "dbt_project_path", None, "the project dbt runs in, when ProjectConfig gives only a manifest"),
     _no(E, "virtualenv_dir", "/tmp/venvs"),
-    _ok(E, "setup_operator_args", {"queue": "default"}, "Airflow arguments of the AIRFLOW_ASYNC / WATCHER setup "
-                                                        "task only, over operator_args"),
     _ok(E, "async_py_requirements", ["dbt-bigquery"], "AIRFLOW_ASYNC's setup captures in a cached virtualenv of "
                                                       "these requirements"),
+    _ok(E, "setup_operator_args", {"queue": "setup"}, "AIRFLOW_ASYNC and WATCHER: Airflow arguments of the setup "
+                                                      "task only, over operator_args",
+        execution_mode=ExecutionMode.WATCHER),
 
     _ok(R, "emit_datasets", False, "each model task's outlet is the Asset `bigquery://project/dataset/table`"),
     _no(R, "test_behavior=TestBehavior.BUILD", "BUILD",
@@ -146,6 +148,13 @@ ROWS: tuple[Row, ...] = (
         "RenderConfig(load_method=LoadMode.DBT_LS_CACHE) is not supported by cosmos-async; use LoadMode.DBT_LS, "
         "whose output cosmos-async always caches by project checksum."),
     _ok(R, "load_method=LoadMode.DBT_MANIFEST", "DBT_MANIFEST", "ProjectConfig(manifest_path=...)"),
+    _ok(R, "source_rendering_behavior=SourceRenderingBehavior.NONE", "NONE", "no source tasks (the default)"),
+    _ok(R, "source_rendering_behavior=SourceRenderingBehavior.ALL", "ALL",
+        "a `<source>_<table>_source` task per source; LOCAL runs `dbt source freshness`, AIRFLOW_ASYNC checks "
+        "freshness in the triggerer (and can wait for late data); a source without freshness is a no-op task"),
+    _ok(R, "source_rendering_behavior=SourceRenderingBehavior.WITH_TESTS_OR_FRESHNESS", "WITH_TESTS_OR_FRESHNESS",
+        "as ALL, for the sources with freshness rules or tests only"),
+    _ok(R, "source_pruning", True, "only the sources that feed a selected node get a task"),
     _no(R, "invocation_mode", "subprocess"),
     _ok(R, "select", ["path:models"], "dbt selectors, evaluated in Python (matches `dbt ls` on 52 cases)"),
     _ok(R, "exclude", ["raw_payments"], "dbt selectors, evaluated in Python"),
@@ -158,8 +167,7 @@ ROWS: tuple[Row, ...] = (
     _ok(R, "dbt_project_path", None, "the project `dbt ls` runs in at parse"),
     _ok(R, "dbt_ls_path", "dbt_ls.json", "the file LoadMode.DBT_LS_FILE reads", load_method=LoadMode.DBT_LS_FILE),
     *(_no(R, name, value) for name, value in (
-        ("enable_mock_profile", False), ("group_nodes_by_folder", True), ("source_rendering_behavior", "all"),
-        ("source_pruning", True), ("seed_rendering_behavior", "never"),
+        ("enable_mock_profile", False), ("group_nodes_by_folder", True), ("seed_rendering_behavior", "never"),
         ("airflow_vars_to_purge_dbt_ls_cache", ["v"]), ("airflow_vars_to_purge_dbt_yaml_selectors_cache", ["v"]),
         ("normalize_task_id", str), ("normalize_task_display_name", str),
         ("should_detach_multiple_parents_tests", True), ("enable_owner_inheritance", False),

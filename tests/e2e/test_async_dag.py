@@ -20,7 +20,7 @@ from google.cloud import bigquery
 
 from tests.support.airflow import AirflowStack
 from tests.support.credentials import TokenEndpoint, secret_fragments, service_account_key
-from tests.support.dbt_oracle import built_tables, dbt_build
+from tests.support.dbt_oracle import built_tables, dbt_example_project
 from tests.support.trigger_rows import TriggerRowRecorder
 
 REPO = Path(__file__).resolve().parents[2]
@@ -61,6 +61,12 @@ corner_shop_broken = DbtDag(
     project_config=ProjectConfig(dbt_project_path=BROKEN, manifest_path=BROKEN / "manifest.json"),
     profile_config=profile_in("async_broken"),
     render_config=RenderConfig(select=["+stg_orders", "+stg_customers", "orders"]), **common)
+# The same with the opt-in wait in the triggerer (its own dataset: both runs may overlap).
+corner_shop_broken_triggerer = DbtDag(
+    dag_id="corner_shop_broken_triggerer",
+    project_config=ProjectConfig(dbt_project_path=BROKEN, manifest_path=BROKEN / "manifest.json"),
+    profile_config=profile_in("async_broken_triggerer"), operator_args={"wait_for_parents": "triggerer"},
+    render_config=RenderConfig(select=["+stg_orders", "+stg_customers", "orders"]), **common)
 # Two runs at once share their tables, and dbt-bigquery reloads a seed by dropping it first: the overlapping
 # runs read seeds loaded before them, so that one run's reload cannot break the other's reads. stg_customers and
 # orders are in because dbt selects tests eagerly, and tests of stg_orders and stg_payments read them.
@@ -88,7 +94,7 @@ def key(token_endpoint) -> dict:
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory, bigquery_emulator, gcs_emulator, key) -> Iterator[AirflowStack]:
+def stack(tmp_path_factory, bigquery_emulator, gcs_emulator, key, airflow_database_url) -> Iterator[AirflowStack]:
     dags = tmp_path_factory.mktemp("dags")
     shutil.copytree(DAGS, dags, dirs_exist_ok=True, ignore=shutil.ignore_patterns("__pycache__", "target", "logs"))
     broken = dags / "broken_project"
@@ -111,9 +117,10 @@ def stack(tmp_path_factory, bigquery_emulator, gcs_emulator, key) -> Iterator[Ai
            # Set for the processes only (the triggerer renders it there): no DAG or connection holds it.
            "CORNER_SHOP_KEYFILE_JSON": json.dumps(key),
            "PYTHONPATH": str(REPO)}
-    with AirflowStack(tmp_path_factory.mktemp("airflow"), dags, env=env, parallelism=4) as af:
-        for dag_id in ("corner_shop", "corner_shop_worker", "corner_shop_broken", "corner_shop_twice",
-                       *PROFILE_DAGS):
+    with AirflowStack(tmp_path_factory.mktemp("airflow"), dags, env=env, parallelism=4,
+                      database_url=airflow_database_url) as af:
+        for dag_id in ("corner_shop", "corner_shop_worker", "corner_shop_broken", "corner_shop_broken_triggerer",
+                       "corner_shop_twice", *PROFILE_DAGS):
             af.wait_for_dag(dag_id, timeout=120)
         yield af
 
@@ -121,7 +128,7 @@ def stack(tmp_path_factory, bigquery_emulator, gcs_emulator, key) -> Iterator[Ai
 @pytest.fixture(scope="module")
 def trigger_rows(stack: AirflowStack) -> Iterator[TriggerRowRecorder]:
     """Every trigger row Airflow stores while this module's DAGs run, decrypted as Airflow reads it."""
-    with TriggerRowRecorder(stack.home) as recorder:
+    with TriggerRowRecorder(stack.home, database_url=stack.database_url) as recorder:
         yield recorder
 
 
@@ -156,16 +163,6 @@ def _remote_files(gcs: gcsfs.GCSFileSystem, bucket: str, dag_id: str) -> list[st
         return []
 
 
-def _dbt_corner_shop(dataset: str, endpoint: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, *,
-                     seeds_only: bool = False) -> None:
-    """Plain dbt (build, or seed only) on a copy of the example project, into ``dataset`` on the emulator."""
-    monkeypatch.setenv("BIGQUERY_API_ENDPOINT", endpoint)
-    monkeypatch.setenv("BIGQUERY_DATASET", dataset)
-    project = tmp_path / dataset
-    shutil.copytree(DAGS / "dbt" / "corner_shop", project)
-    dbt_build(project, seeds_only=seeds_only)
-
-
 def _states(af: AirflowStack, dag_id: str, run_id: str) -> dict[str, str]:
     return {ti["task_id"]: ti["state"] for ti in af.task_instances(dag_id, run_id)}
 
@@ -181,7 +178,7 @@ def _failures(af: AirflowStack, dag_id: str, run_id: str) -> str:
 def oracle(bigquery_emulator, client, tmp_path_factory) -> dict[str, list[tuple]]:
     """The tables plain ``dbt build`` makes of the whole example project (dataset async_oracle), built once."""
     with pytest.MonkeyPatch.context() as mp:
-        _dbt_corner_shop("async_oracle", bigquery_emulator.endpoint, tmp_path_factory.mktemp("oracle"), mp)
+        dbt_example_project("async_oracle", bigquery_emulator.endpoint, tmp_path_factory.mktemp("oracle"), mp)
     return built_tables(client, "async_oracle")
 
 
@@ -270,28 +267,40 @@ def test_worker_path_on_file_remote_holds_workers_and_cleans_up(stack: AirflowSt
     assert remote.is_dir() and not [p for p in remote.rglob("*") if p.is_file()], "teardown left files on file://"
 
 
-def test_broken_model_fails_with_bigquery_message_and_teardown_still_cleans(stack: AirflowStack, gcs,
-                                                                         gcs_emulator) -> None:
-    run_id = stack.trigger("corner_shop_broken")
-    state = stack.wait_for_run("corner_shop_broken", run_id, timeout=300)
-    assert state == "failed", stack.task_log("corner_shop_broken", run_id, "stg_orders.run")
-    states = _states(stack, "corner_shop_broken", run_id)
+def _broken_run(stack: AirflowStack, dag_id: str, gcs, gcs_emulator) -> tuple[str, dict[str, str]]:
+    """Run a broken-project DAG to its end; check what both waiting modes share. Returns run id and states."""
+    run_id = stack.trigger(dag_id)
+    state = stack.wait_for_run(dag_id, run_id, timeout=300)
+    assert state == "failed", stack.task_log(dag_id, run_id, "stg_orders.run")
+    states = _states(stack, dag_id, run_id)
     assert states["stg_orders.run"] == "failed", states
-    # No trigger may set upstream_failed: the child fails without retries, naming its failed parent.
-    assert states["orders.run"] == "failed", states
-    assert "not run: upstream task 'stg_orders.test' ended failed" in stack.task_log(
-        "corner_shop_broken", run_id, "orders.run"), states
     assert states["stg_customers.run"] == "success", states
     assert states["dbt_teardown_async"] == "success", states
-    assert "no_such_column" in stack.task_log("corner_shop_broken", run_id, "stg_orders.run", try_number=1)
-    assert _remote_files(gcs, gcs_emulator.extra["bucket"], "corner_shop_broken") == []
+    assert "no_such_column" in stack.task_log(dag_id, run_id, "stg_orders.run", try_number=1)
+    assert _remote_files(gcs, gcs_emulator.extra["bucket"], dag_id) == []
+    return run_id, states
+
+
+def test_broken_model_fails_with_bigquery_message_and_teardown_still_cleans(stack: AirflowStack, gcs,
+                                                                         gcs_emulator) -> None:
+    _, states = _broken_run(stack, "corner_shop_broken", gcs, gcs_emulator)
+    assert states["orders.run"] == "upstream_failed", states
+
+
+def test_triggerer_mode_children_of_a_broken_model_fail_naming_it(stack: AirflowStack, gcs, gcs_emulator) -> None:
+    """wait_for_parents='triggerer': no trigger may set upstream_failed, so the child fails without running,
+    with one line naming its failed parent."""
+    run_id, states = _broken_run(stack, "corner_shop_broken_triggerer", gcs, gcs_emulator)
+    assert states["orders.run"] == "failed", states
+    assert "not run: upstream task 'stg_orders.test' ended failed" in stack.task_log(
+        "corner_shop_broken_triggerer", run_id, "orders.run"), states
 
 
 def test_concurrent_runs_keep_their_own_files_and_a_cleared_model_reruns(
         stack: AirflowStack, client, gcs, gcs_emulator, bigquery_emulator, tmp_path: Path,
         monkeypatch: pytest.MonkeyPatch) -> None:
     """astronomer-cosmos #1613 (runs deleting each other's SQL) and #2066 (a model cannot re-run after teardown)."""
-    _dbt_corner_shop("async_twice", bigquery_emulator.endpoint, tmp_path, monkeypatch, seeds_only=True)
+    dbt_example_project("async_twice", bigquery_emulator.endpoint, tmp_path, monkeypatch, seeds_only=True)
 
     dag_id = "corner_shop_twice"
     first, second = stack.trigger(dag_id), stack.trigger(dag_id)

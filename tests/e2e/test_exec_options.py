@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import sqlite3
 import subprocess
 import sys
@@ -22,7 +21,7 @@ from google.api_core.client_options import ClientOptions
 from google.auth.credentials import AnonymousCredentials
 from google.cloud import bigquery
 
-from tests.support.dbt_oracle import DBT_REQUIREMENTS, built_tables, dbt_build
+from tests.support.dbt_oracle import DBT_REQUIREMENTS, built_tables, dbt_example_project
 
 REPO = Path(__file__).resolve().parents[2]
 PROJECT = REPO / "dev" / "dags" / "dbt" / "corner_shop"
@@ -128,11 +127,7 @@ def test_dbt_executable_path_with_run_time_templates_builds_what_dbt_build_build
                                "BIGQUERY_API_ENDPOINT": bigquery_emulator.endpoint}
     assert rendered["dbt_vars"] == {"run_label": "templated-label"}
 
-    monkeypatch.setenv("BIGQUERY_API_ENDPOINT", bigquery_emulator.endpoint)
-    monkeypatch.setenv("BIGQUERY_DATASET", "exec_oracle")
-    oracle = tmp_path / "oracle"
-    shutil.copytree(PROJECT, oracle)
-    dbt_build(oracle)
+    dbt_example_project("exec_oracle", bigquery_emulator.endpoint, tmp_path, monkeypatch)
     built, expected = built_tables(client, "exec_subprocess"), built_tables(client, "exec_oracle")
     assert {".raw_orders", ".stg_orders", ".stg_customers"} <= set(built)
     # run_audit holds hook rows of every model dbt build ran; the selection leaves customers (and its hooks) out.

@@ -21,7 +21,7 @@ from google.auth.credentials import AnonymousCredentials
 from google.cloud import bigquery
 
 from tests.support.credentials import secret_fragments, service_account_key
-from tests.support.dbt_oracle import built_tables, dbt_build
+from tests.support.dbt_oracle import built_tables, dbt_example_project
 
 REPO = Path(__file__).resolve().parents[2]
 DAGS = REPO / "dev" / "dags"
@@ -84,11 +84,7 @@ def test_local_dag_builds_what_dbt_build_builds(tmp_path: Path, bigquery_emulato
     assert states and set(states.values()) == {"success"}, states
     assert "customers.run" in states and "daily_revenue.run" in states
 
-    monkeypatch.setenv("BIGQUERY_API_ENDPOINT", bigquery_emulator.endpoint)
-    monkeypatch.setenv("BIGQUERY_DATASET", "local_oracle")
-    oracle_project = tmp_path / "oracle"
-    shutil.copytree(PROJECT, oracle_project)
-    dbt_build(oracle_project)
+    dbt_example_project("local_oracle", bigquery_emulator.endpoint, tmp_path, monkeypatch)
 
     built, expected = built_tables(client, "local_e2e"), built_tables(client, "local_oracle")
     assert expected and built == expected

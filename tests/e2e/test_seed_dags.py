@@ -5,8 +5,8 @@ emulator, the dbt project became mini_shop, and ``cosmos`` became ``cosmos_async
 docstring lists exactly what changed. Every DAG runs in its seed's own execution mode and in AIRFLOW_ASYNC, under
 ``airflow dags test`` (what users debug with) and on real Airflow processes (one stack, all runs triggered
 together), each variant into a dataset of its own; every table it builds must equal what a plain ``dbt build`` of
-mini_shop builds. A variant differs from its seed file by the execution mode, the dag_id and the dataset, which
-``variant_source`` substitutes and checks it substituted.
+mini_shop builds. A variant differs from its seed file by the execution mode, the dag_id and the dataset (or, for
+seed 003, the connection that names it), which ``variant_source`` substitutes and checks it substituted.
 """
 
 from __future__ import annotations
@@ -26,18 +26,19 @@ from google.api_core.client_options import ClientOptions
 from google.auth.credentials import AnonymousCredentials
 from google.cloud import bigquery
 
-from cosmos_async.config import SUPPORTED_EXECUTION_MODES, ExecutionMode
 from cosmos_async.dbt_venv import ensure_venv
 from tests.support.airflow import AirflowStack, AirflowStackError
 from tests.support.credentials import service_account_key
 from tests.support.dbt_oracle import built_tables, dbt_build
 
+# One module fixture runs every variant (dags test processes and one stack at once): allow it more than the
+# suite's per-test limit, which it is counted against.
+pytestmark = pytest.mark.timeout(1200)
+
 REPO = Path(__file__).resolve().parents[2]
 SEED_DAGS = Path(__file__).parent / "seed_dags"
 AIRFLOW = Path(sys.executable).with_name("airflow")
 DBT_BIGQUERY = f"dbt-bigquery=={version('dbt-bigquery')}"
-WATCHER_ISSUE = ("ExecutionMode.WATCHER is not implemented yet: it is the WATCHER execution-mode issue, not part of "
-                 "issue 12; this case runs seed 003 as written once SUPPORTED_EXECUTION_MODES has WATCHER")
 
 
 @dataclass(frozen=True)
@@ -46,13 +47,14 @@ class Seed:
     dag_id: str
     mode: str  # the seed's own ExecutionMode member
     dataset: str | None  # the dataset literal in the file; None: the DAG's connection holds it
+    conn_id: str | None = None  # the connection that holds the dataset when the file names none
 
 
 SEEDS = (
     Seed("seed_000_task_groups", "seed_000_task_groups", "LOCAL", "sandbox_schema"),
     Seed("seed_001_dbt_tickit_medallion_dag", "dbt_tickit_medallion_dag", "LOCAL", "tickit_bronze"),
     Seed("seed_002_cosmos_async_dag", "cosmos_async_dag", "AIRFLOW_ASYNC", "cosmos_async_demo"),
-    Seed("seed_003_example_watcher_taskgroup", "example_watcher_taskgroup", "WATCHER", None),
+    Seed("seed_003_example_watcher_taskgroup", "example_watcher_taskgroup", "WATCHER", None, "bigquery_connection"),
 )
 RUNNERS = ("dagstest", "stack")
 
@@ -78,15 +80,18 @@ class Variant:
         return f"{self.seed.file}__{self.mode.lower()}.py"
 
     @property
-    def runnable(self) -> bool:
-        return ExecutionMode[self.mode] in SUPPORTED_EXECUTION_MODES
+    def conn_id(self) -> str | None:
+        """A connection of the variant's own for a seed whose connection holds the dataset: variants sharing one
+        would all build into the first variant's dataset."""
+        return f"{self.seed.conn_id}_{self.mode.lower()}" if self.seed.conn_id else None
 
 
 VARIANTS = tuple(Variant(seed, mode) for seed in SEEDS for mode in dict.fromkeys([seed.mode, "AIRFLOW_ASYNC"]))
 
 
 def variant_source(variant: Variant, runner: str) -> str:
-    """The seed file with the variant's execution mode, dag_id and dataset, and nothing else, substituted."""
+    """The seed file with the variant's execution mode, dag_id and dataset (or the connection holding it), and
+    nothing else, substituted."""
     seed = variant.seed
     text = (SEED_DAGS / f"{seed.file}.py").read_text()
     swaps = [(f'dag_id="{seed.dag_id}"', f'dag_id="{variant.dag_id}"')] if seed.file != seed.dag_id else []
@@ -94,6 +99,8 @@ def variant_source(variant: Variant, runner: str) -> str:
         swaps.append((f"=ExecutionMode.{seed.mode}", f"=ExecutionMode.{variant.mode}"))
     if seed.dataset is not None:
         swaps.append((f'"{seed.dataset}"', f'"{variant.dataset(runner)}"'))
+    if seed.conn_id is not None:
+        swaps.append((f'conn_id="{seed.conn_id}"', f'conn_id="{variant.conn_id}"'))
     for old, new in swaps:
         assert text.count(old) == 1, f"{seed.file}: expected {old!r} once"
         text = text.replace(old, new)
@@ -105,8 +112,7 @@ def _case_id(variant: Variant) -> str:
 
 
 def _cases() -> list:
-    marks = lambda v: [] if v.runnable else [pytest.mark.skip(reason=WATCHER_ISSUE)]  # noqa: E731
-    return [pytest.param(v, id=_case_id(v), marks=marks(v)) for v in VARIANTS]
+    return [pytest.param(v, id=_case_id(v)) for v in VARIANTS]
 
 
 @dataclass
@@ -190,11 +196,13 @@ def _deployment_env(runner: str, key: dict, bigquery_endpoint: str, gcs_endpoint
                                      "bigquery_api_endpoint": bigquery_endpoint,
                                      "storage_api_endpoint": gcs_endpoint, **extra}})
 
-    seed_003 = next(v for v in VARIANTS if v.seed.dataset is None and v.runnable)
+    # Seed 003's mapping gets project and dataset from its connection, as Cosmos's BigQuery mappings can: one
+    # connection per variant, each naming the variant's dataset.
+    dataset_conns = {f"AIRFLOW_CONN_{v.conn_id.upper()}": conn(dataset=v.dataset(runner))
+                     for v in VARIANTS if v.conn_id}
     return {
         "AIRFLOW_CONN_GCP_CONN": conn(),
-        # Seed 003's mapping gets project and dataset from its connection, as Cosmos's BigQuery mappings can.
-        "AIRFLOW_CONN_BIGQUERY_CONNECTION": conn(dataset=seed_003.dataset(runner)),
+        **dataset_conns,
         "AIRFLOW_VAR_BIGQUERY_API_ENDPOINT": bigquery_endpoint,
         "AIRFLOW_VAR_BIGQUERY_PROJECT": "demo-proj",
         "AIRFLOW__COSMOS__REMOTE_TARGET_PATH": f"gs://{bucket}/seed_dags_{runner}",
@@ -203,10 +211,10 @@ def _deployment_env(runner: str, key: dict, bigquery_endpoint: str, gcs_endpoint
         "AIRFLOW__COSMOS__POLL_INTERVAL": "0.5",
         "DBT_ADAPTER_VERSION": version("dbt-bigquery"),
         # Seeds 002 and 003 give no manifest, so each parse runs `dbt ls` (cached afterwards); with a dozen
-        # processes on 2 CPUs the first one takes longer than Airflow's 30 s default. Cosmos deployments that
-        # render with dbt ls raise these too.
-        "AIRFLOW__CORE__DAGBAG_IMPORT_TIMEOUT": "150",
-        "AIRFLOW__DAG_PROCESSOR__DAG_FILE_PROCESSOR_TIMEOUT": "180",
+        # processes on 2 CPUs the first one takes longer than Airflow's 30 s default (150 s was seen to run out on a
+        # loaded machine). Cosmos deployments that render with dbt ls raise these too.
+        "AIRFLOW__CORE__DAGBAG_IMPORT_TIMEOUT": "300",
+        "AIRFLOW__DAG_PROCESSOR__DAG_FILE_PROCESSOR_TIMEOUT": "330",
         # The seeds' @daily schedules would add runs of their own into the same datasets.
         "AIRFLOW__SCHEDULER__USE_JOB_SCHEDULE": "False",
         "UV_CONSTRAINT": str(uv_constraint),
@@ -222,8 +230,7 @@ def _dags_folder(root: Path, runner: str, mini_shop: Path, cache: Path) -> Path:
     venvs.mkdir()
     (venvs / "dbt-env").symlink_to(next((cache / "venvs").glob("dbt-*/")).resolve())
     for variant in VARIANTS:
-        if variant.runnable:
-            (folder / variant.file_name).write_text(variant_source(variant, runner))
+        (folder / variant.file_name).write_text(variant_source(variant, runner))
     return folder
 
 
@@ -249,7 +256,7 @@ def _sqlite_states(db: Path, dag_id: str) -> dict[str, str]:
 
 
 class DagsTests:
-    """Every runnable variant under ``airflow dags test``, all at once, each in an Airflow home of its own."""
+    """Every variant under ``airflow dags test``, all at once, each in an Airflow home of its own."""
 
     def __init__(self, root: Path, folder: Path, env: dict[str, str]) -> None:
         migrated = root / "migrated"
@@ -257,7 +264,7 @@ class DagsTests:
         subprocess.run([str(AIRFLOW), "db", "migrate"], env={**env, "AIRFLOW_HOME": str(migrated)}, check=True,
                        capture_output=True)
         self.procs: dict[str, tuple[Path, subprocess.Popen]] = {}
-        for variant in (v for v in VARIANTS if v.runnable):
+        for variant in VARIANTS:
             home = root / variant.name
             home.mkdir()
             shutil.copy(migrated / "airflow.db", home / "airflow.db")
@@ -288,12 +295,12 @@ class DagsTests:
 
 
 def _stack_outcomes(af: AirflowStack) -> dict[str, Outcome]:
-    """Trigger every runnable variant as soon as it has loaded, then wait for all the runs."""
+    """Trigger every variant as soon as it has loaded, then wait for all the runs."""
     outcomes: dict[str, Outcome] = {}
     runs = {}
-    for variant in (v for v in VARIANTS if v.runnable):
+    for variant in VARIANTS:
         try:
-            af.wait_for_dag(variant.dag_id, timeout=240, dag_file=variant.file_name)
+            af.wait_for_dag(variant.dag_id, timeout=360, dag_file=variant.file_name)
         except AirflowStackError as e:
             outcomes[variant.name] = Outcome("not loaded", {}, str(e)[:4000])
             continue
@@ -308,8 +315,10 @@ def _stack_outcomes(af: AirflowStack) -> dict[str, Outcome]:
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory, mini_shop, cache_dir, deployment, airflow_pycache) -> dict[str, dict[str, Outcome]]:
-    """Outcomes by runner: the ``dags test`` processes run while the one Airflow stack starts and runs."""
+def runs(tmp_path_factory, mini_shop, cache_dir, deployment, airflow_pycache,
+         airflow_database_url) -> dict[str, dict[str, Outcome]]:
+    """Outcomes by runner: the ``dags test`` processes run while the one Airflow stack starts and runs (on the
+    session's PostgreSQL when there is one: six runs at once keep SQLite's single writer busy)."""
     root = tmp_path_factory.mktemp("seed-runs")
     base = {k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW")}
     folder = _dags_folder(root, "dagstest", mini_shop, cache_dir)
@@ -319,7 +328,7 @@ def runs(tmp_path_factory, mini_shop, cache_dir, deployment, airflow_pycache) ->
     try:
         env = {**deployment("stack"), "PYTHONPYCACHEPREFIX": str(airflow_pycache)}
         with AirflowStack(root / "airflow", _dags_folder(root, "stack", mini_shop, cache_dir), env=env,
-                          parallelism=6) as af:
+                          parallelism=6, database_url=airflow_database_url) as af:
             stack = _stack_outcomes(af)
         return {"dagstest": dags_tests.outcomes(), "stack": stack}
     finally:

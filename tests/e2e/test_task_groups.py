@@ -23,7 +23,7 @@ from google.auth.credentials import AnonymousCredentials
 from google.cloud import bigquery
 
 from tests.support.credentials import service_account_key
-from tests.support.dbt_oracle import built_tables, dbt_build
+from tests.support.dbt_oracle import built_tables, dbt_build, dbt_example_project
 
 REPO = Path(__file__).resolve().parents[2]
 PROJECT = REPO / "dev" / "dags" / "dbt" / "corner_shop"
@@ -105,11 +105,6 @@ def test_two_task_groups_keep_their_own_files_and_build_what_dbt_build_builds(
                          "\n".join(outputs))
     assert {group for _, group in removed} == {"snapshots", "models"}, removed
 
-    monkeypatch.setenv("BIGQUERY_API_ENDPOINT", bigquery_emulator.endpoint)
-    monkeypatch.setenv("BIGQUERY_DATASET", f"oracle_{DATASET}")
-    oracle = tmp_path / "oracle"
-    shutil.copytree(PROJECT, oracle, ignore=shutil.ignore_patterns("target", "logs"))
-    dbt_build(oracle)
-    dbt_build(oracle)
+    dbt_build(dbt_example_project(f"oracle_{DATASET}", bigquery_emulator.endpoint, tmp_path, monkeypatch))
     built, expected = built_tables(client, DATASET), built_tables(client, f"oracle_{DATASET}")
     assert expected and built == expected

@@ -18,6 +18,7 @@ import asyncio
 import hashlib
 import importlib
 import json
+import socket
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -52,7 +53,6 @@ from cosmos_async.errors import ConfigurationError, CosmosAsyncError, ManifestEr
 from cosmos_async.remote import RemoteStorageError, RemoteTarget, delete_run, upload_capture
 from tests.integration.test_remote import HOSTILE
 from tests.support.credentials import TokenEndpoint, service_account_key
-from tests.support.emulators import free_port
 
 CORNER_SHOP = Path(__file__).resolve().parents[2] / "dev" / "dags" / "dbt" / "corner_shop"
 PROJECT = "demo-proj"
@@ -141,9 +141,11 @@ def world(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
     storage = gcs_emulator.endpoint
     w = World(root, gcs_emulator.extra["bucket"], write_project(root / "project"))
     refusing = TokenEndpoint(refuse=True)
-    with pytest.MonkeyPatch.context() as mp, ThreadPoolExecutor(max_workers=2) as pool:
-        # A closed port: nothing listens there once free_port() has let it go.
-        mp.setenv("AIRFLOW_CONN_GCS_DOWN", connection(f"http://127.0.0.1:{free_port()}", anonymous=True))
+    with pytest.MonkeyPatch.context() as mp, ThreadPoolExecutor(max_workers=2) as pool, socket.socket() as closed:
+        # A port held bound but never listening: connecting is refused, and no server the session starts later
+        # (emulator fronts, token endpoints bind port 0) can take it, as it could a port free_port() let go.
+        closed.bind(("127.0.0.1", 0))
+        mp.setenv("AIRFLOW_CONN_GCS_DOWN", connection(f"http://127.0.0.1:{closed.getsockname()[1]}", anonymous=True))
         # Rows whose failure waits out retries with backoff (gcsfs: ~30 s) start first, so that the wait overlaps
         # the BigQuery emulator's start and dbt's capture; their test collects the outcome. Only rows selected to
         # run (-k) start.

@@ -116,3 +116,61 @@ def test_snapshot_merge_reading_its_own_staging_table_falls_back(tmp_path: Path,
     snapshot = capture.nodes["snapshot.corner_shop.customers_snapshot"]
     assert snapshot.fallback and "creates itself" in snapshot.fallback
     assert capture.nodes["model.corner_shop.stg_customers"].fallback is None
+
+
+def test_capture_answers_dbt_as_bigquery_documents(tmp_path: Path, bigquery_emulator,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every answer the recording endpoint gives dbt (finished jobs, query results, datasets, upload sessions)
+    fits the response schema of the method dbt called: a full ``dbt build`` of the example project through a
+    front that checks the answers (the autouse contract fixture fails the test on any violation)."""
+    import shutil
+
+    from cosmos_async.capture import recording_endpoint
+    from cosmos_async.dbt_invoke import dbt_workspace, node_outcomes
+    from cosmos_async.profiles import resolve_target
+    from tests.support.api_contract import LOG
+    from tests.support.contract_front import ContractFront, answers_checked
+    from tests.support.dbt_oracle import EXAMPLE_PROJECT
+
+    monkeypatch.setenv("BIGQUERY_API_ENDPOINT", bigquery_emulator.endpoint)
+    monkeypatch.setenv("BIGQUERY_DATASET", "cap_answers")
+    project = tmp_path / "corner_shop"
+    shutil.copytree(EXAMPLE_PROJECT, project, ignore=shutil.ignore_patterns("target", "target-*", "logs"))
+    profile = ProfileConfig(profile_name="corner_shop", target_name="dev",
+                            profiles_yml_filepath=project / "profiles.yml")
+    answers = LOG.calls["answer"]
+    # The endpoint forwards reads to the emulator, whose answers are not ours to check: a front between them
+    # notes what it relayed.
+    relayed: set[str] = set()
+    relay = ContractFront(bigquery_emulator.extra["direct"], relayed=relayed)
+    try:
+        with recording_endpoint(relay.url) as (url, recorder), answers_checked(url, relayed) as checked, \
+                dbt_workspace(project, profile, target={**resolve_target(profile), "api_endpoint": checked,
+                                                        "threads": 1}) as workspace:
+            outcomes = node_outcomes(workspace, ["build"], None, [recorder.on_event])
+    finally:
+        relay.stop()
+    assert len(outcomes) > 20 and relayed
+    assert any(node.loads for node in recorder.nodes.values()), "no seed upload went through the front"
+    assert LOG.calls["answer"] - answers >= len(recorder.fake_jobs) > 20
+
+
+def test_kept_parse_state_is_used_and_never_hides_a_change(synthetic, tmp_path: Path) -> None:
+    from cosmos_async.dbt_invoke import dbt_workspace, invoke
+
+    project, _ = synthetic
+    state = tmp_path / "parse-state" / "partial_parse.msgpack"
+    capture_project(project, _profile(project), partial_parse=state)
+    assert state.is_file(), "the capture kept no partial-parse state"
+
+    # A later dbt run of the same project and profile (here a LOCAL-style `dbt parse`) starts from that state.
+    events: list[str] = []
+    with dbt_workspace(project, _profile(project), partial_parse=state) as workspace:
+        invoke(workspace, ["parse"], callbacks=[lambda msg: events.append(msg.info.name)])
+    assert "PartialParsingSkipParsing" in events and "UnableToPartialParse" not in events, events
+
+    # A model edited between runs is parsed again: its new SQL is what the next capture records.
+    model = project / "models" / "model_00003.sql"
+    model.write_text(model.read_text().rstrip() + "\n-- edited_after_the_first_capture\n")
+    again = capture_project(project, _profile(project), partial_parse=state)
+    assert "edited_after_the_first_capture" in again.nodes["model.synthetic.model_00003"].script()

@@ -21,12 +21,13 @@ from google.api_core.client_options import ClientOptions
 from google.auth.credentials import AnonymousCredentials
 from google.cloud import bigquery
 
-from cosmos_async.capture import Capture, LoadCapture, NodeCapture, capture_project
+from cosmos_async.capture import Capture, LoadCapture, NodeCapture, ScriptCapture, capture_project
 from cosmos_async.config import ProfileConfig
 from cosmos_async.remote import RemoteTarget, upload_capture
 from tests.integration.test_trigger import payload_of
 from tests.support.bq_lifecycle_proxy import LifecycleProxy
 from tests.support.connections import emulator_connections, remote_target
+from tests.support.contract_front import answers_checked
 from tests.support.dbt_oracle import dbt_build, table_rows
 
 PROJECT = "demo-proj"
@@ -127,7 +128,7 @@ def test_capture_records_the_load_job_and_csv_in_order(shop) -> None:
         node = capture.nodes[uid]
         assert node.fallback is None, node.fallback
         steps = node.steps()
-        assert [type(s).__name__ for s in steps] == ["LoadCapture", "list"], steps  # load, then alter table
+        assert [type(s).__name__ for s in steps] == ["LoadCapture", "ScriptCapture"], steps  # load, then alter
         load = steps[0]
         assert isinstance(load, LoadCapture)
         config = load.configuration["load"]
@@ -137,7 +138,7 @@ def test_capture_records_the_load_job_and_csv_in_order(shop) -> None:
         assert config["fieldDelimiter"] == ","
         # dbt-bigquery uploads the seed file itself: its bytes are the CSV in the project.
         assert load.data == (project / "seeds" / f"{uid.rsplit('.', 1)[-1]}.csv").read_bytes()
-        assert "alter table" in steps[1][0].lower()
+        assert "alter table" in steps[1].statements[0].lower()
         assert node.location == "US"
 
 
@@ -193,8 +194,8 @@ def test_existing_seed_table_is_dropped_then_loaded_like_dbt(tmp_path, client, b
     config.write_text(config.read_text().replace("signup_date: date", "signup_date: string"))
     capture = _capture(project, ours)
     steps = capture.nodes["seed.corner_shop.raw_customers"].steps()
-    assert isinstance(steps[0], list) and steps[0][0].startswith("DROP TABLE IF EXISTS")
-    assert isinstance(steps[1], LoadCapture) and isinstance(steps[2], list)
+    assert isinstance(steps[0], ScriptCapture) and steps[0].statements[0].startswith("DROP TABLE IF EXISTS")
+    assert isinstance(steps[1], LoadCapture) and isinstance(steps[2], ScriptCapture)
 
     target = RemoteTarget.from_config(f"file://{tmp_path}/remote")
     run_id = _run_id()
@@ -257,9 +258,9 @@ def test_recording_endpoint_takes_both_upload_protocols_of_google_cloud_bigquery
     config = bigquery.LoadJobConfig(skip_leading_rows=1, write_disposition="WRITE_TRUNCATE", schema=schema)
     if protocol == "resumable_in_chunks":
         monkeypatch.setattr(bq_client, "_DEFAULT_CHUNKSIZE", 256 * 1024)
-    with recording_endpoint(bigquery_emulator.endpoint) as (url, recorder):
+    with recording_endpoint(bigquery_emulator.endpoint) as (url, recorder), answers_checked(url) as checked:
         client = bigquery.Client(project=PROJECT, credentials=AnonymousCredentials(),
-                                 client_options=ClientOptions(api_endpoint=url))
+                                 client_options=ClientOptions(api_endpoint=checked))
         size = len(data) if protocol == "multipart" else None  # a known small size makes the client use multipart
         job = client.load_table_from_file(io.BytesIO(data), f"{PROJECT}.nowhere.t", job_config=config, size=size)
         assert job.result().state == "DONE"

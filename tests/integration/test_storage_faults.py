@@ -31,7 +31,7 @@ FETCH = r"^/storage/v1/b/[^/]+/o/.+"  # the trigger's object reads (alt=media)
 
 @pytest.fixture(scope="module")
 def storage_proxy(gcs_emulator) -> Iterator[LifecycleProxy]:
-    p = LifecycleProxy(gcs_emulator.endpoint).start()
+    p = LifecycleProxy(gcs_emulator.extra["direct"]).start()
     yield p
     p.stop()
 

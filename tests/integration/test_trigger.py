@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 from airflow.triggers.base import TaskSuccessEvent, TriggerEvent
 from cosmos_async_triggers import auth, rest
+from cosmos_async_triggers import parents as parent_wait
 from cosmos_async_triggers.bigquery import BigQueryNodeTrigger
 
 from cosmos_async.capture import Capture, NodeCapture
@@ -77,11 +78,12 @@ def upload(target: RemoteTarget, run_id: str, nodes: dict[str, NodeCapture]) -> 
 
 
 def make(target: RemoteTarget, run_id: str, nodes: list[dict[str, Any]], *, conn: str = "gcp_test",
-         task_id: str = "t", end_task: bool = False, poll: float = 0.05) -> BigQueryNodeTrigger:
+         task_id: str = "t", end_task: bool = False, poll: float = 0.05, **options: Any) -> BigQueryNodeTrigger:
+    """``options``: further trigger arguments (parents, execution_timeout_s, ...)."""
     return BigQueryNodeTrigger(
         nodes=nodes, gcp_conn_id=conn, storage_conn_id=target.conn_id, remote_target_path=target.url,
         project=None, location="US", poll_interval=poll, labels={"Team": "Data Eng"}, end_task=end_task,
-        run={"dag_id": "dag", "run_id": run_id, "task_id": task_id, "map_index": -1})
+        run={"dag_id": "dag", "run_id": run_id, "task_id": task_id, "map_index": -1}, **options)
 
 
 def model(node_id: str = "model.p.m") -> list[dict[str, Any]]:
@@ -319,6 +321,32 @@ def test_execution_timeout_cancels_the_running_job_via_lifecycle_proxy(file_targ
 
     run_async(scenario())
     assert list(proxy.cancels.values()) == [1], proxy.cancels
+
+
+def test_execution_timeout_in_triggerer_mode_cancels_the_job_counted_from_parents_end_via_lifecycle_proxy(
+        file_target: RemoteTarget, proxy: LifecycleProxy) -> None:
+    """Waiting for parents in the trigger: no Airflow deadline is set; the trigger times its own jobs, cancels the
+    one in flight and ends with a timeout event."""
+    run_id = new_run()
+    upload(file_target, run_id, {"model.p.m": NodeCapture(["select 1"])})
+    proxy.set_hold(30)
+
+    async def scenario() -> tuple[list[TriggerEvent], float]:
+        trigger = make(file_target, run_id, model(), conn="gcp_proxy", parents=["up"], execution_timeout_s=1.0)
+        task = asyncio.create_task(collect(trigger))
+        await asyncio.sleep(1.5)  # longer than the timeout: waiting for a parent does not count against it
+        assert not proxy.inserts and not task.done()
+        released = time.monotonic()
+        parent_wait.publish("dag", run_id, "up", parent_wait.SUCCESS)
+        events = await asyncio.wait_for(task, timeout=15)
+        return events, time.monotonic() - released
+
+    (event,), took = run_async(scenario())
+    assert event.payload["status"] == "timeout", event.payload
+    assert "execution_timeout of 1 s" in event.payload["message"], event.payload
+    assert list(proxy.inserts.values()) == [1], proxy.inserts
+    assert list(proxy.cancels.values()) == [1], proxy.cancels
+    assert 1.0 <= took < 10, took
 
 
 def test_done_job_is_not_run_again_via_lifecycle_proxy(file_target: RemoteTarget, proxy: LifecycleProxy) -> None:

@@ -9,11 +9,16 @@ every request to the emulator and rewrites the job lifecycle to match BigQuery:
   ``jobComplete: false``); afterwards the emulator's real result shows through;
 * jobs.cancel of a held job makes it DONE with BigQuery's ``stopped`` error. The emulator already executed
   the SQL at insert time, so a cancel here hides the result but cannot undo side effects;
-* faults by rule: a status (429, 503, …), a connection reset or a delay of ``delay_s`` seconds (then the
-  request goes through) for the next ``count`` requests matching a method and path regex; a status or reset
-  either instead of forwarding or after forwarding (the answer is lost on the way back). Paths that are not
-  BigQuery's are forwarded unchanged, so the proxy also fronts the storage emulator;
+* faults by rule: a status (429, 503, …) with BigQuery's error body (its ``reason`` and ``message`` as given,
+  or a usual reason for the status), a connection reset or a delay of ``delay_s`` seconds (then the request goes
+  through) for the next ``count`` requests matching a method and path regex; a status or reset either instead of
+  forwarding or after forwarding (the answer is lost on the way back); or ``"job_error"`` on jobs.insert: the job
+  is forwarded (the emulator runs it) and is then reported DONE with ``status.errorResult`` of that ``reason``,
+  as BigQuery reports a job that failed while running. Paths that are not BigQuery's are forwarded unchanged,
+  so the proxy also fronts the storage emulator;
 * it counts inserts, jobs.get calls and cancels per job id, and records each request's Authorization header;
+* it checks every request it receives against Google's API contract (tests/support/api_contract.py): give it
+  the emulator's own port (``Emulator.extra['direct']``) as upstream, so its forwards are not checked twice.
 * per-job holds: ``hold_for`` maps an inserted job's configuration to (a name for it, its hold), so a benchmark
   can give every runner the same duration for the same dbt node; every insert lands in ``job_log()`` with its
   name, submit time and the time it turned DONE (wall clock, ``time.time()``);
@@ -43,6 +48,9 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
+from tests.support.api_contract import LOG as CONTRACT_LOG
+from tests.support.api_contract import check_request
+
 _JOBS = re.compile(r"^/bigquery/v2/projects/(?P<project>[^/]+)/jobs$")
 _JOB = re.compile(r"^/bigquery/v2/projects/(?P<project>[^/]+)/jobs/(?P<job>[^/]+)$")
 _CANCEL = re.compile(r"^/bigquery/v2/projects/(?P<project>[^/]+)/jobs/(?P<job>[^/]+)/cancel$")
@@ -60,10 +68,12 @@ class Fault:
 
     method: str
     path: str
-    action: int | str  # an HTTP status, "reset" (close the connection without an answer) or "delay"
+    action: int | str  # an HTTP status, "reset" (no answer), "delay" or "job_error" (jobs.insert only)
     count: int = 1
     after_upstream: bool = False  # forward first: the upstream acted, the client never hears about it
     delay_s: float = 0.0  # for "delay": how long the request waits before it is forwarded
+    reason: str | None = None  # BigQuery's error reason (a status's usual one when None; "job_error" needs it)
+    message: str | None = None
 
     def matches(self, method: str, path: str) -> bool:
         return self.count > 0 and self.method in ("*", method) and re.search(self.path, path) is not None
@@ -77,6 +87,7 @@ class _HeldJob:
     name: str | None = None
     submitted_wall: float = 0.0  # time.time() when the insert arrived
     answered_wall: float = 0.0  # time.time() when the insert was answered (the hold starts there)
+    error: dict[str, str] | None = None  # an injected errorResult, shown once the job is DONE
 
     def running(self) -> bool:
         return not self.cancelled and time.monotonic() < self.inserted_at + self.hold
@@ -115,8 +126,11 @@ class LifecycleProxy:
     # ---- control --------------------------------------------------------------------------------------
 
     def add_fault(self, method: str, path: str, action: int | str, count: int = 1, *,
-                  after_upstream: bool = False, delay_s: float = 0.0) -> Fault:
-        fault = Fault(method.upper(), path, action, count, after_upstream, delay_s)
+                  after_upstream: bool = False, delay_s: float = 0.0, reason: str | None = None,
+                  message: str | None = None) -> Fault:
+        if action == "job_error" and not reason:
+            raise ValueError("a job_error fault needs the errorResult's reason")
+        fault = Fault(method.upper(), path, action, count, after_upstream, delay_s, reason, message)
         with self._lock:
             self._faults.append(fault)
         return fault
@@ -205,19 +219,28 @@ class LifecycleProxy:
             return await self._control(request)
         with self._lock:
             self.authorizations.append(request.headers.get("Authorization", ""))
+        # Requests reach the proxy as the package sent them: check them here (its own forwards are not ours).
+        CONTRACT_LOG.record(check_request(request.method, request.path_qs, await request.read(),
+                                          request.headers.get("Content-Type", "")))
         fault = self._take_fault(request.method, path)
         if fault is not None and fault.action == "delay":
             await asyncio.sleep(fault.delay_s)
             fault = None
+        job_error = None
+        if fault is not None and fault.action == "job_error":
+            job_error = {"reason": str(fault.reason),
+                         "message": fault.message or f"{fault.reason} (injected by the lifecycle proxy)"}
+            fault = None
         if fault is not None and not fault.after_upstream:
             return _fault_response(request, fault)
-        response = await self._dispatch(request, path)
+        response = await self._dispatch(request, path, job_error)
         return _fault_response(request, fault) if fault is not None else response
 
-    async def _dispatch(self, request: web.Request, path: str) -> web.StreamResponse:
+    async def _dispatch(self, request: web.Request, path: str,
+                        job_error: dict[str, str] | None = None) -> web.StreamResponse:
         body = await request.read()
         if request.method == "POST" and (m := _JOBS.match(path)):
-            return await self._insert(request, m["project"], body)
+            return await self._insert(request, m["project"], body, job_error)
         if request.method == "GET" and (m := _JOB.match(path)):
             with self._lock:
                 self.gets[m["job"]] += 1
@@ -244,7 +267,8 @@ class LifecycleProxy:
         async with self._session.request(method, self.upstream + path_qs, data=body or None, headers=fwd) as resp:
             return resp.status, await resp.read(), resp.content_type or "application/json"
 
-    async def _insert(self, request: web.Request, project: str, body: bytes) -> web.StreamResponse:
+    async def _insert(self, request: web.Request, project: str, body: bytes,
+                      job_error: dict[str, str] | None = None) -> web.StreamResponse:
         job = json.loads(body or b"{}")
         job_id = (job.get("jobReference") or {}).get("jobId")
         location = request.query.get("location")
@@ -265,7 +289,7 @@ class LifecycleProxy:
                 # Registered before forwarding: the emulator's synchronous run takes a while, and a concurrent
                 # duplicate must already see the id.
                 self._jobs[job_id] = _HeldJob(time.monotonic(), self.hold if hold is None else hold, name=name,
-                                              submitted_wall=time.time())
+                                              submitted_wall=time.time(), error=job_error)
         status, data, ctype = await self._forward("POST", request.path_qs, request.headers, body)
         if job_id and status == 200:
             with self._lock:
@@ -309,6 +333,8 @@ class LifecycleProxy:
         elif held.running():
             job["status"] = {"state": "RUNNING"}
             stats.pop("endTime", None)
+        elif held.error is not None:
+            job["status"] = {"state": "DONE", "errorResult": held.error, "errors": [held.error]}
         return json.dumps(job).encode()
 
     async def _control(self, request: web.Request) -> web.StreamResponse:
@@ -318,7 +344,8 @@ class LifecycleProxy:
         if request.path == "/_proxy/faults":
             fault = self.add_fault(payload["method"], payload["path"], payload["action"],
                                    int(payload.get("count", 1)), after_upstream=bool(payload.get("after_upstream")),
-                                   delay_s=float(payload.get("delay_s", 0.0)))
+                                   delay_s=float(payload.get("delay_s", 0.0)), reason=payload.get("reason"),
+                                   message=payload.get("message"))
             return web.json_response(asdict(fault))
         if request.path == "/_proxy/hold":
             self.set_hold(float(payload["seconds"]))
@@ -335,10 +362,11 @@ def _fault_response(request: web.Request, fault: Fault) -> web.StreamResponse:
             request.transport.abort()  # no answer at all: the client sees a dropped connection
         return web.Response(status=500)
     status = int(fault.action)
-    reason = _REASONS.get(status, "injected")
+    reason = fault.reason or _REASONS.get(status, "injected")
+    message = fault.message or f"{reason} (injected by the lifecycle proxy)"
     return web.json_response(
-        {"error": {"code": status, "message": f"{reason} (injected by the lifecycle proxy)",
-                   "errors": [{"domain": "global", "reason": reason, "message": "injected"}]}},
+        {"error": {"code": status, "message": message,
+                   "errors": [{"domain": "global", "reason": reason, "message": message}]}},
         status=status, headers={"Retry-After": "0"} if status == 429 else None)
 
 

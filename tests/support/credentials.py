@@ -18,6 +18,9 @@ from urllib.parse import parse_qs, unquote
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from tests.support.api_contract import LOG as CONTRACT_LOG
+from tests.support.api_contract import check_request, check_token_request
+
 ISSUED_TOKEN_PREFIX = "ya29.local-token-"
 
 
@@ -42,6 +45,8 @@ class TokenEndpoint:
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:
                 form = parse_qs(self.rfile.read(int(self.headers.get("Content-Length") or 0)).decode())
+                CONTRACT_LOG.add("oauth2.token", check_token_request(
+                    self.command, self.headers.get("Content-Type") or "", {k: v[0] for k, v in form.items()}))
                 with owner._lock:
                     owner.grants_seen.append({k: v[0] for k, v in form.items()})
                     if owner.refuse:
@@ -118,7 +123,9 @@ class IamCredentialsEndpoint:
 
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:
-                body = json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)) or b"{}")
+                raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                CONTRACT_LOG.record(check_request(self.command, self.path, raw, self.headers.get("Content-Type") or ""))
+                body = json.loads(raw or b"{}")
                 prefix, _, rest = self.path.partition("/v1/projects/-/serviceAccounts/")
                 account, _, method = rest.partition(":")
                 with owner._lock:

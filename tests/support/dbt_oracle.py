@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from importlib import metadata
 from pathlib import Path
 
+import pytest
 from google.cloud import bigquery
 
 # The dbt of test virtualenvs: the versions installed here, so uv builds them from its cache.
@@ -23,6 +25,21 @@ def dbt_build(project: Path, *, seeds_only: bool = False) -> None:
                           "--target-path", str(project / "target-oracle"), "--log-path", str(project / "logs")],
                          env=env, capture_output=True, text=True)
     assert out.returncode == 0, out.stdout[-4000:]
+
+
+EXAMPLE_PROJECT = Path(__file__).resolve().parents[2] / "dev" / "dags" / "dbt" / "corner_shop"
+
+
+def dbt_example_project(dataset: str, endpoint: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, *,
+                        seeds_only: bool = False) -> Path:
+    """Plain dbt (build, or seed only) on a copy of the example project, into ``dataset`` on the emulator; returns
+    the copy, for a later run (``monkeypatch`` keeps the profile's env set for it)."""
+    monkeypatch.setenv("BIGQUERY_API_ENDPOINT", endpoint)
+    monkeypatch.setenv("BIGQUERY_DATASET", dataset)
+    project = tmp_path / dataset
+    shutil.copytree(EXAMPLE_PROJECT, project, ignore=shutil.ignore_patterns("target", "logs"))
+    dbt_build(project, seeds_only=seeds_only)
+    return project
 
 
 def table_rows(client: bigquery.Client, dataset: str, table: str) -> list[tuple]:

@@ -57,7 +57,8 @@ DAG_FILE = '''"""Fault-tier DAGs (airflow DAG file): the synthetic project, AIRF
 
 A DAG id ending in ``_worker`` runs its models on the worker path (start_from_trigger=False) with one retry, and
 its models' first try is SIGKILLed when it resumes after its BigQuery job ran. One ending in ``_timeout`` gives
-its first model an execution_timeout of TIMEOUT_S seconds.
+its first model an execution_timeout of TIMEOUT_S seconds. One starting with ``fault_triggerer`` waits for its
+models' parents in the triggerer (wait_for_parents="triggerer") instead of through the scheduler.
 """
 import os
 import signal
@@ -83,6 +84,7 @@ def sigkill_first_resume(context):
 
 def fault_dag(dag_id: str, dataset: str) -> DbtDag:
     worker = dag_id.endswith("_worker")
+    wait = "triggerer" if dag_id.startswith("fault_triggerer") else "scheduler"
     dag = DbtDag(
         dag_id=dag_id, schedule=None, start_date=datetime(2026, 1, 1), catchup=False,
         project_config=ProjectConfig(dbt_project_path=PROJECT, manifest_path=PROJECT / "target" / "manifest.json"),
@@ -91,14 +93,14 @@ def fault_dag(dag_id: str, dataset: str) -> DbtDag:
                                          conn_id="gcp_conn", profile_args={"dataset": dataset})),
         execution_config=ExecutionConfig(execution_mode=ExecutionMode.AIRFLOW_ASYNC),
         render_config=RenderConfig(test_behavior=TestBehavior.NONE),
-        operator_args={"location": "US", "start_from_trigger": not worker},
+        operator_args={"location": "US", "start_from_trigger": not worker, "wait_for_parents": wait},
         default_args={"retries": 1, "retry_delay": timedelta(seconds=1), "pre_execute": sigkill_first_resume}
         if worker else {},
     )
     if dag_id.endswith("_timeout"):
         task = dag.task_dict["model_00000_run"]
+        # start_trigger_args is built from the task when the DAG is serialized: this reaches the trigger's timeout.
         task.execution_timeout = timedelta(seconds=TIMEOUT_S)
-        task.start_trigger_args.timeout = task.execution_timeout
     return dag
 
 
@@ -624,6 +626,8 @@ def random_tier(rounds: int, seed: int, workdir: Path | None = None, hold: float
     """Start the emulator, token endpoint and rig, run ``rounds`` random rounds, print the tally; exit status."""
     import tempfile
 
+    from tests.support.api_contract import LOG
+    from tests.support.contract_front import ContractFront
     from tests.support.credentials import TokenEndpoint, service_account_key
     from tests.support.emulators import start_bigquery
 
@@ -632,11 +636,12 @@ def random_tier(rounds: int, seed: int, workdir: Path | None = None, hold: float
     log(f"random tier: {rounds} rounds, seed {seed}, work dir {root}")
     rng = random.Random(seed)
     emulator = start_bigquery(root / "bqemulator")
+    front = ContractFront(emulator.endpoint)  # as in the pytest session: every request checked
     tokens = TokenEndpoint()
     problems: dict[int, list[str]] = {}
     try:
         key = service_account_key(tokens.url)
-        with FaultRig(root / "rig", emulator.endpoint, key, [RANDOM_DAG], hold=hold,
+        with FaultRig(root / "rig", front.url, key, [RANDOM_DAG], hold=hold,
                       pycache=root / "pycache") as rig:
             rig.oracle()
             for n in range(1, rounds + 1):
@@ -650,9 +655,13 @@ def random_tier(rounds: int, seed: int, workdir: Path | None = None, hold: float
             tally = rig.tally
     finally:
         tokens.stop()
+        front.stop()
         emulator.stop()
     for n, found in problems.items():
         print(f"round {n} FAILED: {found}", flush=True)
-    ok = not problems and tally.jobs_submitted == tally.models_run and not tally.wrong_tables
+    for violation in LOG.violations:
+        print(f"Google API contract: {violation}", flush=True)
+    ok = (not problems and tally.jobs_submitted == tally.models_run and not tally.wrong_tables
+          and not LOG.violations)
     print("random tier:", "PASS" if ok else "FAIL", flush=True)
     return 0 if ok else 1

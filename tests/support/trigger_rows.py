@@ -20,8 +20,14 @@ class TriggerRowRecorder:
     to (classpath, decrypted kwargs JSON text). Rows are told apart by their stored kwargs, not their id: SQLite
     reuses the id of a deleted row."""
 
-    def __init__(self, airflow_home: Path, interval: float = 0.2) -> None:
+    def __init__(self, airflow_home: Path, interval: float = 0.2, database_url: str | None = None) -> None:
         self.db = airflow_home / "airflow.db"
+        # A server database (the PostgreSQL run of the e2e tier) is read through SQLAlchemy; SQLite read-only.
+        self._engine = None
+        if database_url and not database_url.startswith("sqlite:"):
+            import sqlalchemy
+
+            self._engine = sqlalchemy.create_engine(database_url, pool_size=1)
         self.cfg = airflow_home / "airflow.cfg"
         self.interval = interval
         self.rows: dict[str, tuple[str, str]] = {}  # stored (encrypted) kwargs -> row
@@ -38,6 +44,8 @@ class TriggerRowRecorder:
                  tb: TracebackType | None) -> None:
         self._stop.set()
         self._thread.join(5)
+        if self._engine is not None:
+            self._engine.dispose()
 
     def seen(self) -> dict[str, tuple[str, str]]:
         with self._lock:
@@ -53,12 +61,21 @@ class TriggerRowRecorder:
         keys = [k.strip() for k in parser.get("core", "fernet_key", fallback="").split(",") if k.strip()]
         return MultiFernet([Fernet(k.encode()) for k in keys]).decrypt(value.encode()).decode()
 
+    def _fetch(self) -> list[tuple[int, str, str]]:
+        query = "SELECT id, classpath, kwargs FROM trigger"
+        if self._engine is not None:
+            import sqlalchemy
+
+            with self._engine.connect() as conn:
+                return [tuple(row) for row in conn.execute(sqlalchemy.text(query))]
+        with sqlite3.connect(f"file:{self.db}?mode=ro", uri=True, timeout=2) as conn:
+            return conn.execute(query).fetchall()
+
     def _loop(self) -> None:
         while not self._stop.wait(self.interval):
             try:
-                with sqlite3.connect(f"file:{self.db}?mode=ro", uri=True, timeout=2) as conn:
-                    found = conn.execute("SELECT id, classpath, kwargs FROM trigger").fetchall()
-            except sqlite3.Error as exc:  # locked for a moment by a writer: the next sample sees the row
+                found = self._fetch()
+            except Exception as exc:  # e.g. locked for a moment by a writer: the next sample sees the row
                 self.errors.append(str(exc))
                 continue
             for trigger_id, classpath, kwargs in found:

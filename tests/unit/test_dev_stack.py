@@ -291,6 +291,32 @@ def test_demo_entry_script_is_executable_bash_that_runs_the_module() -> None:
     assert "uv sync --frozen" in text and "python -m dev.demo" in text
 
 
+
+def test_container_test_puts_the_merged_stack_on_the_host_network_without_touching_airflow_commands() -> None:
+    from dev.container_test import for_host_network
+
+    override = yaml.safe_load((DEV / "docker-compose.override.yml").read_text())
+    stack = yaml.safe_load((DEV / "containers" / "docker-compose.yml").read_text())
+    merged = {"services": {**stack["services"], **override["services"]}, "networks": {"airflow": None}}
+    out = for_host_network(merged, "local/python:test", set(override["services"]))
+    assert "networks" not in out
+    for name, service in out["services"].items():
+        assert service["network_mode"] == "host" and not {"networks", "ports"} & set(service), name
+        assert "bigquery-emulator:127.0.0.1" in service["extra_hosts"]
+    emulator = " ".join(out["services"]["bigquery-emulator"]["command"])
+    assert "0.0.0.0" not in emulator and "--rest-host 127.0.0.1" in emulator
+    assert out["services"]["gcs-emulator"]["image"] == "local/python:test"
+    assert out["services"]["scheduler"]["command"] == stack["services"]["scheduler"]["command"]
+
+
+def test_container_test_entry_script_is_executable_bash_named_in_the_readme() -> None:
+    script = DEV / "container-test"
+    assert script.stat().st_mode & stat.S_IXUSR
+    assert subprocess.run(["bash", "-n", str(script)]).returncode == 0
+    assert "python -m dev.container_test" in script.read_text()
+    assert "./dev/container-test" in (REPO / "README.md").read_text()
+
+
 if __name__ == "__main__":
     LOCK_FILE.write_text(render_lock())
     print(f"wrote {LOCK_FILE.relative_to(REPO)}", file=sys.stderr)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -31,8 +32,8 @@ def _dag(monkeypatch: pytest.MonkeyPatch, profile_args: dict | None = None,
                   project_config=ProjectConfig(dbt_project_path=PROJECT, manifest_path=PROJECT / "manifest.json"),
                   profile_config=ProfileConfig(profile_name="corner_shop", target_name="dev",
                                                profile_mapping=mapping),
-                  execution_config=ExecutionConfig(execution_mode=mode, setup_operator_args=setup_operator_args),
-                  **kwargs)
+                  **{"execution_config": ExecutionConfig(execution_mode=mode, setup_operator_args=setup_operator_args),
+                     **kwargs})
 
 
 def test_jobs_are_billed_to_execution_project(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -79,9 +80,43 @@ def _trigger_parents(task) -> list[str] | None:
     return None if args is None else args.trigger_kwargs["parents"]
 
 
-def test_models_wait_for_their_parents_in_the_triggerer(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Default: every model task starts with the run and its trigger waits for exactly its graph parents."""
-    dag = _dag(monkeypatch)
+def test_models_are_scheduler_gated_by_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Default (AIRFLOW_ASYNC): Airflow's trigger rules release each model, as before the triggerer mode existed."""
+    daily = _dag(monkeypatch).task_dict["daily_revenue.run"]
+    assert daily.trigger_rule == "all_success" and _trigger_parents(daily) == []
+    assert daily.wait_for_parents == "scheduler" and daily.max_jobs is None  # no cap unless the user sets one
+    timed = _dag(monkeypatch, operator_args={"execution_timeout": timedelta(seconds=7)}).task_dict["orders.run"]
+    assert timed.start_trigger_args.timeout == timedelta(seconds=7)  # Airflow times the trigger, as before
+    assert timed.start_trigger_args.trigger_kwargs["execution_timeout_s"] is None
+
+
+def _scheduler_view(dag, task_id: str):
+    """The task as Airflow's scheduler reads it: from the serialized DAG."""
+    from airflow.serialization.serialized_objects import DagSerialization
+
+    return DagSerialization.from_dict(DagSerialization.to_dict(dag)).task_dict[task_id]
+
+
+def test_triggerer_mode_execution_timeout_counts_from_the_parents_end(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Airflow would count a deferred task's execution_timeout from the run's start (parents' time included): in
+    triggerer mode it is given none, and the trigger times the task's jobs itself; scheduler mode is as before."""
+    seven = timedelta(seconds=7)
+    dag = _dag(monkeypatch, operator_args={"wait_for_parents": "triggerer", "execution_timeout": seven})
+    daily = dag.task_dict["daily_revenue.run"]
+    assert daily.job_timeout == seven and daily.execution_timeout is None
+    assert _scheduler_view(dag, "daily_revenue.run").execution_timeout is None
+    assert daily.start_trigger_args.timeout is None
+    assert daily.start_trigger_args.trigger_kwargs["execution_timeout_s"] == 7.0
+    daily.execution_timeout = timedelta(seconds=3)  # set after rendering, as a DAG file may
+    assert daily.start_trigger_args.trigger_kwargs["execution_timeout_s"] == 3.0
+    assert _scheduler_view(dag, "daily_revenue.run").execution_timeout is None
+    gated = _dag(monkeypatch, operator_args={"execution_timeout": seven})
+    assert _scheduler_view(gated, "daily_revenue.run").execution_timeout == seven
+
+
+def test_triggerer_mode_models_wait_for_their_parents_in_the_triggerer(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Opt-in: every model task starts with the run and its trigger waits for exactly its graph parents."""
+    dag = _dag(monkeypatch, operator_args={"wait_for_parents": "triggerer"})
     daily = dag.task_dict["daily_revenue.run"]
     assert daily.trigger_rule == "always"
     # dbt's edges kept and handed to the trigger, with the setup (a clear re-runs it before the model).
@@ -92,34 +127,31 @@ def test_models_wait_for_their_parents_in_the_triggerer(monkeypatch: pytest.Monk
     end = dag.task_dict["dbt_on_run_end"]
     assert end.trigger_rule != "always" and _trigger_parents(end) == []  # a teardown: scheduler-gated, runs last
     assert daily.max_jobs == 4  # the mapping's default threads
-
-
-def test_wait_for_parents_scheduler_keeps_airflow_trigger_rules(monkeypatch: pytest.MonkeyPatch) -> None:
-    dag = _dag(monkeypatch, operator_args={"wait_for_parents": "scheduler"})
-    daily = dag.task_dict["daily_revenue.run"]
-    assert daily.trigger_rule == "all_success" and _trigger_parents(daily) == []
-    monkeypatch.setenv("AIRFLOW__COSMOS__WAIT_FOR_PARENTS", "scheduler")
-    assert _dag(monkeypatch).task_dict["daily_revenue.run"].trigger_rule == "all_success"
+    monkeypatch.setenv("AIRFLOW__COSMOS__WAIT_FOR_PARENTS", "triggerer")
+    assert _dag(monkeypatch).task_dict["daily_revenue.run"].trigger_rule == "always"
     # WATCHER is the triggerer engine whatever [cosmos] says.
+    monkeypatch.setenv("AIRFLOW__COSMOS__WAIT_FOR_PARENTS", "scheduler")
     assert _dag(monkeypatch, mode=ExecutionMode.WATCHER).task_dict["daily_revenue.run"].trigger_rule == "always"
 
 
 def test_edges_added_after_rendering_are_waited_for(monkeypatch: pytest.MonkeyPatch) -> None:
     from airflow.sdk import BaseOperator
 
-    dag = _dag(monkeypatch)
+    dag = _dag(monkeypatch, operator_args={"wait_for_parents": "triggerer"})
     with dag:
         extra = BaseOperator(task_id="extract")
     extra >> dag.task_dict["stg_orders.run"]
     assert "extract" in _trigger_parents(dag.task_dict["stg_orders.run"])
 
 
-def test_job_cap_follows_threads(monkeypatch: pytest.MonkeyPatch) -> None:
-    assert _dag(monkeypatch, {"threads": 8}).task_dict["orders.run"].max_jobs == 8
-    assert _dag(monkeypatch, {"threads": 8}, operator_args={"max_concurrent_jobs": 2}).task_dict[
+def test_job_cap_follows_threads_when_waiting_in_the_triggerer(monkeypatch: pytest.MonkeyPatch) -> None:
+    wait = {"wait_for_parents": "triggerer"}
+    assert _dag(monkeypatch, {"threads": 8}, operator_args=wait).task_dict["orders.run"].max_jobs == 8
+    assert _dag(monkeypatch, {"threads": 8}, operator_args={**wait, "max_concurrent_jobs": 2}).task_dict[
         "orders.run"].max_jobs == 2
     monkeypatch.setenv("AIRFLOW__COSMOS__MAX_CONCURRENT_JOBS", "3")
-    assert _dag(monkeypatch, {"threads": 8}).task_dict["orders.run"].max_jobs == 3
+    assert _dag(monkeypatch, {"threads": 8}, operator_args=wait).task_dict["orders.run"].max_jobs == 3
+    # An explicit cap also holds for scheduler-gated runs (which have none by default).
     task = _dag(monkeypatch).task_dict["orders.run"]
     assert task.start_trigger_args.trigger_kwargs["max_jobs"] == 3
 
@@ -139,8 +171,18 @@ def test_bad_scheduling_arguments_name_the_fix(monkeypatch: pytest.MonkeyPatch) 
     with pytest.raises(ConfigurationError, match="wait_for_parents='sideways'"):
         _dag(monkeypatch, operator_args={"wait_for_parents": "sideways"})
     with pytest.raises(ConfigurationError, match="trigger_rule='all_done' needs wait_for_parents='scheduler'"):
-        _dag(monkeypatch, operator_args={"trigger_rule": "all_done"})
+        _dag(monkeypatch, operator_args={"trigger_rule": "all_done", "wait_for_parents": "triggerer"})
+    assert _dag(monkeypatch, operator_args={"trigger_rule": "all_done"}).task_dict["orders.run"].trigger_rule == \
+        "all_done"  # scheduler-gated (the default): any trigger rule, as before
     with pytest.raises(ConfigurationError, match="vars belong in operator_args"):
         _dag(monkeypatch, mode=ExecutionMode.WATCHER, setup_operator_args={"vars": {"a": 1}})
     with pytest.raises(ConfigurationError, match="setup_operator_args"):
         ExecutionConfig(execution_mode=ExecutionMode.LOCAL, setup_operator_args={"queue": "q"})
+
+
+def test_a_freshness_wait_in_local_mode_is_refused_naming_the_fix(monkeypatch: pytest.MonkeyPatch) -> None:
+    from cosmos_async.errors import ConfigurationError
+
+    with pytest.raises(ConfigurationError, match=r"source_freshness_wait needs ExecutionMode\.AIRFLOW_ASYNC"):
+        _dag(monkeypatch, execution_config=ExecutionConfig(execution_mode=ExecutionMode.LOCAL),
+             operator_args={"source_freshness_wait": {"interval_minutes": 5, "timeout_minutes": 60}})

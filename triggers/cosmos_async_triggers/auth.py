@@ -110,7 +110,7 @@ class GcpSource:
     @classmethod
     def from_target(cls, ref: TargetRef, target: Mapping[str, Any]) -> GcpSource:
         """A rendered dbt BigQuery target (checked with :func:`dbt_profile.check_target`)."""
-        names = ("keyfile", "keyfile_json", "token", "refresh_token", "client_id", "client_secret", "token_uri")
+        names = ("keyfile", *dbt_profile.CREDENTIAL_FIELDS)
         project = target.get("execution_project") or target.get("project") or target.get("database")
         return cls(
             source=f"profiles.yml {ref.describe()}",
@@ -165,7 +165,8 @@ async def get_profile_target(ref: TargetRef, settings: Mapping[str, Any] | None 
 
 def _read_profile_target(ref: TargetRef, settings: Mapping[str, Any]) -> GcpSource:
     env = dict(os.environ)
-    raw = {k: v for k, v in dbt_profile.read_target(ref).items() if k not in settings}
+    raw = {k: v for k, v in dbt_profile.read_target(ref).items()
+           if k in dbt_profile.TRIGGER_FIELDS and k not in settings}
     target = {**dbt_profile.render_value(raw, env, f"profiles.yml {ref.describe()}", _TRIGGERER_ENV), **settings}
     dbt_profile.check_target(ref, target, env)
     return GcpSource.from_target(ref, target)

@@ -4,6 +4,9 @@ A node is one script (a query job), or, for a seed, steps in dbt's order: script
 uploaded with the jobs.insert request (:mod:`cosmos_async_triggers.load`). Every job, query or load, follows the
 same lifecycle below.
 
+A source node is a freshness check instead (dbt's query captured at setup, or the table's metadata), repeated
+while a configured wait lasts (:meth:`BigQueryNodeTrigger._check_source`).
+
 Job ids are deterministic per (DAG, task, run, map index, node, step, attempt), so a trigger that restarts (triggerer
 restart, redistribution) finds the job its predecessor submitted instead of running the SQL a second time:
 
@@ -12,6 +15,11 @@ restart, redistribution) finds the job its predecessor submitted instead of runn
 * attempt N is DONE without error → the node already succeeded, nothing is re-run;
 * attempt N is DONE with an error, or was created before this run's index (an earlier setup of the same
   run, i.e. the DAG run was cleared) → look at attempt N+1.
+
+A job that fails for a transient reason (:mod:`cosmos_async_triggers.bq_errors`) is run again as attempt N+1,
+as the profile's ``job_retries`` and ``job_retry_deadline_seconds`` allow (:mod:`cosmos_async_triggers.job_retry`);
+the count restarts with each trigger (a triggerer restart, an Airflow retry), bounded by ``MAX_ATTEMPTS``. Each
+job carries the configuration dbt-bigquery gave its statements (:mod:`cosmos_async_triggers.job_config`).
 
 The BigQuery job is cancelled when the user stops the task or its ``execution_timeout`` passes, never on a
 triggerer restart. Airflow 3.3 cancels a trigger's asyncio task on triggerer shutdown (no message), on a
@@ -25,7 +33,9 @@ still deferred. A timeout is recognised in :meth:`run` itself, from ``timeout_af
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import re
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -33,12 +43,16 @@ from typing import Any
 
 from airflow.triggers.base import BaseTrigger, TaskSkippedEvent, TaskSuccessEvent, TriggerEvent
 
-from cosmos_async_triggers import layout, load, rest
+from cosmos_async_triggers import bq_errors, freshness, job_config, layout, load, rest
 from cosmos_async_triggers import parents as parent_wait
 from cosmos_async_triggers.auth import GcpAuthError, GcpSource, get_connection, get_profile_target, get_token
 from cosmos_async_triggers.dbt_profile import ProfileTargetError, TargetRef
+from cosmos_async_triggers.job_retry import JobRetry, JobRetrySettingError
 from cosmos_async_triggers.layout import job_id_base
 from cosmos_async_triggers.storage import RemoteReadError, Step, read_index, read_node_steps
+
+# A task's node of this kind is a freshness check: its captured script is the query dbt sends for it.
+SOURCE_KIND = "source"
 
 CLASSPATH = "cosmos_async_triggers.bigquery.BigQueryNodeTrigger"
 # Same key as cosmos_async.operators.links.JOB_LINK_KEY (not imported: this package must stay light).
@@ -176,7 +190,10 @@ class BigQueryNodeTrigger(BaseTrigger):
                 self.log.info("the task's execution_timeout passed while its BigQuery job ran")
                 await self._cancel_active()
             raise
-        except (NodeRunError, RemoteReadError, GcpAuthError, ProfileTargetError, rest.BigQueryApiError) as exc:
+        except rest.BigQueryApiError as exc:
+            return {"status": "failed", "message": bq_errors.explain(exc.reason, str(exc)), "jobs": jobs,
+                    "warnings": warnings}
+        except (NodeRunError, RemoteReadError, GcpAuthError, ProfileTargetError, JobRetrySettingError) as exc:
             return {"status": "failed", "message": str(exc), "jobs": jobs, "warnings": warnings}
         except Exception as exc:  # an event with the cause beats a trigger crash with a traceback only
             self.log.exception("BigQuery trigger failed unexpectedly")
@@ -305,6 +322,7 @@ class BigQueryNodeTrigger(BaseTrigger):
                      else f"project (or execution_project) in {gcp.source}")
             raise NodeRunError(f"no BigQuery project: set the operator's 'project' or {where}")
         created_after_ms = float(index.get("created_at") or 0) * 1000
+        retry = JobRetry.from_settings(index.get("dbt_target") or {})
         stem = job_id_base(dag_id, task_id, run_id, map_index)
         base_labels = {bq_label_key(k): bq_label(v) for k, v in self.labels.items()}
         base_labels.update(airflow_dag=bq_label(dag_id), airflow_task=bq_label(task_id),
@@ -313,13 +331,22 @@ class BigQueryNodeTrigger(BaseTrigger):
         for i, (node, entry, steps) in enumerate(zip(self.nodes, entries, plans, strict=True)):
             location = entry.get("location") or self.location or gcp.location
             labels = {**base_labels, "dbt_node": bq_label(node["id"])}
+            if node.get("kind") == SOURCE_KIND:
+                failure = await self._check_source(node, steps, project, location, f"{stem}_{i}", labels, jobs,
+                                                   warnings)
+                if failure:
+                    return {"status": "failed", "message": failure, "jobs": jobs, "warnings": warnings}
+                continue
             job: dict[str, Any] | None = None
+            session: str | None = None  # the BigQuery session a step of this node created (createSession)
             for j, step in enumerate(steps):
                 if step.kind == "query" and not step.sql.strip():
                     continue  # e.g. no on-run-end hooks: nothing to run
                 # A one-script node keeps the job ids it always had; steps get their own.
                 job_stem = f"{stem}_{i}" if "steps" not in entry else f"{stem}_{i}_s{j}"
-                job = await self._run_job(project, location, job_stem, step, labels, created_after_ms)
+                step = dataclasses.replace(step, configuration=job_config.in_session(step.configuration, session))
+                job = await self._run_step(project, location, job_stem, step, labels, created_after_ms, retry)
+                session = job_config.session_of(job) or session
                 jobs.append(_summary(job, location))
                 error = job.get("status", {}).get("errorResult")
                 if error:
@@ -331,6 +358,69 @@ class BigQueryNodeTrigger(BaseTrigger):
                     return {"status": "failed", "message": failure, "jobs": jobs, "warnings": warnings}
         return {"status": "success", "message": f"{len(jobs)} BigQuery job(s) succeeded", "jobs": jobs,
                 "warnings": warnings}
+
+    # ---- sources ------------------------------------------------------------------------------------------
+
+    async def _check_source(self, node: dict[str, Any], steps: list[Step], project: str, location: str | None,
+                            stem: str, labels: dict[str, str], jobs: list[dict[str, Any]],
+                            warnings: list[str]) -> str | None:
+        """dbt's freshness check, repeated every ``wait.interval_s`` while the source is not fresh and the wait
+        lasts; a message when it ends past error_after. Sleeping here holds no worker slot (the trigger waits).
+
+        The wait is counted from this trigger's start: a triggerer restart starts it again, and the task's
+        execution_timeout (the trigger's timeout) stays the last word."""
+        sql = next((s.sql for s in steps if s.kind == "query" and s.sql.strip()), "")
+        if node.get("loaded_at_field") and not sql:
+            raise NodeRunError(f"{node['id']}: the setup task recorded no freshness query for it (loaded_at_field "
+                               f"{node['loaded_at_field']!r}); re-run the setup task with this task.")
+        wait = node.get("wait") or {}
+        deadline = time.monotonic() + float(wait.get("timeout_s") or 0)
+        checks = 0
+        while True:
+            checks += 1
+            verdict = await self._freshness(node, sql, project, location, stem, labels, jobs)
+            interval = float(wait.get("interval_s") or 0)
+            if verdict.status == "pass" or not wait or time.monotonic() + interval > deadline:
+                break
+            self.log.info("%s; checking again in %.0f s (wait ends in %.0f s)", verdict.message, interval,
+                          deadline - time.monotonic())
+            await asyncio.sleep(interval)
+        after = f" (after {checks} checks)" if checks > 1 else ""
+        if verdict.status == "error":
+            return verdict.message + after
+        if verdict.status == "warn":
+            warnings.append(verdict.message + after)
+        else:
+            self.log.info("%s%s", verdict.message, after)
+        return None
+
+    async def _freshness(self, node: dict[str, Any], sql: str, project: str, location: str | None, stem: str,
+                         labels: dict[str, str], jobs: list[dict[str, Any]]) -> freshness.Verdict:
+        if not sql:  # no loaded_at_field: dbt-bigquery reads the table's lastModifiedTime (tables.get)
+            relation = node.get("relation") or {}
+            assert self._gcp is not None
+            url = (f"{self._gcp.bigquery_endpoint}/bigquery/v2/projects/{relation.get('project') or project}"
+                   f"/datasets/{relation.get('dataset')}/tables/{relation.get('table')}")
+            table = await rest.request_json("GET", url, token=await self._token())
+            modified = datetime.fromtimestamp(int(table["lastModifiedTime"]) / 1000, tz=timezone.utc)
+            return freshness.judge(node, modified, datetime.now(timezone.utc))
+        # A read-only query: each check is a new job (re-running it after a restart is harmless).
+        job = await self._run_job(project, location, f"{stem}_f{int(time.time() * 1000)}", Step("query", sql=sql),
+                                  labels, 0.0)
+        jobs.append(_summary(job, location))
+        error = job.get("status", {}).get("errorResult")
+        if error:
+            raise NodeRunError(_error_message(node, job, error))
+        ref = job["jobReference"]
+        url = self._jobs_url(ref["projectId"]).replace("/jobs", "/queries") + f"/{ref['jobId']}"
+        result = await rest.request_json("GET", url, token=await self._token(),
+                                         params={**_loc(location or ref.get("location")), "maxResults": 2,
+                                                 "formatOptions.useInt64Timestamp": "true"})
+        try:
+            loaded, snapshotted = freshness.freshness_row(result)
+        except ValueError as exc:
+            raise NodeRunError(f"{node['id']}: {exc}") from None
+        return freshness.judge(node, loaded, snapshotted)
 
     # ---- one job --------------------------------------------------------------------------------------------
 
@@ -351,6 +441,29 @@ class BigQueryNodeTrigger(BaseTrigger):
                 return None
             raise
 
+    async def _run_step(self, project: str, location: str | None, stem: str, step: Step, labels: dict[str, str],
+                        created_after_ms: float, retry: JobRetry) -> dict[str, Any]:
+        """:meth:`_run_job`, run again as a new job after a transient failure, as the profile's job_retries allow."""
+        started = time.monotonic()
+        job = await self._run_job(project, location, stem, step, labels, created_after_ms)
+        number = 0
+        while True:
+            error = job.get("status", {}).get("errorResult") or {}
+            if not error or not bq_errors.job_retryable(error.get("reason")):
+                return job
+            number += 1
+            delay = retry.delay(number, time.monotonic() - started)
+            if delay is None:
+                deadline = f", job_retry_deadline_seconds {retry.deadline_s:g}" if retry.deadline_s else ""
+                self.log.info("BigQuery job %s failed with %s; not retried (job_retries %d%s)",
+                              job["jobReference"]["jobId"], error.get("reason"), retry.retries, deadline)
+                return job
+            self.log.warning("BigQuery job %s failed with %s, which is transient (%s); retry %d of %d as a new job "
+                             "in %.1fs", job["jobReference"]["jobId"], error.get("reason"),
+                             error.get("message", ""), number, retry.retries, delay)
+            await asyncio.sleep(delay)
+            job = await self._run_job(project, location, stem, step, labels, created_after_ms)
+
     async def _run_job(self, project: str, location: str | None, stem: str, step: Step, labels: dict[str, str],
                        created_after_ms: float) -> dict[str, Any]:
         """Find or submit this node's job (see the module docstring) and wait until it is DONE."""
@@ -365,7 +478,7 @@ class BigQueryNodeTrigger(BaseTrigger):
                     # BigQuery keeps the id we send; the BigQuery emulator names upload jobs itself. Follow the
                     # job we got (a restarted trigger cannot find it by its deterministic id and re-runs the step).
                     self.log.warning("BigQuery named job %s %s; following that job", ref.job_id, returned)
-                    ref = self._active = _JobRef(project, returned, job["jobReference"].get("location") or location)
+                    ref = self._active = _JobRef(project, returned, location or job["jobReference"].get("location"))
                 return await self._wait(ref, job)
             stale = _created_ms(job) < created_after_ms
             if _state(job) != "DONE":
@@ -387,14 +500,16 @@ class BigQueryNodeTrigger(BaseTrigger):
         try:
             if step.kind == "load":
                 # The configuration dbt-bigquery sent (destination, schema, CSV options), with our labels added.
-                config = {**step.configuration, "labels": {**(step.configuration.get("labels") or {}), **labels}}
+                config, dropped = job_config.labelled(step.configuration, labels)
+                self._warn_dropped(ref, dropped)
                 assert self._gcp is not None
                 job = await load.insert_with_data(load.upload_url(self._gcp.bigquery_endpoint, ref.project),
                                                   {"jobReference": job_ref, "configuration": config}, step.data,
                                                   token=await self._token())
             else:
-                body = {"jobReference": job_ref,
-                        "configuration": {"labels": labels, "query": {"query": step.sql, "useLegacySql": False}}}
+                config, dropped = job_config.query_configuration(step.configuration, step.sql, labels)
+                self._warn_dropped(ref, dropped)
+                body = {"jobReference": job_ref, "configuration": config}
                 job = await rest.request_json("POST", self._jobs_url(ref.project), token=await self._token(),
                                               json=body)
             self.log.info("submitted BigQuery %s job %s", step.kind, ref.job_id)
@@ -408,6 +523,11 @@ class BigQueryNodeTrigger(BaseTrigger):
         if job is None:
             raise NodeRunError(f"BigQuery answered 409 for job {ref.job_id} but jobs.get cannot find it")
         return job
+
+    def _warn_dropped(self, ref: _JobRef, dropped: list[str]) -> None:
+        if dropped:
+            self.log.warning("BigQuery job %s: dbt's labels %s left out, to stay within BigQuery's %d labels per job",
+                             ref.job_id, ", ".join(dropped), job_config.MAX_LABELS)
 
     async def _wait(self, ref: _JobRef, job: dict[str, Any]) -> dict[str, Any]:
         interval = max(self.poll_interval, 0.01)
@@ -424,11 +544,14 @@ class BigQueryNodeTrigger(BaseTrigger):
 
     async def _judge_test(self, node: dict[str, Any], job: dict[str, Any], location: str | None,
                           warnings: list[str]) -> str | None:
-        """dbt's verdict from the test query's row (failures, should_warn, should_error); a message if it fails."""
+        """dbt's verdict from the test query's row (failures, should_warn, should_error); a message if it fails.
+
+        The location the job was submitted in names it; the answer's location only when none was given.
+        """
         ref = job["jobReference"]
         url = self._jobs_url(ref["projectId"]).replace("/jobs", "/queries") + f"/{ref['jobId']}"
         result = await rest.request_json("GET", url, token=await self._token(),
-                                         params={**_loc(ref.get("location") or location), "maxResults": 2})
+                                         params={**_loc(location or ref.get("location")), "maxResults": 2})
         names = [f.get("name", "").lower() for f in result.get("schema", {}).get("fields", [])]
         rows = result.get("rows") or []
         name = node.get("name") or node["id"]
@@ -478,7 +601,7 @@ def _summary(job: dict[str, Any], location: str | None) -> dict[str, Any]:
     stats = job.get("statistics", {})
     query = stats.get("query", {})
     project, job_id = ref.get("projectId", ""), ref.get("jobId", "")
-    loc = ref.get("location") or location or "US"
+    loc = location or ref.get("location") or "US"
     start, end = _int(stats.get("startTime")), _int(stats.get("endTime"))
     extra = {"output_rows": _int(stats["load"].get("outputRows"))} if isinstance(stats.get("load"), dict) else {}
     return {
@@ -497,6 +620,7 @@ def _summary(job: dict[str, Any], location: str | None) -> dict[str, Any]:
 def _error_message(node: dict[str, Any], job: dict[str, Any], error: dict[str, Any]) -> str:
     """BigQuery's own message, with its reason and location, as dbt would print it."""
     details = ", ".join(f"{k}: {error[k]}" for k in ("reason", "location") if error.get(k))
+    message = bq_errors.explain(error.get("reason"), error.get("message", "unknown error"))
     return (f"{node.get('kind', 'node')} {node['id']} failed in BigQuery job {job['jobReference']['jobId']}: "
-            f"{error.get('message', 'unknown error')}" + (f" ({details})" if details else ""))
+            f"{message}" + (f" ({details})" if details else ""))
 

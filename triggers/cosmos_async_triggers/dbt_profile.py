@@ -140,8 +140,14 @@ def render_value(value: Any, env: Mapping[str, str], where: str = "profiles.yml"
 # Target fields that locate and bill the jobs but hold no secret. The setup task renders them where the task's
 # env (operator_args["env"], templated at run time) is set and records them in the run's index, so the triggerer
 # need not have those variables; the credential fields are rendered in the triggerer only.
+# The retry fields (cosmos_async_triggers.job_retry) are recorded for a profile mapping too.
+JOB_FIELDS = ("job_retries", "retries", "job_retry_deadline_seconds")
 PUBLIC_FIELDS = ("method", "project", "execution_project", "database", "location", "api_endpoint",
-                 "impersonate_service_account", "keyfile", "scopes")
+                 "impersonate_service_account", "keyfile", "scopes", *JOB_FIELDS)
+# What the triggers authenticate with; the only fields besides the public ones they render (dataset, threads and
+# the rest are dbt's business, and may use variables only the worker has).
+CREDENTIAL_FIELDS = ("keyfile_json", "token", "refresh_token", "client_id", "client_secret", "token_uri")
+TRIGGER_FIELDS = ("type", *PUBLIC_FIELDS, *CREDENTIAL_FIELDS)
 
 
 def public_settings(target: Mapping[str, Any]) -> dict[str, Any]:

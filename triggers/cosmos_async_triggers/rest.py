@@ -13,7 +13,8 @@ from typing import Any
 
 import aiohttp
 
-RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
+from cosmos_async_triggers.bq_errors import http_retryable
+
 _sessions: dict[asyncio.AbstractEventLoop, aiohttp.ClientSession] = {}
 _created = 0
 
@@ -96,7 +97,8 @@ async def request(method: str, url: str, *, token: str | None, json: Any = None,
 
     The body is ``json`` or raw ``data`` with its ``content_type`` (uploads).
 
-    Non-retryable statuses raise :class:`BigQueryApiError` at once (callers check ``.status``, e.g. 404/409).
+    Answers :func:`~cosmos_async_triggers.bq_errors.http_retryable` refuses (a permanent reason, a 4xx) raise
+    :class:`BigQueryApiError` at once (callers check ``.status``, e.g. 404/409).
     """
     session = get_session()
     slept = 0.0
@@ -110,7 +112,7 @@ async def request(method: str, url: str, *, token: str | None, json: Any = None,
                 if resp.status < 300:
                     return resp.status, body
                 error = _api_error(resp.status, body, method, url)
-                if resp.status not in RETRY_STATUSES:
+                if not http_retryable(error.status, error.reason):
                     raise error
                 last = error
                 retry_after = _retry_after(resp.headers.get("Retry-After"))

@@ -104,7 +104,8 @@ async def read_index(remote_target_path: str, dag_id: str, run_id: str, *, conn:
 
 @dataclass
 class Step:
-    """One job of a node: a script (``query``) or a load job of ``data`` with ``configuration`` (``load``)."""
+    """One job of a node: a script (``query``) or a load job of ``data`` (``load``), with the job ``configuration``
+    dbt-bigquery sent (for a script: without its SQL; {} from an index written before configurations were)."""
 
     kind: str
     sql: str = ""
@@ -141,7 +142,8 @@ async def read_node_steps(prefix: str, node_id: str, entry: dict[str, Any], *, c
                           token_for: Callable[[], Awaitable[str | None]]) -> list[Step]:
     """A node's jobs in order, every file verified; an entry without ``steps`` is one script."""
     if "steps" not in entry:
-        return [Step("query", sql=await read_node_sql(prefix, node_id, entry, conn=conn, token_for=token_for))]
+        sql = await read_node_sql(prefix, node_id, entry, conn=conn, token_for=token_for)
+        return [Step("query", sql=sql, configuration=_script_configuration(node_id, entry))]
     if not isinstance(entry["steps"], list):
         raise RemoteReadError(f"index entry for {node_id} has invalid 'steps'; {_RERUN}.")
     steps = []
@@ -149,7 +151,7 @@ async def read_node_steps(prefix: str, node_id: str, entry: dict[str, Any], *, c
         kind = step.get("kind") if isinstance(step, dict) else None
         if kind == "query":
             data = await _read_verified(prefix, node_id, step, "SQL", conn=conn, token_for=token_for)
-            steps.append(Step("query", sql=data.decode("utf-8")))
+            steps.append(Step("query", sql=data.decode("utf-8"), configuration=_script_configuration(node_id, step)))
         elif kind == "load" and isinstance(step.get("configuration"), dict) and "load" in step["configuration"]:
             data = await _read_verified(prefix, node_id, step, "load data", conn=conn, token_for=token_for)
             steps.append(Step("load", configuration=step["configuration"], data=data))
@@ -157,3 +159,10 @@ async def read_node_steps(prefix: str, node_id: str, entry: dict[str, Any], *, c
             raise RemoteReadError(f"index entry for {node_id} has a step this triggerer cannot run ({kind!r}); "
                                   f"{_RERUN} with the same cosmos-async version as the triggerer.")
     return steps
+
+
+def _script_configuration(node_id: str, entry: dict[str, Any]) -> dict[str, Any]:
+    configuration = entry.get("configuration", {})
+    if not isinstance(configuration, dict) or not isinstance(configuration.get("query", {}), dict):
+        raise RemoteReadError(f"index entry for {node_id} has an invalid job 'configuration'; {_RERUN}.")
+    return configuration
