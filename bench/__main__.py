@@ -26,6 +26,8 @@ from bench.results import RESULTS, environment, machine, stem
 WORKDIR = Path("/tmp/cosmos-async-bench")
 RUNNERS = scheduling.RUNNERS  # the scheduling tier's runners, in order (--runners narrows them)
 BUDGET_S = 2000.0  # the scheduling tier starts no run after this many seconds (--budget)
+KINDS: tuple[str, ...] = ("proxy", "emulator")  # the scheduling tier's kinds of jobs (--kinds narrows them)
+PROJECTS: tuple[str, ...] = ()  # the scheduling tier's projects (--projects narrows them; empty: all)
 
 NOTES = [
     "Parse: fresh interpreter per sample; one untimed warm-up run per DAG file compiles the libraries' .pyc "
@@ -83,7 +85,8 @@ TIERS: dict[str, list[tuple[str, Callable[[], list]]]] = {
         ("parse", lambda: parse.run([5000], 3, WORKDIR / "parse", cosmos_runs=1)),
     ],
     "scheduling": [("scheduling", lambda: scheduling.run(WORKDIR / "scheduling", runners=RUNNERS,
-                                                         budget_s=BUDGET_S))],
+                                                         budget_s=BUDGET_S, kinds=KINDS,
+                                                         projects_wanted=PROJECTS))],
 }
 
 
@@ -117,14 +120,19 @@ def write(doc: dict) -> Path:
 
 
 def main() -> None:
-    global RUNNERS, BUDGET_S
+    global RUNNERS, BUDGET_S, KINDS, PROJECTS
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("tier", choices=sorted(TIERS))
     parser.add_argument("--only", nargs="*", help="run only these sections")
     parser.add_argument("--label", default="", help="suffix of the results files (two runs of one tier a day)")
     parser.add_argument("--runners", nargs="*", choices=scheduling.RUNNERS, help="scheduling: only these runners")
     parser.add_argument("--budget", type=float, default=BUDGET_S, help="scheduling: start no run after S seconds")
+    parser.add_argument("--kinds", nargs="*", choices=("proxy", "emulator"), help="scheduling: only these jobs")
+    parser.add_argument("--projects", nargs="*", choices=("corner_shop", "synthetic_200"),
+                        help="scheduling: only these projects")
     args = parser.parse_args()
+    KINDS = tuple(args.kinds or KINDS)
+    PROJECTS = tuple(args.projects or ())
     RUNNERS = tuple(args.runners or scheduling.RUNNERS)
     BUDGET_S = args.budget
     started = time.monotonic()

@@ -260,14 +260,17 @@ def _ts(value: str | None) -> datetime | None:
     return datetime.fromisoformat(value.replace("Z", "+00:00")) if value else None
 
 
-def dag_run(af: Any, dag_id: str, timeout: float) -> dict[str, Any]:
-    """Trigger one run and measure it from the API's run / task-instance timestamps and the worker log."""
+def dag_run(af: Any, dag_id: str, timeout: float, keep: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """Trigger one run and measure it from the API's run / task-instance timestamps and the worker log; the task
+    instances are appended to ``keep``."""
     run_id = af.trigger(dag_id)
     state = af.wait_for_run(dag_id, run_id, timeout=timeout, poll=1.0)
     run = af.api("GET", f"/dags/{af._q(dag_id, 'dagRuns', run_id)}") or {}
     start, end = _ts(run.get("start_date")), _ts(run.get("end_date"))
     wall = round((end - start).total_seconds(), 2) if start and end else None
     tis = {t["task_id"]: t for t in af.task_instances(dag_id, run_id)}
+    if keep is not None:
+        keep.extend(tis.values())
     setup = tis.get(SETUP_TASK, {})
     s0, s1 = _ts(setup.get("start_date")), _ts(setup.get("end_date"))
     setup_s = round((s1 - s0).total_seconds(), 2) if s0 and s1 else None
@@ -282,9 +285,11 @@ def dag_run(af: Any, dag_id: str, timeout: float) -> dict[str, Any]:
 
 
 def run(workdir: Path, kinds: tuple[str, ...] = ("proxy", "emulator"), runners: tuple[str, ...] = RUNNERS,
-        budget_s: float = 2000.0, run_timeout_s: float = 1500.0) -> list[dict[str, Any]]:
-    """Every runner on both projects for each kind of jobs; a run that would start after ``budget_s`` is
-    recorded as skipped, not dropped. Rows: one per (kind, project, runner), in the order they ran."""
+        budget_s: float = 2000.0, run_timeout_s: float = 1500.0,
+        projects_wanted: tuple[str, ...] = ()) -> list[dict[str, Any]]:
+    """Every runner on both projects (or ``projects_wanted``) for each kind of jobs; a run that would start after
+    ``budget_s`` is recorded as skipped, not dropped. Rows: one per (kind, project, runner), in the order they ran.
+    Each run's job timeline and task instances go to ``workdir/timelines`` (kept after the bench, for diagnosis)."""
     sys.path.insert(0, str(ROOT))
     from tests.support.airflow import AirflowStack
     from tests.support.bq_lifecycle_proxy import LifecycleProxy
@@ -325,7 +330,8 @@ def run(workdir: Path, kinds: tuple[str, ...] = ("proxy", "emulator"), runners: 
                     af.wait_for_dag(f"{prefix}_{p.key}", timeout=600)
             # Within the time budget: Cosmos LOCAL on the large project (it costs more than everything else
             # together) goes last, and the scheduler-gated mode (today's, measured before) after the rest.
-            plan = sorted(((k, p, r) for k in kinds for p in projects for r in runners),
+            plan = sorted(((k, p, r) for k in kinds for p in projects for r in runners
+                           if not projects_wanted or p.key in projects_wanted),
                           key=lambda x: (x[2] == "cosmos LOCAL" and x[1].key == "synthetic_200",
                                          x[2] == "ours (scheduler-gated)"))
             for kind, p, runner in plan:
@@ -339,14 +345,19 @@ def run(workdir: Path, kinds: tuple[str, ...] = ("proxy", "emulator"), runners: 
                 clock = current["clock"] = clocks[p.key]
                 clock.instant = kind == "emulator"
                 proxy.reset()
+                tis: list[dict[str, Any]] = []
                 try:
                     if runner == "dbt build":
                         row.update(dbt_build(workdir, p, proxy.url))
                     else:
-                        row.update(dag_run(af, f"{DAG_PREFIX[runner]}_{p.key}", min(run_timeout_s, left + 300)))
+                        row.update(dag_run(af, f"{DAG_PREFIX[runner]}_{p.key}", min(run_timeout_s, left + 300),
+                                           tis))
                 except Exception as exc:
                     row["error"] = f"{type(exc).__name__}: {exc}"[-1500:]
                 timeline = proxy.job_log()
+                kept = workdir / "timelines" / f"{kind}_{p.key}_{DAG_PREFIX.get(runner, 'dbt_build')}.json"
+                kept.parent.mkdir(parents=True, exist_ok=True)
+                kept.write_text(json.dumps({"jobs": timeline, "task_instances": tis}, indent=1, default=str))
                 node_gaps = gaps(timeline, waits_for(p.manifest))
                 row.update({"jobs": len(timeline), "jobs_unnamed": sum(1 for j in timeline if not j["name"]),
                             "held_s": round(sum(j["hold"] for j in timeline), 1),
