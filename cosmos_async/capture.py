@@ -503,10 +503,10 @@ def capture_project(project_dir: Path, profile_config: ProfileConfig, *, select:
     further pass on its own; a node that still fails falls back to LOCAL with dbt's message as the reason.
     """
     from cosmos_async.dbt_invoke import DbtCommandError, dbt_workspace, environment, node_outcomes
-    from cosmos_async.profiles import resolve_target
+    from cosmos_async.profiles import run_target
 
     with environment(env or {}):  # the profile may read env_var()s that ``env`` sets
-        target = resolve_target(profile_config)
+        target = run_target(profile_config)
     upstream = target.get("api_endpoint") or DEFAULT_BIGQUERY_ENDPOINT
     failed: dict[str, str] = {}
     with recording_endpoint(upstream) as (url, recorder), dbt_workspace(

@@ -110,10 +110,10 @@ def build_request(project_dir: Path, profile_config: ProfileConfig, *, select: S
                   partial_parse: Path | None = None) -> tuple[dict[str, Any], dict[str, str]]:
     """(request without secrets, environment for the child holding the secrets and ``env``)."""
     from cosmos_async.dbt_invoke import environment
-    from cosmos_async.profiles import resolve_target, split_secrets
+    from cosmos_async.profiles import run_target, split_secrets
 
     with environment(env or {}):  # the profile may read env_var()s that ``env`` sets
-        safe, secret_env = split_secrets(resolve_target(profile_config))
+        safe, secret_env = split_secrets(run_target(profile_config))
     # Absolute: the child runs in its own working directory, so that directory is all ``-m`` adds to sys.path.
     request = {"project_dir": str(Path(project_dir).resolve()), "profile_name": profile_config.profile_name,
                "target_name": profile_config.target_name, "target": _escape_templates(safe),

@@ -17,21 +17,18 @@ from typing import Any, ClassVar
 
 import yaml
 from cosmos_async_triggers import dbt_profile as profiles_yml
+from cosmos_async_triggers.auth import GcpSource
+from cosmos_async_triggers.auth import extra as _extra
 
 from cosmos_async.config import ProfileConfig
 from cosmos_async.errors import ConfigurationError
+from cosmos_async.impersonation import dbt_target_acting_as, impersonated_credentials, single_account
 
 # keyfile_json is a secret as a whole when it is text (JSON or base64); as a mapping its secret fields are.
 SECRET_KEYS = ("private_key", "private_key_id", "client_secret", "refresh_token", "token", "keyfile_json")
 _ENV_PREFIX = "COSMOS_ASYNC_SECRET_"
-
-
-def _extra(extras: Mapping[str, Any], key: str) -> Any:
-    """Read an extra in either the short form or the legacy ``extra__google_cloud_platform__`` form."""
-    value = extras.get(key)
-    if value in (None, ""):
-        value = extras.get(f"extra__google_cloud_platform__{key}")
-    return None if value == "" else value
+# gcsfs's own default scope for read-write access.
+STORAGE_SCOPES = ("https://www.googleapis.com/auth/devstorage.full_control",)
 
 
 DEFAULT_THREADS = 4  # dbt's threads in targets built from a connection, unless profile_args set them
@@ -71,6 +68,8 @@ class _BigQueryProfileMapping:
             target.update({"method": "oauth-secrets", "token": "anonymous"})
         else:
             target.update(self.credentials(extras))
+            if account := single_account(self.conn_id, extras):
+                target["impersonate_service_account"] = account
         target.update(self.profile_args)
         return target
 
@@ -191,6 +190,46 @@ def resolve_target(profile_config: ProfileConfig, extras: Mapping[str, Any] | No
     return mapping.target(extras)
 
 
+def run_target(profile_config: ProfileConfig) -> dict[str, Any]:
+    """The target dbt runs with on a worker (the setup task's capture, LOCAL nodes and fallbacks):
+    :func:`resolve_target`, with an impersonated account's delegated token in place of the source credentials
+    (:func:`cosmos_async.impersonation.dbt_target_acting_as`). ``dbt ls`` at parse opens no connection and keeps
+    :func:`resolve_target`'s, so parsing asks no IAM endpoint."""
+    return dbt_target_acting_as(resolve_target(profile_config), profile_source(profile_config))
+
+
+PARSE_PLACEHOLDER = "cosmos-async-parse-placeholder"
+
+
+def parse_time_target(profile_config: ProfileConfig, env: Mapping[str, str]) -> tuple[dict[str, Any] | None,
+                                                                                       list[str]]:
+    """The target ``dbt ls`` runs with at DAG parse: (None, []) when the profile renders here as it is; else a
+    profiles.yml target with a placeholder for every ``env_var()`` that only the tasks' run-time env sets (seed 001
+    fills its profile from operator_args env templated from Variables), and those variables' names.
+
+    ``dbt ls`` opens no connection, so placeholders cannot change which nodes exist or how they depend on each other;
+    they can change node database/schema, which the caller must then not trust.
+    """
+    if profile_config.profile_mapping is not None:
+        return None, []
+    ref = target_ref(profile_config)
+    raw = profiles_yml.read_target(ref)
+    filled: dict[str, str] = {}
+    while True:
+        try:
+            target = profiles_yml.render_value(raw, {**os.environ, **env, **filled}, f"profiles.yml {ref.describe()}")
+        except profiles_yml.MissingEnvVar as exc:
+            if exc.name in filled:  # cannot happen: the name is set now; guards the loop
+                raise ConfigurationError(str(exc)) from None
+            filled[exc.name] = PARSE_PLACEHOLDER
+            continue
+        except profiles_yml.ProfileTargetError as exc:
+            failure = str(exc)
+            break
+        return (target if filled else None), sorted(filled)
+    raise ConfigurationError(failure)
+
+
 def target_ref(profile_config: ProfileConfig) -> profiles_yml.TargetRef:
     """The reference to a profiles.yml target that travels to the triggers (never its values)."""
     return profiles_yml.TargetRef(str(profile_config.profiles_yml_filepath), profile_config.profile_name,
@@ -227,8 +266,17 @@ def dbt_profile(profile_config: ProfileConfig, target: Mapping[str, Any]) -> Ite
         yield profiles_dir, env
 
 
+def profile_source(profile_config: ProfileConfig) -> str:
+    """Where the dbt target's credentials come from, named as the triggers name it in errors."""
+    mapping = profile_config.profile_mapping
+    if mapping is not None:
+        return f"connection {mapping.conn_id!r}"
+    return f"profiles.yml {target_ref(profile_config).describe()}"
+
+
 def gcs_storage_options(extras: Mapping[str, Any], conn_id: str) -> dict[str, Any]:
-    """gcsfs options for a ``google_cloud_platform`` connection's extras (key, key file, anonymous or ADC)."""
+    """gcsfs options for a ``google_cloud_platform`` connection's extras (key, key file, anonymous or ADC), acting
+    as the account its ``impersonation_chain`` names."""
     options: dict[str, Any] = {}
     if project := _extra(extras, "project"):
         options["project"] = project
@@ -244,4 +292,7 @@ def gcs_storage_options(extras: Mapping[str, Any], conn_id: str) -> dict[str, An
         options["token"] = key_path
     else:
         options["token"] = "google_default"
+    source = GcpSource.from_extras(conn_id, extras)
+    if source.impersonate and not source.anonymous:
+        options["token"] = impersonated_credentials(source, STORAGE_SCOPES)
     return options

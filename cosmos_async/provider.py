@@ -51,8 +51,9 @@ OPTIONS: dict[str, tuple[str, str, str | None, str | None]] = {
         "float", None, "30",
     ),
     "iam_credentials_endpoint": (
-        "IAM Credentials API the triggers call (generateAccessToken) for a profiles.yml target with "
-        "impersonate_service_account; change it only for a private endpoint or a test double.",
+        "IAM Credentials API asked for delegated tokens (generateAccessToken) by the triggers, the setup task's "
+        "dbt and its storage I/O, for a profiles.yml target's impersonate_service_account or a connection's "
+        "impersonation_chain; change it only for a private endpoint or a test double.",
         "string", None, "https://iamcredentials.googleapis.com",
     ),
     "default_location": (

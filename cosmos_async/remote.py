@@ -167,9 +167,11 @@ def _configuration(configuration: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _filesystem(target: RemoteTarget) -> tuple[Any, str]:
+    from cosmos_async.impersonation import ImpersonationError
+
     try:
         return target.filesystem()
-    except ConfigurationError:
+    except (ConfigurationError, ImpersonationError):  # their messages name the setting to fix
         raise
     except Exception as exc:
         raise RemoteStorageError(f"cannot open the remote target path {target.url}: {type(exc).__name__}: {exc}") \

@@ -19,7 +19,7 @@ import pytest
 from tests.support.api_contract import LOG as CONTRACT_LOG
 from tests.support.bq_lifecycle_proxy import LifecycleProxy
 from tests.support.contract_front import ContractFront
-from tests.support.credentials import TokenEndpoint
+from tests.support.credentials import IamCredentialsEndpoint, TokenEndpoint
 from tests.support.dbt_oracle import DBT_REQUIREMENTS
 from tests.support.emulators import Emulator, start_bigquery, start_gcs
 from tests.support.postgres import PostgresServer
@@ -102,6 +102,14 @@ def proxy(bigquery_emulator: Emulator) -> Iterator[LifecycleProxy]:
 def token_endpoint() -> Iterator[TokenEndpoint]:
     """A local OAuth token endpoint: service-account keys made by :func:`service_account_key` sign real JWTs."""
     endpoint = TokenEndpoint()
+    yield endpoint
+    endpoint.stop()
+
+
+@pytest.fixture(scope="session")
+def iam() -> Iterator[IamCredentialsEndpoint]:
+    """A local IAM Credentials endpoint (``generateAccessToken``) for impersonation, on both sides."""
+    endpoint = IamCredentialsEndpoint()
     yield endpoint
     endpoint.stop()
 

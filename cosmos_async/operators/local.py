@@ -65,8 +65,9 @@ def run_dbt_command(project_dir: str | Path, profile_config: ProfileConfig, comm
 
     ``runner`` (or one made from ``invocation``) runs dbt as a subprocess; neither runs it in-process.
     """
-    from cosmos_async.dbt_invoke import dbt_workspace, invoke
+    from cosmos_async.dbt_invoke import dbt_workspace, environment, invoke
     from cosmos_async.partial_parse import state_file
+    from cosmos_async.profiles import run_target
 
     if runner is None and invocation is not None:
         runner = invocation.runner(log)
@@ -76,6 +77,8 @@ def run_dbt_command(project_dir: str | Path, profile_config: ProfileConfig, comm
     if full_refresh and command in _FULL_REFRESH_COMMANDS:
         args.append("--full-refresh")
     args += cmd_flags
+    with environment(env or {}):  # a profiles.yml may read operator_args env values
+        target = run_target(profile_config)
     with dbt_workspace(Path(project_dir), profile_config, install_deps=install_deps, env=env, runner=runner,
-                       partial_parse=state_file(Path(project_dir), profile_config)) as workspace:
+                       target=target, partial_parse=state_file(Path(project_dir), profile_config)) as workspace:
         invoke(workspace, args, dbt_vars, global_flags=global_flags, runner=runner)

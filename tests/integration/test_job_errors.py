@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -20,11 +19,11 @@ from cosmos_async.capture import Capture, NodeCapture
 from cosmos_async.remote import RemoteTarget, upload_capture
 from tests.integration.test_trigger import make, model, new_run, payload_of
 from tests.support.bq_lifecycle_proxy import LifecycleProxy
-from tests.support.connections import emulator_connections
 
 PROJECT = "demo-proj"
 INSERT = r"^/bigquery/v2/projects/[^/]+/jobs$"
 GET = r"^/bigquery/v2/projects/[^/]+/jobs/cosmos_async_[^/]+$"
+CALLS = {"insert": ("POST", INSERT), "get": ("GET", GET)}  # the call a fault answers: (HTTP method, path)
 QUOTA_MESSAGE = "Quota exceeded: Your project exceeded quota for free query bytes scanned."
 # reason -> (HTTP status BigQuery answers it with, BigQuery's message)
 TRANSIENT = {
@@ -44,16 +43,7 @@ PERMANENT = {
 }
 
 
-@pytest.fixture(scope="module", autouse=True)
-def connections(bigquery_emulator, gcs_emulator, proxy) -> Iterator[None]:
-    with emulator_connections(PROJECT, bigquery_emulator.endpoint, proxy.url, gcs_emulator.endpoint):
-        yield
-
-
-@pytest.fixture(autouse=True)
-def clean_proxy(proxy: LifecycleProxy) -> None:
-    proxy.reset()
-    proxy.set_hold(0.0)
+pytestmark = pytest.mark.usefixtures("emulator_conns", "clean_proxy")
 
 
 def _run(tmp_path: Any, settings: dict[str, str] | None = None) -> dict[str, Any]:
@@ -64,14 +54,21 @@ def _run(tmp_path: Any, settings: dict[str, str] | None = None) -> dict[str, Any
     return payload_of(make(target, run_id, model(), conn="gcp_proxy"))
 
 
+def _run_with_http_error(tmp_path: Any, proxy: LifecycleProxy, call: str, reason: str,
+                         count: int) -> tuple[int, str, dict[str, Any]]:
+    """Fault injection: the next ``count`` ``call`` requests answer ``reason`` as BigQuery's HTTP error; then one
+    node's trigger runs. (HTTP status, BigQuery's message, the trigger's payload)."""
+    status, message = {**TRANSIENT, **PERMANENT}[reason]
+    method, path = CALLS[call]
+    proxy.add_fault(method, path, status, count=count, reason=reason, message=message)
+    return status, message, _run(tmp_path)
+
+
 @pytest.mark.parametrize("call", ["insert", "get"])
 @pytest.mark.parametrize("reason", sorted(TRANSIENT))
 def test_transient_http_error_is_retried_with_the_same_job_id_fault_injected(
         reason: str, call: str, tmp_path, proxy: LifecycleProxy) -> None:
-    status, message = TRANSIENT[reason]
-    proxy.add_fault("POST" if call == "insert" else "GET", INSERT if call == "insert" else GET, status, count=2,
-                    reason=reason, message=message)
-    payload = _run(tmp_path)
+    status, _, payload = _run_with_http_error(tmp_path, proxy, call, reason, count=2)
     assert payload["status"] == "success", payload
     assert proxy.faults_fired == {str(status): 2}
     assert list(proxy.inserts.values()) == [1] and payload["jobs"][0]["job_id"].endswith("_0_0")
@@ -81,10 +78,7 @@ def test_transient_http_error_is_retried_with_the_same_job_id_fault_injected(
 @pytest.mark.parametrize("reason", sorted(PERMANENT))
 def test_permanent_http_error_fails_at_once_with_bigquerys_message_fault_injected(
         reason: str, call: str, tmp_path, proxy: LifecycleProxy) -> None:
-    status, message = PERMANENT[reason]
-    proxy.add_fault("POST" if call == "insert" else "GET", INSERT if call == "insert" else GET, status, count=5,
-                    reason=reason, message=message)
-    payload = _run(tmp_path)
+    status, message, payload = _run_with_http_error(tmp_path, proxy, call, reason, count=5)
     if call == "get" and reason == "notFound":
         # jobs.get's 404 is BigQuery saying "no such job yet": the trigger submits it, as it must.
         assert payload["status"] == "success" and list(proxy.inserts.values()) == [1], payload

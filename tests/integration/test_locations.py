@@ -26,7 +26,6 @@ from cosmos_async.remote import RemoteTarget, upload_capture
 from tests.integration.test_trigger import collect, run_async, wait_for
 from tests.support.api_contract import LOG
 from tests.support.bq_lifecycle_proxy import LifecycleProxy
-from tests.support.connections import emulator_connections
 from tests.support.dbt_oracle import EXAMPLE_PROJECT, built_tables, dbt_build
 
 PROJECT = "demo-proj"
@@ -34,10 +33,7 @@ LOCATION = "europe-west2"
 JOB_CALLS = ("bigquery.jobs.get", "bigquery.jobs.getQueryResults", "bigquery.jobs.cancel")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def connections(bigquery_emulator, gcs_emulator, proxy) -> Iterator[None]:
-    with emulator_connections(PROJECT, bigquery_emulator.endpoint, proxy.url, gcs_emulator.endpoint):
-        yield
+pytestmark = pytest.mark.usefixtures("emulator_conns")
 
 
 @pytest.fixture(scope="module")

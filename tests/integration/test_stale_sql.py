@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import re
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -49,13 +50,15 @@ def _change_parents(project: Path) -> None:
         seed.write("4,Dev,west\n")
 
 
-def _dag_run(dag: DbtDag, run_id: str) -> None:
+def _dag_run(dag: DbtDag, run_id: str, after_setup: Callable[[], None] | None = None) -> None:
     """Run every task of one DAG run in order, each as ``airflow dags test`` would (execute → trigger →
-    execute_complete)."""
+    execute_complete); ``after_setup`` is called once the setup task has captured and uploaded."""
     context = {"dag_run": DagRun(dag_id=DAG_ID, run_id=run_id), "run_id": run_id, "ti": TaskInstanceXCom()}
-    for task in dag.dbt_tasks.values():
+    for task_id, task in dag.dbt_tasks.items():
         if not isinstance(task, DbtBigQueryAsyncOperator):
             task.execute(context)
+            if task_id == "dbt_setup_async" and after_setup is not None:
+                after_setup()
             continue
         run = {"dag_id": DAG_ID, "run_id": run_id, "task_id": task.task_id, "map_index": -1}
         trigger = BigQueryNodeTrigger(**task.trigger_kwargs(end_task=False, run=run))

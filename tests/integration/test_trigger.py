@@ -12,7 +12,6 @@ import asyncio
 import json
 import time
 import uuid
-from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
@@ -25,10 +24,13 @@ from cosmos_async_triggers.bigquery import BigQueryNodeTrigger
 from cosmos_async.capture import Capture, NodeCapture
 from cosmos_async.remote import RemoteTarget, upload_capture
 from tests.support.bq_lifecycle_proxy import LifecycleProxy
-from tests.support.connections import emulator_connections, remote_target
+from tests.support.connections import remote_target
 
 DATASET = "trig_ds"
 PROJECT = "demo-proj"
+
+
+pytestmark = pytest.mark.usefixtures("emulator_conns", "clean_proxy")
 
 
 @pytest.fixture(scope="module")
@@ -41,18 +43,6 @@ def bq_client(bigquery_emulator) -> Any:
                              client_options=ClientOptions(api_endpoint=bigquery_emulator.endpoint))
     client.create_dataset(DATASET, exists_ok=True)
     return client
-
-
-@pytest.fixture(scope="module", autouse=True)
-def connections(bigquery_emulator, gcs_emulator, proxy) -> Iterator[None]:
-    with emulator_connections(PROJECT, bigquery_emulator.endpoint, proxy.url, gcs_emulator.endpoint):
-        yield
-
-
-@pytest.fixture(autouse=True)
-def clean_proxy(proxy: LifecycleProxy) -> None:
-    proxy.reset()
-    proxy.set_hold(0.0)
 
 
 @pytest.fixture(params=["file", "gcs"])
@@ -245,17 +235,20 @@ def test_fallback_entry_resumes_on_the_worker_nothing_submitted_via_lifecycle_pr
 # ---- job lifecycle through the proxy --------------------------------------------------------------------
 
 
-def test_running_job_is_polled_until_done_via_lifecycle_proxy(file_target: RemoteTarget,
-                                                              proxy: LifecycleProxy) -> None:
+def test_running_query_job_is_awaited_by_long_poll_and_seen_done_at_once_via_lifecycle_proxy(
+        file_target: RemoteTarget, proxy: LifecycleProxy) -> None:
+    """A poll interval far longer than the job: getQueryResults answers as the job ends, so the trigger neither
+    waits out its interval nor polls jobs.get in a loop."""
     run_id = new_run()
     upload(file_target, run_id, {"model.p.m": NodeCapture(["select 1"])})
-    proxy.set_hold(0.5)
+    proxy.set_hold(1.5)
     started = time.monotonic()
-    payload = payload_of(make(file_target, run_id, model(), conn="gcp_proxy", poll=0.05))
+    payload = payload_of(make(file_target, run_id, model(), conn="gcp_proxy", poll=20.0))
+    took = time.monotonic() - started
     assert payload["status"] == "success"
-    assert time.monotonic() - started >= 0.5
+    assert 1.5 <= took < 4.0, took
     (job_id,) = proxy.inserts
-    assert proxy.gets[job_id] >= 4  # the lookup before insert, then several polls while RUNNING
+    assert proxy.gets[job_id] == 2, proxy.gets  # the lookup before insert, then the final status once DONE
 
 
 def test_restarted_trigger_reattaches_without_cancel_via_lifecycle_proxy(file_target: RemoteTarget,

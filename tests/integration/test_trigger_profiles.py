@@ -26,7 +26,7 @@ from cosmos_async.capture import Capture, NodeCapture
 from cosmos_async.errors import ConfigurationError
 from cosmos_async.remote import RemoteTarget, upload_capture
 from tests.support.bq_lifecycle_proxy import LifecycleProxy
-from tests.support.credentials import IamCredentialsEndpoint, TokenEndpoint, secret_fragments, service_account_key
+from tests.support.credentials import TokenEndpoint, secret_fragments, service_account_key
 
 PROJECT = "demo-proj"
 CORNER_SHOP = Path(__file__).resolve().parents[2] / "dev" / "dags" / "dbt" / "corner_shop"
@@ -38,13 +38,6 @@ REFRESH_TOKEN = "1//local-refresh-token-abcdef123456"
 @pytest.fixture(scope="module")
 def key(token_endpoint: TokenEndpoint) -> dict[str, str]:
     return service_account_key(token_endpoint.url)
-
-
-@pytest.fixture(scope="module")
-def iam() -> Iterator[IamCredentialsEndpoint]:
-    endpoint = IamCredentialsEndpoint()
-    yield endpoint
-    endpoint.stop()
 
 
 @pytest.fixture(autouse=True)

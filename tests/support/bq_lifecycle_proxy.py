@@ -5,8 +5,9 @@ BigQuery keeps jobs PENDING/RUNNING for a while and answers 409 for a duplicate 
 every request to the emulator and rewrites the job lifecycle to match BigQuery:
 
 * jobs.insert of a job id that exists upstream → 409 ``duplicate`` (nothing forwarded, nothing re-run);
-* for ``hold`` seconds after an insert, jobs.insert / jobs.get report the job RUNNING (getQueryResults
-  ``jobComplete: false``); afterwards the emulator's real result shows through;
+* for ``hold`` seconds after an insert, jobs.insert / jobs.get report the job RUNNING (getQueryResults waits,
+  as BigQuery does, up to its ``timeoutMs`` for the job to end, then answers ``jobComplete: false``); afterwards
+  the emulator's real result shows through;
 * jobs.cancel of a held job makes it DONE with BigQuery's ``stopped`` error. The emulator already executed
   the SQL at insert time, so a cancel here hides the result but cannot undo side effects;
 * faults by rule: a status (429, 503, …) with BigQuery's error body (its ``reason`` and ``message`` as given,
@@ -249,6 +250,10 @@ class LifecycleProxy:
             return await self._cancel(request, m["project"], m["job"])
         if request.method == "GET" and (m := _RESULTS.match(path)):
             held = self._jobs.get(m["job"])
+            # As BigQuery does, getQueryResults waits up to timeoutMs (default 10 s) for a running job to end.
+            wait_until = time.monotonic() + float(request.query.get("timeoutMs", 10_000)) / 1000
+            while held is not None and held.running() and time.monotonic() < wait_until:
+                await asyncio.sleep(min(0.05, max(wait_until - time.monotonic(), 0.0)))
             if held is not None and held.running():
                 return web.json_response({"kind": "bigquery#getQueryResultsResponse", "jobComplete": False,
                                           "jobReference": {"projectId": m["project"], "jobId": m["job"]}})

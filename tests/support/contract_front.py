@@ -40,6 +40,8 @@ class ContractFront:
         """``relayed``: with ``check_answers``, answers whose sha256 is in it are not checked (another front
         relayed them from the emulator verbatim); without, this front adds the sha256 of each answer to it."""
         self.upstream = upstream.rstrip("/")
+        # (HTTP method, path, Authorization header) of every request, for tests asserting who made each one.
+        self.seen: list[tuple[str, str, str]] = []
         parts = urlsplit(self.upstream)
         host, port = parts.hostname or "127.0.0.1", parts.port or 80
         local = threading.local()  # one keep-alive connection to the upstream per server thread
@@ -73,6 +75,7 @@ class ContractFront:
 
             def _relay(self) -> None:
                 body = self._body()
+                owner.seen.append((self.command, self.path, self.headers.get("Authorization", "")))
                 content_type = self.headers.get("Content-Type") or ""
                 log.record(check_request(self.command, self.path, body, content_type))
                 headers = {k: v for k, v in self.headers.items() if k.lower() not in _HOP | {"content-length"}}

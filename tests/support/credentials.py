@@ -109,13 +109,16 @@ def secret_fragments(key: dict[str, str]) -> list[str]:
 class IamCredentialsEndpoint:
     """A local IAM Credentials API answering ``generateAccessToken`` with a delegated token.
 
-    ``calls`` records, per call, the service account named in the path, the caller's Authorization header and the
-    requested scopes; ``issued`` the delegated tokens (secrets for the scanning tests).
+    ``calls`` records, per call, the service account named in the path, the caller's Authorization header, the
+    requested scopes and delegates; ``issued`` the delegated tokens (secrets for the scanning tests). With
+    ``refuse`` set it answers as Google does when the caller lacks roles/iam.serviceAccountTokenCreator (403).
     """
 
     PREFIX = "ya29.delegated-"
+    REFUSAL = ("Permission 'iam.serviceAccounts.getAccessToken' denied on resource (or it may not exist).")
 
     def __init__(self) -> None:
+        self.refuse = False
         self.calls: list[dict[str, Any]] = []
         self.issued: list[str] = []
         self._lock = threading.Lock()
@@ -133,12 +136,17 @@ class IamCredentialsEndpoint:
                     owner.issued.append(token)
                     owner.calls.append({"account": unquote(account), "method": method,
                                         "authorization": self.headers.get("Authorization", ""),
-                                        "scope": body.get("scope")})
+                                        "scope": body.get("scope"), "delegates": body.get("delegates")})
                 ok = not prefix and method == "generateAccessToken"
-                payload = ({"accessToken": token, "expireTime": "2999-01-01T00:00:00Z"} if ok
-                           else {"error": {"code": 404, "message": "no such method"}})
+                if ok and owner.refuse:
+                    status, payload = 403, {"error": {"code": 403, "message": owner.REFUSAL,
+                                                      "status": "PERMISSION_DENIED"}}
+                elif ok:
+                    status, payload = 200, {"accessToken": token, "expireTime": "2999-01-01T00:00:00Z"}
+                else:
+                    status, payload = 404, {"error": {"code": 404, "message": "no such method"}}
                 data = json.dumps(payload).encode()
-                self.send_response(200 if ok else 404)
+                self.send_response(status)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(data)))
                 self.end_headers()

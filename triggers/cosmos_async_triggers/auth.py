@@ -46,7 +46,7 @@ class GcpAuthError(Exception):
     """A source's credentials cannot be loaded or refreshed (the message never holds key material)."""
 
 
-def _extra(extras: Mapping[str, Any], key: str) -> Any:
+def extra(extras: Mapping[str, Any], key: str) -> Any:
     """An extra in its short form or the legacy ``extra__google_cloud_platform__`` form; '' counts as unset."""
     value = extras.get(key)
     if value in (None, ""):
@@ -56,6 +56,16 @@ def _extra(extras: Mapping[str, Any], key: str) -> Any:
 
 def _truthy(value: Any) -> bool:
     return str(value).strip().lower() in ("true", "1", "yes")
+
+
+def impersonation_chain(value: Any) -> tuple[str, ...]:
+    """The Google provider's ``impersonation_chain`` extra (one account, a comma-separated chain, or a list):
+    the last account is the one acted as, the earlier ones are IAM ``delegates`` in order."""
+    if not value:
+        return ()
+    if isinstance(value, str):
+        value = value.split(",")
+    return tuple(str(account).strip() for account in value if str(account).strip())
 
 
 def _scopes(value: Any, default: tuple[str, ...]) -> tuple[str, ...]:
@@ -81,12 +91,13 @@ class GcpSource:
     fix: str  # what to change when Google refuses the credentials
     impersonate: str | None = None
     location: str | None = None
+    delegates: tuple[str, ...] = ()  # accounts between the credentials and ``impersonate``, in order
     secrets: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False, hash=False)
 
     @classmethod
     def from_extras(cls, conn_id: str, extras: Mapping[str, Any]) -> GcpSource:
         """A ``google_cloud_platform`` connection's extras."""
-        keyfile, key_path = _extra(extras, "keyfile_dict"), _extra(extras, "key_path")
+        keyfile, key_path = extra(extras, "keyfile_dict"), extra(extras, "key_path")
         if keyfile:
             method, secrets, uses = "service-account-json", {"keyfile_json": keyfile}, "keyfile_dict"
         elif key_path:
@@ -94,26 +105,37 @@ class GcpSource:
         else:
             method, secrets = "oauth", {}
             uses = "has no keyfile_dict/key_path, so it uses Application Default Credentials"
+        chain = impersonation_chain(extra(extras, "impersonation_chain"))
+        uses = uses if method == "oauth" else f"uses its {uses}"
+        if chain:
+            uses += f" to impersonate {chain[-1]}" + (f" through {', '.join(chain[:-1])}" if chain[:-1] else "")
         return cls(
             source=f"connection {conn_id!r}",
-            project=_extra(extras, "project"),
-            bigquery_endpoint=str(_extra(extras, "bigquery_api_endpoint") or DEFAULT_BIGQUERY_ENDPOINT).rstrip("/"),
-            storage_endpoint=str(_extra(extras, "storage_api_endpoint") or DEFAULT_STORAGE_ENDPOINT).rstrip("/"),
-            anonymous=_truthy(_extra(extras, "anonymous")),
-            scopes=_scopes(_extra(extras, "scopes"), DEFAULT_SCOPES),
+            project=extra(extras, "project"),
+            bigquery_endpoint=str(extra(extras, "bigquery_api_endpoint") or DEFAULT_BIGQUERY_ENDPOINT).rstrip("/"),
+            storage_endpoint=str(extra(extras, "storage_api_endpoint") or DEFAULT_STORAGE_ENDPOINT).rstrip("/"),
+            anonymous=_truthy(extra(extras, "anonymous")),
+            scopes=_scopes(extra(extras, "scopes"), DEFAULT_SCOPES),
             method=method,
-            uses=uses if method == "oauth" else f"uses its {uses}",
+            uses=uses,
             fix="put a valid key into the connection the triggerer reads",
+            impersonate=chain[-1] if chain else None,
+            delegates=chain[:-1],
             secrets=secrets,
         )
 
     @classmethod
     def from_target(cls, ref: TargetRef, target: Mapping[str, Any]) -> GcpSource:
         """A rendered dbt BigQuery target (checked with :func:`dbt_profile.check_target`)."""
+        return cls.from_target_fields(f"profiles.yml {ref.describe()}", target)
+
+    @classmethod
+    def from_target_fields(cls, source: str, target: Mapping[str, Any]) -> GcpSource:
+        """A rendered dbt BigQuery target's fields; ``source`` names where they came from."""
         names = ("keyfile", *dbt_profile.CREDENTIAL_FIELDS)
         project = target.get("execution_project") or target.get("project") or target.get("database")
         return cls(
-            source=f"profiles.yml {ref.describe()}",
+            source=source,
             project=str(project) if project else None,
             bigquery_endpoint=str(target.get("api_endpoint") or DEFAULT_BIGQUERY_ENDPOINT).rstrip("/"),
             storage_endpoint=DEFAULT_STORAGE_ENDPOINT,
@@ -240,7 +262,7 @@ def _refresh_locked(source: GcpSource, key: _TokenKey) -> str:
         failure = None
         if not creds.valid:  # a static oauth-secrets token is valid as given and cannot be refreshed
             try:
-                creds.refresh(_transport_request())
+                creds.refresh(transport_request())
             except Exception as exc:
                 # Token endpoint errors carry its response (e.g. "invalid_grant"), never the key itself.
                 failure = f"{type(exc).__name__}: {str(exc)[:300]}"
@@ -255,7 +277,7 @@ def _refresh_locked(source: GcpSource, key: _TokenKey) -> str:
         return creds.token
 
 
-def _transport_request() -> Any:
+def transport_request() -> Any:
     try:
         import google.auth.transport.requests as transport
 
@@ -283,6 +305,24 @@ def iam_credentials_endpoint() -> str:
         return DEFAULT_IAM_CREDENTIALS_ENDPOINT
     value = conf.get("cosmos", "iam_credentials_endpoint", fallback=None)
     return str(value or DEFAULT_IAM_CREDENTIALS_ENDPOINT).rstrip("/")
+
+
+def generate_access_token_url(account: str) -> str:
+    """IAM Credentials ``generateAccessToken`` of ``account`` at :func:`iam_credentials_endpoint` (also the
+    ``iam_endpoint_override`` the worker side gives google-auth, so both sides ask the same endpoint)."""
+    from urllib.parse import quote
+
+    return (f"{iam_credentials_endpoint()}/v1/projects/-/serviceAccounts/{quote(account, safe='@.')}"
+            ":generateAccessToken")
+
+
+def impersonation_refused(source: str, account: str, delegates: tuple[str, ...], detail: str) -> str:
+    """The one message for a refused impersonation: who asked, for which account, and the role that is missing."""
+    chain = [*delegates, account]
+    hops = ("the credentials need it on " + chain[0] + ", and each account of the chain on the next one"
+            if delegates else f"the credentials need it on {account}")
+    return (f"{source}: cannot impersonate {account}: {detail.rstrip('.')}. Grant roles/iam.serviceAccountTokenCreator "
+            f"({hops}), or remove the impersonation from {source}")
 
 
 async def _delegated_token(source: GcpSource, source_token: str | None) -> str:
@@ -319,19 +359,17 @@ async def _delegated_token(source: GcpSource, source_token: str | None) -> str:
 
 
 async def _generate_access_token(source: GcpSource, source_token: str | None) -> str:
-    from urllib.parse import quote
-
     from cosmos_async_triggers import rest
 
     account = str(source.impersonate)
-    url = (f"{iam_credentials_endpoint()}/v1/projects/-/serviceAccounts/{quote(account, safe='@.')}"
-           ":generateAccessToken")
+    body: dict[str, Any] = {"scope": list(source.scopes), "lifetime": "3600s"}
+    if source.delegates:
+        body["delegates"] = [f"projects/-/serviceAccounts/{d}" for d in source.delegates]
     try:
-        answer = await rest.request_json("POST", url, token=source_token,
-                                         json={"scope": list(source.scopes), "lifetime": "3600s"})
+        answer = await rest.request_json("POST", generate_access_token_url(account), token=source_token, json=body)
     except rest.BigQueryApiError as exc:
-        failure = (f"{source.source}: cannot impersonate {account}: HTTP {exc.status} {exc.reason}: "
-                   f"{exc.message[:300]}. The credentials need roles/iam.serviceAccountTokenCreator on {account}")
+        failure = impersonation_refused(source.source, account, source.delegates,
+                                        f"HTTP {exc.status} {exc.reason}: {exc.message[:300]}")
     else:
         token = answer.get("accessToken")
         if token:

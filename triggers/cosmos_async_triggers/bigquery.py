@@ -58,6 +58,8 @@ CLASSPATH = "cosmos_async_triggers.bigquery.BigQueryNodeTrigger"
 # Same key as cosmos_async.operators.links.JOB_LINK_KEY (not imported: this package must stay light).
 JOB_LINK_KEY = "bigquery_job_link"
 MAX_ATTEMPTS = 100
+# How long one getQueryResults call may wait for a query job to complete (BigQuery's default is 10 s).
+LONG_POLL_MS = 10_000
 # BigQuery's limit on the length of a query's text ("maximum unresolved GoogleSQL query length").
 MAX_QUERY_CHARS = 1024 * 1024
 _CANCEL_RETRY = rest.RetryPolicy(attempts=3, max_total_sleep_s=5.0)
@@ -73,6 +75,20 @@ class _JobRef:
     project: str
     job_id: str
     location: str | None
+
+
+@dataclass
+class _Prepared:
+    """A task's nodes, read and checked, ready to run as jobs."""
+
+    gcp: GcpSource
+    entries: list[dict[str, Any]]
+    plans: list[list[Step]]
+    project: str
+    stem: str
+    base_labels: dict[str, str]
+    created_after_ms: float
+    retry: JobRetry
 
 
 def bq_label(value: str) -> str:
@@ -174,12 +190,15 @@ class BigQueryNodeTrigger(BaseTrigger):
                 return {"status": "upstream_failed", "message": f"not run: {verdict.reason}", "jobs": jobs}
             if verdict.outcome == parent_wait.SKIPPED:
                 return {"status": "skipped", "message": f"skipped: {verdict.reason}", "jobs": jobs}
-            cap_key = (ids["dag_id"], ids["run_id"], self.group_id or "")
-            async with parent_wait.job_slot(cap_key, self.max_jobs):
+            prepared = await self._prepare()
+            if isinstance(prepared, dict):
+                return prepared  # the LOCAL fallback
+            # Reading the index and scripts happened above, outside the cap: a slot is held only by running jobs.
+            async with parent_wait.job_slot((ids["dag_id"], ids["run_id"], self.group_id or ""), self.max_jobs):
                 if self.execution_timeout_s is None:
-                    return await self._run_nodes(jobs, warnings)
+                    return await self._run_jobs(prepared, jobs, warnings)
                 try:
-                    return await asyncio.wait_for(self._run_nodes(jobs, warnings), self.execution_timeout_s)
+                    return await asyncio.wait_for(self._run_jobs(prepared, jobs, warnings), self.execution_timeout_s)
                 except asyncio.TimeoutError:
                     await self._cancel_active()
                     return {"status": "timeout", "jobs": jobs, "warnings": warnings,
@@ -266,7 +285,9 @@ class BigQueryNodeTrigger(BaseTrigger):
         return {"dag_id": ti.dag_id, "run_id": ti.run_id, "task_id": ti.task_id,
                 "map_index": getattr(ti, "map_index", -1)}
 
-    async def _run_nodes(self, jobs: list[dict[str, Any]], warnings: list[str]) -> dict[str, Any]:
+    async def _prepare(self) -> _Prepared | dict[str, Any]:
+        """Everything before the first job: credentials, the run's index, every script checked; or the fallback
+        event's payload when a node must run through dbt on a worker."""
         ids = self._run_ids()
         dag_id, run_id, task_id = ids["dag_id"], ids["run_id"], ids["task_id"]
         map_index = -1 if ids.get("map_index") is None else int(ids["map_index"])
@@ -327,10 +348,16 @@ class BigQueryNodeTrigger(BaseTrigger):
         base_labels = {bq_label_key(k): bq_label(v) for k, v in self.labels.items()}
         base_labels.update(airflow_dag=bq_label(dag_id), airflow_task=bq_label(task_id),
                            airflow_run=bq_label(run_id))
+        return _Prepared(gcp, entries, plans, project, stem, base_labels, created_after_ms, retry)
 
-        for i, (node, entry, steps) in enumerate(zip(self.nodes, entries, plans, strict=True)):
-            location = entry.get("location") or self.location or gcp.location
-            labels = {**base_labels, "dbt_node": bq_label(node["id"])}
+    async def _run_jobs(self, prepared: _Prepared, jobs: list[dict[str, Any]],
+                        warnings: list[str]) -> dict[str, Any]:
+        """Run the nodes' steps in order; the event payload (status, message, jobs, warnings)."""
+        p = prepared
+        project, stem, created_after_ms, retry = p.project, p.stem, p.created_after_ms, p.retry
+        for i, (node, entry, steps) in enumerate(zip(self.nodes, p.entries, p.plans, strict=True)):
+            location = entry.get("location") or self.location or p.gcp.location
+            labels = {**p.base_labels, "dbt_node": bq_label(node["id"])}
             if node.get("kind") == SOURCE_KIND:
                 failure = await self._check_source(node, steps, project, location, f"{stem}_{i}", labels, jobs,
                                                    warnings)
@@ -530,17 +557,34 @@ class BigQueryNodeTrigger(BaseTrigger):
                              ref.job_id, ", ".join(dropped), job_config.MAX_LABELS)
 
     async def _wait(self, ref: _JobRef, job: dict[str, Any]) -> dict[str, Any]:
+        """Until the job is DONE: a query job by long-polling getQueryResults (BigQuery answers as the job ends,
+        so the next node starts without a poll interval's delay), a load job by polling jobs.get."""
         interval = max(self.poll_interval, 0.01)
         ceiling = max(interval, min(interval * 4, 30.0))
+        query = "query" in job.get("configuration", {})
         while _state(job) != "DONE":
-            await asyncio.sleep(interval)
-            interval = min(interval * 1.25, ceiling)  # mild backoff: long jobs need fewer polls
+            if query:
+                await self._await_query(ref)
+            else:
+                await asyncio.sleep(interval)
+                interval = min(interval * 1.25, ceiling)  # mild backoff: long jobs need fewer polls
             polled = await self._get_job(ref)
             if polled is None:
                 raise NodeRunError(f"BigQuery job {ref.job_id} disappeared while running (404 on jobs.get)")
             job = polled
         self._active = None
         return job
+
+    async def _await_query(self, ref: _JobRef) -> None:
+        """Return when BigQuery says the query job completed or after up to LONG_POLL_MS; jobs.get then has the
+        job's final status (an error here — e.g. the job failed, which getQueryResults reports as an HTTP error —
+        is left for jobs.get to report)."""
+        url = self._jobs_url(ref.project).replace("/jobs", "/queries") + f"/{ref.job_id}"
+        try:
+            await rest.request_json("GET", url, token=await self._token(),
+                                    params={**_loc(ref.location), "timeoutMs": LONG_POLL_MS, "maxResults": 0})
+        except rest.BigQueryApiError:
+            await asyncio.sleep(max(self.poll_interval, 0.01))  # no busy loop while getQueryResults keeps failing
 
     async def _judge_test(self, node: dict[str, Any], job: dict[str, Any], location: str | None,
                           warnings: list[str]) -> str | None:
