@@ -1,7 +1,9 @@
-"""Benchmarks side by side with astronomer-cosmos and dbt: ``python -m bench quick`` or ``python -m bench full``.
+"""Benchmarks side by side with astronomer-cosmos and dbt: ``python -m bench quick|full|scheduling``.
 
 quick: minutes, small sizes, few repeats (a CI smoke test: it never fails on timing, only when a benchmark
-cannot run at all). full: every size. Both write bench/results/<date>-<machine>.json and .md (and a .png chart
+cannot run at all). full: every size. scheduling: issue 13, a dbt build with one task per node vs plain
+dbt and Cosmos LOCAL / WATCHER on one Airflow stack (bench/scheduling.py; an hour on 2 shared cores, not in CI).
+Each writes bench/results/<date>-<machine>.json and .md (and a .png chart
 when matplotlib is available in the bench env). A section that cannot run is recorded, not dropped.
 """
 
@@ -18,10 +20,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench import envs, parse, report, setup_time, triggerer
+from bench import envs, parse, report, scheduling, setup_time, triggerer
 from bench.results import RESULTS, environment, machine, stem
 
 WORKDIR = Path("/tmp/cosmos-async-bench")
+RUNNERS = scheduling.RUNNERS  # the scheduling tier's runners, in order (--runners narrows them)
+BUDGET_S = 2000.0  # the scheduling tier starts no run after this many seconds (--budget)
+KINDS: tuple[str, ...] = ("proxy", "emulator")  # the scheduling tier's kinds of jobs (--kinds narrows them)
+PROJECTS: tuple[str, ...] = ()  # the scheduling tier's projects (--projects narrows them; empty: all)
 
 NOTES = [
     "Parse: fresh interpreter per sample; one untimed warm-up run per DAG file compiles the libraries' .pyc "
@@ -78,6 +84,9 @@ TIERS: dict[str, list[tuple[str, Callable[[], list]]]] = {
         ("airflow", lambda: _airflow("full")),
         ("parse", lambda: parse.run([5000], 3, WORKDIR / "parse", cosmos_runs=1)),
     ],
+    "scheduling": [("scheduling", lambda: scheduling.run(WORKDIR / "scheduling", runners=RUNNERS,
+                                                         budget_s=BUDGET_S, kinds=KINDS,
+                                                         projects_wanted=PROJECTS))],
 }
 
 
@@ -90,7 +99,8 @@ def _airflow(tier: str) -> list:
 def write(doc: dict) -> Path:
     """<date>-<machine>.json/.md/.png for the full tier; the quick tier adds '-quick' so it never overwrites them."""
     RESULTS.mkdir(exist_ok=True)
-    path = RESULTS / f"{stem('' if doc['tier'] == 'full' else doc['tier'])}.json"
+    name = "-".join(x for x in ("" if doc["tier"] == "full" else doc["tier"], doc.get("label", "")) if x)
+    path = RESULTS / f"{stem(name)}.json"
     path.write_text(json.dumps(doc, indent=2))
     png = path.with_suffix(".png")
     doc.pop("chart", None)
@@ -110,10 +120,21 @@ def write(doc: dict) -> Path:
 
 
 def main() -> None:
+    global RUNNERS, BUDGET_S, KINDS, PROJECTS
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("tier", choices=sorted(TIERS))
     parser.add_argument("--only", nargs="*", help="run only these sections")
+    parser.add_argument("--label", default="", help="suffix of the results files (two runs of one tier a day)")
+    parser.add_argument("--runners", nargs="*", choices=scheduling.RUNNERS, help="scheduling: only these runners")
+    parser.add_argument("--budget", type=float, default=BUDGET_S, help="scheduling: start no run after S seconds")
+    parser.add_argument("--kinds", nargs="*", choices=("proxy", "emulator"), help="scheduling: only these jobs")
+    parser.add_argument("--projects", nargs="*", choices=("corner_shop", "synthetic_200"),
+                        help="scheduling: only these projects")
     args = parser.parse_args()
+    KINDS = tuple(args.kinds or KINDS)
+    PROJECTS = tuple(args.projects or ())
+    RUNNERS = tuple(args.runners or scheduling.RUNNERS)
+    BUDGET_S = args.budget
     started = time.monotonic()
     os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
     cosmos_env: dict[str, Any] = {}
@@ -123,7 +144,8 @@ def main() -> None:
         cosmos_env = {"error": f"{type(exc).__name__}: {exc}"}
     doc: dict[str, Any] = {"tier": args.tier, "date": datetime.date.today().isoformat(), "machine": machine(),
                            "environment": environment(), "cosmos_env": cosmos_env, "sections": {},
-                           "section_errors": {}, "notes": list(NOTES)}
+                           "section_errors": {},
+                           "notes": [] if args.tier == "scheduling" else list(NOTES), "label": args.label}
     for key, fn in TIERS[args.tier]:
         if not args.only or key in args.only:
             _section(doc, key, fn)

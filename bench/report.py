@@ -97,6 +97,25 @@ def airflow_table(rows: list[dict]) -> list[str]:
                   "|---|---|---|---:|---:|---:|---:|---:|---|", cells())
 
 
+def scheduling_table(rows: list[dict]) -> list[str]:
+    from bench.scheduling import NOTES, targets
+
+    def cells() -> Iterator[list[Any]]:
+        for r in rows:
+            key = [r["kind"], r["project"], r["runner"]]
+            if "error" in r and "jobs" not in r:
+                yield [*key, _err(r)]
+                continue
+            yield [*key, r.get("state", "") + (f" ({_err(r)})" if "error" in r else ""), _s(r.get("wall_s")),
+                   _s(r.get("exec_s")), _s(r.get("worker_s")), _s(r.get("node_tasks_worker_s")),
+                   _s(r.get("median_gap_s")), _s(r.get("p95_gap_s")), f"{r.get('jobs')} ({r.get('held_s')} s held)"]
+    return [*_table("## Issue 13: one task per dbt node vs `dbt build --threads 8` and Cosmos, one Airflow stack "
+                    "(LocalExecutor, parallelism 8)", "| jobs | project | runner | state | wall (T) | T_exec (T - "
+                    "setup) | worker slot-s | node tasks slot-s | median gap | p95 gap | jobs (time held) |",
+                    "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|", cells()),
+            "", "Targets:", "", *[f"- {t}" for t in targets(rows)], "", "How:", "", *[f"- {n}" for n in NOTES]]
+
+
 def render(doc: dict[str, Any]) -> str:
     env, cosmos = doc["environment"], doc.get("cosmos_env", {})
     lines = [f"# Benchmarks — {doc['tier']} tier, {doc['date']} on `{doc['machine']}`", "",
@@ -111,6 +130,8 @@ def render(doc: dict[str, Any]) -> str:
         lines += [*setup_table(sections["setup"]), ""]
     if "triggerer" in sections:
         lines += [*triggerer_table(sections["triggerer"]), ""]
+    if sections.get("scheduling"):
+        lines += [*scheduling_table(sections["scheduling"]), ""]
     if sections.get("airflow"):
         lines += [*airflow_table(sections["airflow"]), ""]
     for key, message in doc.get("section_errors", {}).items():

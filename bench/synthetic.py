@@ -1,7 +1,8 @@
 """Deterministic synthetic dbt projects for benchmarks, with their manifest produced by real ``dbt parse``.
 
 Shape: ``layers`` of models; each model reads 1..``fan_in`` models of earlier layers (the first layer reads
-one seed). Materializations cycle view / table / incremental; each model gets ``tests_per_model`` tests.
+one seed); with ``deep`` one of them is always in the layer just before, so the critical path crosses every layer.
+Materializations cycle view / table / incremental; each model gets ``tests_per_model`` tests.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ MATERIALIZATIONS = ("view", "table", "incremental")
 
 
 def write_project(root: Path, models: int, *, seed: int = 7, width: int = 0, fan_in: int = 3,
-                  tests_per_model: int = 1) -> Path:
+                  tests_per_model: int = 1, deep: bool = False) -> Path:
     """Write the project under ``root`` (replacing it) and return its directory."""
     rng = random.Random(seed)
     width = width or max(1, int(models ** 0.5))
@@ -53,7 +54,10 @@ def write_project(root: Path, models: int, *, seed: int = 7, width: int = 0, fan
             parents = ["{{ ref('source_rows') }}"]
         else:
             pool = range(0, layer * width)
-            picks = sorted(set(rng.sample(pool, min(len(pool), rng.randint(1, fan_in)))))
+            picks = set(rng.sample(pool, min(len(pool), rng.randint(1, fan_in))))
+            if deep and not any(p >= (layer - 1) * width for p in picks):
+                picks.add(rng.randrange((layer - 1) * width, layer * width))
+            picks = sorted(picks)
             parents = [f"{{{{ ref('model_{p:05d}') }}}}" for p in picks]
         config = f"{{{{ config(materialized='{materialized}'"
         config += ", unique_key='id') }}" if materialized == "incremental" else ") }}"

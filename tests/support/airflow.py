@@ -289,8 +289,11 @@ class AirflowStack(AirflowApi):
         port: int | None = None,
         startup_timeout: float = 120.0,
         stop_timeout: float = 5.0,
+        bin_dir: Path = BIN,
         database_url: str | None = None,
     ) -> None:
+        # bin_dir: the environment whose `airflow` runs the stack (benchmarks run a second one, with Cosmos).
+        self.bin_dir = Path(bin_dir)
         self.home = Path(home).resolve()
         self.port = port or free_port()
         super().__init__(f"http://127.0.0.1:{self.port}", secrets.token_urlsafe(12), Path(dags_folder).resolve())
@@ -373,7 +376,8 @@ class AirflowStack(AirflowApi):
 
     def _run_cli(self, args: list[str], log: Path, timeout: float) -> None:
         with log.open("ab") as out:
-            res = subprocess.run([str(BIN / "airflow"), *args], env=self.env, stdout=out, stderr=out, timeout=timeout)
+            res = subprocess.run([str(self.bin_dir / "airflow"), *args], env=self.env, stdout=out, stderr=out,
+                                 timeout=timeout)
         if res.returncode:
             raise AirflowStackError(f"airflow {' '.join(args)} exited {res.returncode}:\n{_tail(log)}")
 
@@ -385,7 +389,7 @@ class AirflowStack(AirflowApi):
         ``extra_env``: settings of this process only (e.g. a triggerer's capacity)."""
         if name in self._components and self._components[name].proc.poll() is None:
             raise AirflowStackError(f"{name} is already running")
-        args = [str(BIN / "airflow"), command or name]
+        args = [str(self.bin_dir / "airflow"), command or name]
         if name == "api-server":
             args += ["--port", str(self.port), "--host", "127.0.0.1"]
         log = self.logs / f"{name}.log"

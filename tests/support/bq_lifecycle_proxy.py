@@ -21,6 +21,11 @@ every request to the emulator and rewrites the job lifecycle to match BigQuery:
 * it counts inserts, jobs.get calls and cancels per job id, and records each request's Authorization header;
 * it checks every request it receives against Google's API contract (tests/support/api_contract.py): give it
   the emulator's own port (``Emulator.extra['direct']``) as upstream, so its forwards are not checked twice.
+* per-job holds: ``hold_for`` maps an inserted job's configuration to (a name for it, its hold), so a benchmark
+  can give every runner the same duration for the same dbt node; every insert lands in ``job_log()`` with its
+  name, submit time and the time it turned DONE (wall clock, ``time.time()``);
+* resumable uploads (dbt's seed loads): the upload session's ``Location`` is rewritten to point back at the
+  proxy, so the data upload goes through it as well.
 
 Use :class:`LifecycleProxy` from pytest (it runs its own event loop in a thread), or run it as a process:
 ``python -m tests.support.bq_lifecycle_proxy --upstream URL --port P --hold S`` and control it over HTTP:
@@ -38,6 +43,7 @@ import signal
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -52,6 +58,8 @@ _JOB = re.compile(r"^/bigquery/v2/projects/(?P<project>[^/]+)/jobs/(?P<job>[^/]+
 _CANCEL = re.compile(r"^/bigquery/v2/projects/(?P<project>[^/]+)/jobs/(?P<job>[^/]+)/cancel$")
 _RESULTS = re.compile(r"^/bigquery/v2/projects/(?P<project>[^/]+)/queries/(?P<job>[^/]+)$")
 _HOP_HEADERS = {"host", "content-length", "transfer-encoding", "connection", "accept-encoding", "keep-alive"}
+# Response headers passed back to the client besides the body and content type (upload sessions need these).
+_PASS_BACK = ("location", "x-goog-upload-status", "x-goog-upload-url", "range")
 _REASONS = {429: "rateLimitExceeded", 500: "internalError", 502: "badGateway", 503: "backendError",
             504: "timeout"}
 
@@ -80,6 +88,9 @@ class _HeldJob:
     inserted_at: float
     hold: float
     cancelled: bool = False
+    name: str | None = None
+    submitted_wall: float = 0.0  # time.time() when the insert arrived
+    answered_wall: float = 0.0  # time.time() when the insert was answered (the hold starts there)
     error: dict[str, str] | None = None  # an injected errorResult, shown once the job is DONE
     ended_at: float | None = None  # when a cancel ended it
 
@@ -90,9 +101,12 @@ class _HeldJob:
 class LifecycleProxy:
     """The proxy's state and handlers; ``start()``/``stop()`` run it on a background thread."""
 
-    def __init__(self, upstream: str, *, hold: float = 0.0, host: str = "127.0.0.1", port: int = 0) -> None:
+    def __init__(self, upstream: str, *, hold: float = 0.0, host: str = "127.0.0.1", port: int = 0,
+                 hold_for: Callable[[dict[str, Any]], tuple[str | None, float | None]] | None = None) -> None:
         self.upstream = upstream.rstrip("/")
         self.hold = hold
+        # (name, hold) for a job configuration; a None hold means the global ``hold``.
+        self.hold_for = hold_for
         self.host = host
         self.port = port
         self.inserts: Counter[str] = Counter()
@@ -128,6 +142,13 @@ class LifecycleProxy:
 
     def set_hold(self, seconds: float) -> None:
         self.hold = seconds
+
+    def job_log(self) -> list[dict[str, Any]]:
+        """Every successful insert since the last reset: job id, name, submitted / done (epoch seconds), hold."""
+        with self._lock:
+            return [{"job_id": job_id, "name": held.name, "submitted": held.submitted_wall,
+                     "done": held.answered_wall + held.hold, "hold": held.hold, "cancelled": held.cancelled}
+                    for job_id, held in self._jobs.items() if held.answered_wall]
 
     def reset(self) -> None:
         with self._lock:
@@ -245,8 +266,14 @@ class LifecycleProxy:
             if held is not None and held.running():
                 return web.json_response({"kind": "bigquery#getQueryResultsResponse", "jobComplete": False,
                                           "jobReference": {"projectId": m["project"], "jobId": m["job"]}})
-        status, data, ctype = await self._forward(request.method, request.path_qs, request.headers, body)
-        return web.Response(status=status, body=data, content_type=ctype)
+        assert self._session is not None
+        fwd = {k: v for k, v in request.headers.items() if k.lower() not in _HOP_HEADERS}
+        async with self._session.request(request.method, self.upstream + request.path_qs, data=body or None,
+                                         headers=fwd, allow_redirects=False) as resp:
+            data = await resp.read()
+            back = {k: v.replace(self.upstream, self.url) for k, v in resp.headers.items() if k.lower() in _PASS_BACK}
+            return web.Response(status=resp.status, body=data, headers=back,
+                                content_type=resp.content_type or "application/json")
 
     async def _forward(self, method: str, path_qs: str, headers: Any, body: bytes) -> tuple[int, bytes, str]:
         assert self._session is not None
@@ -269,16 +296,19 @@ class LifecycleProxy:
                                "errors": [{"domain": "global", "reason": "duplicate",
                                            "message": f"Already Exists: Job {project}:{job_id}"}],
                                "status": "ALREADY_EXISTS"}}, status=409)
+            name, hold = self.hold_for(job.get("configuration") or {}) if self.hold_for else (None, None)
             with self._lock:
                 self.inserts[job_id] += 1
                 self.configs[job_id] = job.get("configuration")
                 # Registered before forwarding: the emulator's synchronous run takes a while, and a concurrent
                 # duplicate must already see the id.
-                self._jobs[job_id] = _HeldJob(time.monotonic(), self.hold, error=job_error)
+                self._jobs[job_id] = _HeldJob(time.monotonic(), self.hold if hold is None else hold, name=name,
+                                              submitted_wall=time.time(), error=job_error)
         status, data, ctype = await self._forward("POST", request.path_qs, request.headers, body)
         if job_id and status == 200:
             with self._lock:
                 self._jobs[job_id].inserted_at = time.monotonic()  # the hold starts when the insert answers
+                self._jobs[job_id].answered_wall = time.time()
             data = self._rewrite(job_id, data)
         return web.Response(status=status, body=data, content_type=ctype)
 
