@@ -327,8 +327,11 @@ def runs(tmp_path_factory, mini_shop, cache_dir, deployment, airflow_pycache,
         "AIRFLOW__CORE__DAGS_FOLDER": str(folder), "PYTHONPYCACHEPREFIX": str(airflow_pycache)})
     try:
         env = {**deployment("stack"), "PYTHONPYCACHEPREFIX": str(airflow_pycache)}
+        # Three tasks at once: seed 003 gives every task a 120 s execution_timeout, and its snapshot runs dbt on a
+        # worker (a LOCAL fallback); with six at once beside the `dags test` processes on 2 CPUs, that dbt run alone
+        # took over 120 s. A queued task's timeout does not run.
         with AirflowStack(root / "airflow", _dags_folder(root, "stack", mini_shop, cache_dir), env=env,
-                          parallelism=6, database_url=airflow_database_url) as af:
+                          parallelism=3, database_url=airflow_database_url) as af:
             stack = _stack_outcomes(af)
         return {"dagstest": dags_tests.outcomes(), "stack": stack}
     finally:
