@@ -107,6 +107,10 @@ def upload_capture(target: RemoteTarget, dag_id: str, run_id: str, capture: Capt
         return upload.finish(capture, target_settings)
 
 
+_WRITE_HINT = ("Check that the bucket/path exists, that its endpoint is reachable from the worker and that the "
+               "connection may write to it.")
+
+
 class RunUpload:
     """A run's files going up while the capture runs: a bounded pool fed node by node, the index written last.
 
@@ -148,24 +152,19 @@ class RunUpload:
             return
         with self._lock:
             self.early += len(files)
-        for rel, data in files.items():
-            self._put(rel, data)
+        for rel, (data, digest) in files.items():
+            self._put(rel, data, digest)
 
     def finish(self, capture: Capture, target_settings: Mapping[str, Any] | None = None) -> dict[str, Any]:
         """Upload what the final capture holds and is not up yet, wait for every file, then write the index."""
+        missing = NodeCapture(fallback="dbt did not run this node during capture (disabled or not selected)")
+        nodes = [(uid, capture.nodes.get(uid, missing)) for uid in sorted(self.wanted)]
+        nodes += [(HOOK_IDS["on-run-start"], capture.on_run_start), (HOOK_IDS["on-run-end"], capture.on_run_end)]
         entries: dict[str, dict[str, Any]] = {}
-        for unique_id in sorted(self.wanted):
-            node = capture.nodes.get(unique_id)
-            if node is None:
-                node = NodeCapture(fallback="dbt did not run this node during capture (disabled or not selected)")
-            entries[unique_id], files = node_files(unique_id, node)
-            for rel, data in files.items():
-                self._put(rel, data)
-        for hook, key in HOOK_IDS.items():
-            entries[key], files = node_files(key, capture.on_run_start if hook == "on-run-start" else
-                                             capture.on_run_end)
-            for rel, data in files.items():
-                self._put(rel, data)
+        for key, node in nodes:
+            entries[key], files = node_files(key, node)
+            for rel, (data, digest) in files.items():
+                self._put(rel, data, digest)
         uploads = sorted((rel, upload) for rel, (_, upload) in self._sent.items())
         wait([upload for _, upload in uploads])
         for rel, upload in uploads:  # also here: wait() may return before a done callback has run
@@ -174,9 +173,7 @@ class RunUpload:
         if self._failure is not None:
             rel, exc = self._failure
             raise RemoteStorageError(f"cannot write the run's SQL under {self.prefix}: {rel} failed with "
-                                     f"{type(exc).__name__}: {exc}. Check that the bucket/path exists, that its "
-                                     "endpoint is reachable from the worker and that the connection may write to "
-                                     "it.") from exc
+                                     f"{type(exc).__name__}: {exc}. {_WRITE_HINT}") from exc
         version = STEPS_INDEX_VERSION if any("steps" in e for e in entries.values()) else INDEX_VERSION
         index = {"version": version, "dag_id": self.dag_id, "run_id": self.run_id, "created_at": time.time(),
                  "nodes": entries}
@@ -188,13 +185,11 @@ class RunUpload:
         try:
             self.fs.pipe_file(_strip_scheme(self.fs, path), json.dumps(index, indent=1).encode())
         except Exception as exc:
-            raise RemoteStorageError(f"cannot write the run's index {path}: {type(exc).__name__}: {exc}. Check "
-                                     "that the bucket/path exists, that its endpoint is reachable from the worker "
-                                     "and that the connection may write to it.") from exc
+            raise RemoteStorageError(f"cannot write the run's index {path}: {type(exc).__name__}: {exc}. "
+                                     f"{_WRITE_HINT}") from exc
         return index
 
-    def _put(self, rel: str, data: bytes) -> None:
-        digest = hashlib.sha256(data).hexdigest()
+    def _put(self, rel: str, data: bytes, digest: str) -> None:
         with self._lock:
             sent = self._sent.get(rel)
             if self._failure is not None or (sent is not None and sent[0] == digest):
@@ -226,13 +221,15 @@ class RunUpload:
             upload.cancel()
 
 
-def node_files(key: str, node: NodeCapture) -> tuple[dict[str, Any], dict[str, bytes]]:
-    """A node's index entry and its files (path relative to the run prefix -> bytes); see :func:`upload_capture`."""
-    files: dict[str, bytes] = {}
+def node_files(key: str, node: NodeCapture) -> tuple[dict[str, Any], dict[str, tuple[bytes, str]]]:
+    """A node's index entry and its files (path relative to the run prefix -> (bytes, sha256)); see
+    :func:`upload_capture`."""
+    files: dict[str, tuple[bytes, str]] = {}
 
     def put(rel: str, data: bytes) -> dict[str, Any]:
-        files[rel] = data
-        return {"path": rel, "sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
+        digest = hashlib.sha256(data).hexdigest()
+        files[rel] = (data, digest)
+        return {"path": rel, "sha256": digest, "bytes": len(data)}
 
     entry: dict[str, Any] = {"statements": len(node.statements), "location": node.location,
                              "fallback": node.fallback}

@@ -439,7 +439,7 @@ class BigQueryNodeTrigger(BaseTrigger):
         if error:
             raise NodeRunError(_error_message(node, job, error))
         ref = job["jobReference"]
-        url = self._jobs_url(ref["projectId"]).replace("/jobs", "/queries") + f"/{ref['jobId']}"
+        url = self._results_url(ref["projectId"], ref["jobId"])
         result = await rest.request_json("GET", url, token=await self._token(),
                                          params={**_loc(location or ref.get("location")), "maxResults": 2,
                                                  "formatOptions.useInt64Timestamp": "true"})
@@ -454,6 +454,11 @@ class BigQueryNodeTrigger(BaseTrigger):
     def _jobs_url(self, project: str) -> str:
         assert self._gcp is not None
         return f"{self._gcp.bigquery_endpoint}/bigquery/v2/projects/{project}/jobs"
+
+    def _results_url(self, project: str, job_id: str) -> str:
+        """jobs.getQueryResults of a job."""
+        assert self._gcp is not None
+        return f"{self._gcp.bigquery_endpoint}/bigquery/v2/projects/{project}/queries/{job_id}"
 
     async def _token(self) -> str | None:
         assert self._gcp is not None
@@ -579,7 +584,7 @@ class BigQueryNodeTrigger(BaseTrigger):
         """Return when BigQuery says the query job completed or after up to LONG_POLL_MS; jobs.get then has the
         job's final status (an error here — e.g. the job failed, which getQueryResults reports as an HTTP error —
         is left for jobs.get to report)."""
-        url = self._jobs_url(ref.project).replace("/jobs", "/queries") + f"/{ref.job_id}"
+        url = self._results_url(ref.project, ref.job_id)
         try:
             await rest.request_json("GET", url, token=await self._token(),
                                     params={**_loc(ref.location), "timeoutMs": LONG_POLL_MS, "maxResults": 0})
@@ -593,7 +598,7 @@ class BigQueryNodeTrigger(BaseTrigger):
         The location the job was submitted in names it; the answer's location only when none was given.
         """
         ref = job["jobReference"]
-        url = self._jobs_url(ref["projectId"]).replace("/jobs", "/queries") + f"/{ref['jobId']}"
+        url = self._results_url(ref["projectId"], ref["jobId"])
         result = await rest.request_json("GET", url, token=await self._token(),
                                          params={**_loc(location or ref.get("location")), "maxResults": 2})
         names = [f.get("name", "").lower() for f in result.get("schema", {}).get("fields", [])]
