@@ -27,6 +27,7 @@ from pathlib import Path
 import pytest
 from cosmos_async_triggers.layout import job_id_base
 
+from tests.support.airflow import AirflowStackError
 from tests.support.credentials import service_account_key
 from tests.support.faults import (
     INSERT_PATH,
@@ -390,6 +391,10 @@ def _timeout_run(rig: FaultRig, dag_id: str, run_id: str) -> tuple[str, RunCheck
     target = "model_00000_run"
     job_id = rig.task_job(dag_id, run_id, target)
     rig.trigger_once(dag_id, run_id)
+    try:
+        rig.wait_running_model_job(dag_id, run_id, tasks={target}, min_left=0.0, timeout=TIMEOUT_S + 60)
+    except AirflowStackError as exc:
+        raise AssertionError(f"{target}'s job was never RUNNING, so its timeout cannot cancel it: {exc}") from exc
     rig.wait_task(dag_id, run_id, target, {"failed", "success", "up_for_retry"})
     rig.proxy.set_hold(0)
     others = [j for j in rig.proxy.running() if rig.job_task(dag_id, run_id, j)]
