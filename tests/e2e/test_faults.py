@@ -101,6 +101,8 @@ def test_triggerer_sigkill_while_jobs_run_reattaches_without_rerunning(rig: Faul
         # From here on the runs mostly wait on held jobs: build the oracle meanwhile, and start the next test's run
         # once the kills are over.
         rig.oracle_in_background()
+    # Pinned: should these runs take longer than the whole early run, its job must still be there to cancel.
+    rig.proxy.pin_when_inserted(rig.task_job(CANCEL, CANCEL_RUN, _cancel_target(rig)))
     rig.trigger_once(CANCEL, CANCEL_RUN)
     for dag_id, run_id in runs:
         state = rig.af.wait_for_run(dag_id, run_id, timeout=150)
@@ -123,10 +125,15 @@ def test_triggerer_sigkill_while_jobs_run_reattaches_without_rerunning(rig: Faul
         assert rig.wrong_tables(dag_id) == []
 
 
+def _cancel_target(rig: FaultRig) -> str:
+    """The model the cancel test marks failed while its job runs: the first one with children."""
+    return next(t for t in rig.task_ids if t.startswith("model_") and rig.children[t])
+
+
 def test_task_marked_failed_cancels_its_running_job_and_stops_dependents(rig: FaultRig) -> None:
     rig.proxy.set_hold(HOLD)
     run_id = CANCEL_RUN
-    target = next(t for t in rig.task_ids if t.startswith("model_") and rig.children[t])
+    target = _cancel_target(rig)
     job_id = rig.task_job(CANCEL, run_id, target)
     rig.trigger_once(CANCEL, run_id)
     deadline = time.monotonic() + 180
