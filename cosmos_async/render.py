@@ -239,10 +239,13 @@ class _Renderer:
                      if self.manifest.nodes[uid].has_freshness], **remote_kwargs,
             **self.dbt_kwargs, **{**node_airflow_kwargs, **self.execution.setup_operator_args},
         ).as_setup()
+        # Airflow requires all_success right after a setup task: one scheduler hop here. Waiting in the triggerer,
+        # the run's other tasks are all deferred at its start and Airflow creates their triggers one at a time
+        # (each deserializes the whole DAG): a deferred on-run-start would queue behind all of them, so its short
+        # jobs are awaited on the worker the scheduler hands it.
         start = node_task("dbt_on_run_start", [{"id": HOOK_IDS["on-run-start"], "kind": "hook",
-                                                "name": "on-run-start"}], None,
-                          # Airflow requires all_success right after a setup task: one scheduler hop here.
-                          wait_for_parents="scheduler")
+                                                "name": "on-run-start"}], None, wait_for_parents="scheduler",
+                          await_on_worker=settings["wait_for_parents"] == "triggerer")
         tasks = self.wire(make)
         roots = [t for key, t in tasks.items() if not self.plan_by_key[key].upstream]
         leaves = [t for t in tasks.values() if not t.downstream_list]

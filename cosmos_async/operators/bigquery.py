@@ -4,7 +4,8 @@ By default the task starts in the triggerer (``start_from_trigger``) and a succe
 holds a worker slot. A failure resumes it on a worker just long enough to raise BigQuery's error (so retries and
 callbacks behave as for any task); a node the capture marked unsafe resumes on a worker and runs through dbt
 (LOCAL). With start-from-trigger off, and under ``airflow dags test`` / ``dag.test()``, ``execute`` defers to the
-same trigger.
+same trigger. With ``await_on_worker`` the task never defers: ``execute`` runs that trigger to its end on the
+worker.
 
 With ``wait_for_parents="triggerer"`` the task starts with its DAG run and its trigger waits for the upstream
 tasks (see :mod:`cosmos_async_triggers.parents`); ``execute`` judges them itself and reschedules while they run.
@@ -15,6 +16,7 @@ the task: Airflow would count it from the deferral at the run's start, so Airflo
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from datetime import timedelta
 from typing import Any
@@ -51,7 +53,7 @@ class DbtBigQueryAsyncOperator(BaseOperator):
                  labels: dict[str, str] | None = None, local_fallback: dict[str, Any] | None = None,
                  dbt_group_id: str | None = None, dbt_target: dict[str, str] | None = None,
                  wait_for_parents: str = "scheduler", parent_check_interval: float = 1.0,
-                 max_jobs: int | None = None, **kwargs: Any) -> None:
+                 max_jobs: int | None = None, await_on_worker: bool = False, **kwargs: Any) -> None:
         """``dbt_group_id``: the DbtTaskGroup whose setup uploads this node's SQL (None in a DbtDag). Credentials:
         ``gcp_conn_id``, or when it is None ``dbt_target`` (profiles.yml path, profile, target), which the trigger
         reads in the triggerer; neither holds a secret.
@@ -59,6 +61,8 @@ class DbtBigQueryAsyncOperator(BaseOperator):
         ``wait_for_parents="triggerer"``: the task starts with its DAG run (trigger rule ``always``) and waits for
         its upstream tasks itself, in the trigger; ``"scheduler"``: Airflow releases it after its upstream tasks.
         ``max_jobs``: at most this many tasks of one DAG run hold BigQuery jobs at once (per triggerer process).
+        ``await_on_worker``: the task runs on a worker and awaits its jobs there, never deferring (for short jobs
+        that must not queue behind a run's worth of triggers waiting to be created, e.g. on-run-start).
         """
         if wait_for_parents not in WAIT_MODES:
             raise ValueError(f"wait_for_parents={wait_for_parents!r}: use one of {', '.join(WAIT_MODES)}")
@@ -80,7 +84,8 @@ class DbtBigQueryAsyncOperator(BaseOperator):
         # fallback has the whole of it, from the DAG file.
         self.local_fallback = {k: fallback.pop(k) for k in _TEMPLATED_FALLBACK if fallback.get(k)}
         self.fallback_settings = fallback
-        self.start_from_trigger = start_from_trigger
+        self.await_on_worker = await_on_worker
+        self.start_from_trigger = start_from_trigger and not await_on_worker
         self.dbt_group_id = dbt_group_id
         self.parent_check_interval = parent_check_interval
         self.max_jobs = max_jobs
@@ -137,7 +142,7 @@ class DbtBigQueryAsyncOperator(BaseOperator):
                 "parents": parents or [], "parent_check_interval": self.parent_check_interval,
                 "max_jobs": self.max_jobs, "execution_timeout_s": timeout}
 
-    def execute(self, context: Any) -> None:
+    def execute(self, context: Any) -> Any:
         from cosmos_async_triggers.bigquery import BigQueryNodeTrigger
 
         ti = context["ti"]
@@ -147,9 +152,11 @@ class DbtBigQueryAsyncOperator(BaseOperator):
             # later while a parent is still running.
             self._check_parents(ti)
         run = {"dag_id": ti.dag_id, "run_id": ti.run_id, "task_id": ti.task_id, "map_index": ti.map_index}
+        trigger = BigQueryNodeTrigger(**self.trigger_kwargs(end_task=False, run=run))
+        if self.await_on_worker:
+            return self.execute_complete(context, asyncio.run(_first_event(trigger)))
         # Here the parents are done: Airflow's deadline from now is execution_timeout counted from their end.
-        self.defer(trigger=BigQueryNodeTrigger(**self.trigger_kwargs(end_task=False, run=run)),
-                   method_name="execute_complete", timeout=self.job_timeout)
+        self.defer(trigger=trigger, method_name="execute_complete", timeout=self.job_timeout)
 
     def _check_parents(self, ti: Any) -> None:
         from datetime import datetime, timedelta, timezone
@@ -212,6 +219,19 @@ class DbtBigQueryAsyncOperator(BaseOperator):
         limit = self.job_timeout if self.execution_timeout is None else None
         with timeout(limit.total_seconds()) if limit else nullcontext():
             run_dbt_command(**self.fallback_settings, **self.local_fallback, log=self.log)
+
+
+async def _first_event(trigger: Any) -> dict[str, Any]:
+    """The trigger's event, run to completion in this process (the worker), its HTTP session closed after."""
+    from cosmos_async_triggers.rest import close_session
+
+    events = trigger.run()
+    try:
+        event = await events.__anext__()
+    finally:
+        await events.aclose()
+        await close_session()
+    return event.payload
 
 
 def _describe(job: dict[str, Any]) -> str:

@@ -123,7 +123,11 @@ def test_triggerer_mode_models_wait_for_their_parents_in_the_triggerer(monkeypat
     # dbt's edges kept and handed to the trigger, with the setup (a clear re-runs it before the model).
     assert _trigger_parents(daily) == sorted({*daily.upstream_task_ids, "dbt_setup_async"})
     start = dag.task_dict["dbt_on_run_start"]  # Airflow wants all_success right after a setup task
-    assert start.trigger_rule == "all_success" and _trigger_parents(start) == []
+    assert start.trigger_rule == "all_success"
+    # Released by the scheduler when setup ends, it awaits its jobs on that worker instead of queuing behind the
+    # run's node triggers in the triggerer.
+    assert start.await_on_worker and start.start_trigger_args is None
+    assert not _dag(monkeypatch).task_dict["dbt_on_run_start"].await_on_worker  # gated runs defer it as before
     assert daily.start_trigger_args.timeout is None  # waiting does not count against execution_timeout
     end = dag.task_dict["dbt_on_run_end"]
     assert end.trigger_rule != "always" and _trigger_parents(end) == []  # a teardown: scheduler-gated, runs last
