@@ -20,7 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench import envs, parse, report, scheduling, setup_time, triggerer
+from bench import envs, parse, report, scheduling, setup_time, trigger_creation, triggerer
 from bench.results import RESULTS, environment, machine, stem
 
 WORKDIR = Path("/tmp/cosmos-async-bench")
@@ -46,6 +46,11 @@ NOTES = [
     "queueing). Ours includes reading the index + script from file:// and the insert; Google's trigger only "
     "waits (its operator inserts on a worker). Each uses its default poll interval. RSS per 1000 at N=100 "
     "is dominated by one-time costs (lazy imports, the HTTP session), so read the largest N.",
+    "Trigger creation (3b): bench/trigger_creation.py, a fresh interpreter per size; 'per trigger' is what "
+    "Airflow 3.3's trigger runner does in its event loop for each start-from-trigger workload (the whole "
+    "serialized DAG through JSON, DagSerialization.from_dict, get_task), median of the samples; 'loop time per "
+    "DAG run' multiplies it by the tasks that start in the triggerer; 'RSS per waiting trigger' is the growth per "
+    "kept task (each keeps its own DAG copy), 'all waiting at once' multiplies it by the same count.",
     "Figures 4-5: one timed run per DAG after one untimed warm-up run (slow on this machine: say so when "
     "quoting). The BigQuery emulator finishes every job at insert, so the Airflow figures are orchestration "
     "overhead, not warehouse time. 'median scheduling gap' = a task's start minus its last upstream's end "
@@ -76,11 +81,13 @@ TIERS: dict[str, list[tuple[str, Callable[[], list]]]] = {
         ("parse", lambda: parse.run([10], 1, WORKDIR / "parse")),
         ("setup", lambda: setup_time.run([10], 1, WORKDIR / "setup", warmup=False, variants=setup_time.DEFAULT)),
         ("triggerer", lambda: triggerer.run([100], 3.0, WORKDIR / "triggerer", [100])),
+        ("trigger_creation", lambda: trigger_creation.run([10], 3, WORKDIR / "trigger_creation")),
     ],
     "full": [
         ("parse", lambda: parse.run([10, 100, 1000], 5, WORKDIR / "parse", dbt_ls_models=[100], dbt_ls_runs=3)),
         ("setup", lambda: setup_time.run([10, 100], 3, WORKDIR / "setup", variants=setup_time.DEFAULT)),
         ("triggerer", lambda: triggerer.run([100, 1000, 5000], 30.0, WORKDIR / "triggerer", [100, 1000])),
+        ("trigger_creation", lambda: trigger_creation.run([200, 1000], 10, WORKDIR / "trigger_creation")),
         ("airflow", lambda: _airflow("full")),
         ("parse", lambda: parse.run([5000], 3, WORKDIR / "parse", cosmos_runs=1)),
     ],
