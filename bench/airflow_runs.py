@@ -21,6 +21,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from bench import envs
 from bench.synthetic import parse, write_project
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -127,7 +128,7 @@ def run(tier: str, workdir: Path) -> list[dict[str, Any]]:
         env = {"AIRFLOW_CONN_GCP_CONN": json.dumps(conn), "CORNER_SHOP_DATASET": "corner_shop_bench",
                "AIRFLOW__COSMOS__REMOTE_TARGET_PATH": f"gs://{gcs.extra['bucket']}/runs",
                "AIRFLOW__COSMOS__REMOTE_TARGET_PATH_CONN_ID": "gcp_conn", "AIRFLOW__COSMOS__POLL_INTERVAL": "0.5",
-               "PYTHONPATH": str(ROOT)}
+               "PYTHONPATH": envs.PYTHONPATH}
         rows.append(dbt_build(project, bq.endpoint, 3 if tier == "full" else 1))
         with AirflowStack(workdir / "airflow", dags, env=env, parallelism=8) as af:
             for dag_id in ("corner_shop", "corner_shop_worker", "synthetic_async"):

@@ -24,6 +24,9 @@ ROOT = Path(__file__).resolve().parent.parent
 VENV = ROOT / "bench" / ".venv-cosmos"
 PYTHON = VENV / "bin" / "python"
 REPORT = VENV / "bench-env.json"
+# The bench env runs our packages from this checkout, not installed: cosmos_async at the root and its triggers
+# package (cosmos_async_triggers) under triggers/.
+PYTHONPATH = f"{ROOT}:{ROOT / 'triggers'}"
 
 
 def lock_constraints(dest: Path) -> Path:

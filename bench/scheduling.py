@@ -321,7 +321,7 @@ def run(workdir: Path, kinds: tuple[str, ...] = ("proxy", "emulator"), runners: 
             "extra": {"project": "demo-proj", "keyfile_dict": json.dumps(service_account_key(tokens.url)),
                       "bigquery_api_endpoint": proxy.url}}
     # Cosmos's telemetry would call out of 127.0.0.1 on every task.
-    env = {"AIRFLOW_CONN_GCP_CONN": json.dumps(conn), "PYTHONPATH": str(ROOT),
+    env = {"AIRFLOW_CONN_GCP_CONN": json.dumps(conn), "PYTHONPATH": envs.PYTHONPATH,
            "AIRFLOW__COSMOS__ENABLE_TELEMETRY": "False", "DO_NOT_TRACK": "1"}
     try:
         with AirflowStack(workdir / "airflow", dags, env=env, parallelism=8, bin_dir=envs.VENV / "bin") as af:

@@ -23,6 +23,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+from bench import envs
 from bench.results import write_results
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -73,7 +74,7 @@ class Services:
         env = {k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW")}
         env.pop("PYTHONDONTWRITEBYTECODE", None)
         env.update({"AIRFLOW_CONN_BENCH_GCP": json.dumps(conn), "BIGQUERY_EMULATOR_HOST": self.proxy_url,
-                    "AIRFLOW__CORE__LOAD_EXAMPLES": "False", "PYTHONPATH": str(ROOT)})
+                    "AIRFLOW__CORE__LOAD_EXAMPLES": "False", "PYTHONPATH": envs.PYTHONPATH})
         return env
 
     def stop(self) -> None:
