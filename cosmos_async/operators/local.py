@@ -79,6 +79,7 @@ def run_dbt_command(project_dir: str | Path, profile_config: ProfileConfig, comm
     args += cmd_flags
     with environment(env or {}):  # a profiles.yml may read operator_args env values
         target = run_target(profile_config)
+    state = state_file(Path(project_dir), profile_config, target)
     with dbt_workspace(Path(project_dir), profile_config, install_deps=install_deps, env=env, runner=runner,
-                       target=target, partial_parse=state_file(Path(project_dir), profile_config)) as workspace:
+                       target=target, partial_parse=state) as workspace:
         invoke(workspace, args, dbt_vars, global_flags=global_flags, runner=runner)

@@ -95,10 +95,15 @@ class DbtAsyncSetupOperator(BaseOperator):
     def _capture(self, on_node_captured: Any = None) -> Any:
         """The capture; in this process ``on_node_captured`` hears of each node as dbt finishes it (a capture in
         another Python hands its nodes back only at the end, so there they go up afterwards)."""
+        from cosmos_async.dbt.invoke import environment
+        from cosmos_async.profiles import resolve_target
+
+        with environment(self.env):
+            target = resolve_target(self.profile_config)
         options: dict[str, Any] = {"select": self.select, "exclude": self.exclude, "dbt_vars": self.dbt_vars,
                                    "full_refresh": self.full_refresh, "install_deps": self.install_deps,
                                    "env": self.env, "sources": self.sources,
-                                   "partial_parse": state_file(Path(self.project_dir), self.profile_config)}
+                                   "partial_parse": state_file(Path(self.project_dir), self.profile_config, target)}
         python = self._python()
         if python is None:
             from cosmos_async.dbt.capture import capture_project
