@@ -477,12 +477,9 @@ def test_two_triggerers_share_a_triggerer_mode_run_without_submitting_twice(rig:
     assert len(check.model_jobs()) == len(models_run) == 4, (check.model_jobs(), models_run)
     assert check.early_children == [], check.early_children
     assert rig.wrong_tables(TRIGGERER_KILL) == []
-    # on-run-start awaited its job on a worker (deferred, it would queue behind the run's node triggers), once.
+    # on-run-start ran on a worker (deferred, it would queue behind the run's node triggers), never in a triggerer.
     start = {ti["task_id"]: ti for ti in rig.af.task_instances(TRIGGERER_KILL, run_id)}["dbt_on_run_start"]
     assert start["pid"] is not None and "dbt_on_run_start" not in seen, (start, seen)
-    base = job_id_base(TRIGGERER_KILL, "dbt_on_run_start", run_id) + "_"
-    starts = {j: n for j, n in rig.proxy.stats()["inserts"].items() if j.startswith(base)}
-    assert starts and set(starts.values()) == {1}, starts
 
 
 def test_tally(rig: FaultRig) -> None:
