@@ -28,6 +28,7 @@ RUNNERS = scheduling.RUNNERS  # the scheduling tier's runners, in order (--runne
 BUDGET_S = 2000.0  # the scheduling tier starts no run after this many seconds (--budget)
 KINDS: tuple[str, ...] = ("proxy", "emulator")  # the scheduling tier's kinds of jobs (--kinds narrows them)
 PROJECTS: tuple[str, ...] = ()  # the scheduling tier's projects (--projects narrows them; empty: all)
+CAPACITY: int | None = None  # the scheduling tier's [triggerer] capacity (--triggerer-capacity; None: Airflow's)
 
 NOTES = [
     "Parse: fresh interpreter per sample; one untimed warm-up run per DAG file compiles the libraries' .pyc "
@@ -93,7 +94,8 @@ TIERS: dict[str, list[tuple[str, Callable[[], list]]]] = {
     ],
     "scheduling": [("scheduling", lambda: scheduling.run(WORKDIR / "scheduling", runners=RUNNERS,
                                                          budget_s=BUDGET_S, kinds=KINDS,
-                                                         projects_wanted=PROJECTS))],
+                                                         projects_wanted=PROJECTS,
+                                                         triggerer_capacity=CAPACITY))],
 }
 
 
@@ -127,7 +129,7 @@ def write(doc: dict) -> Path:
 
 
 def main() -> None:
-    global RUNNERS, BUDGET_S, KINDS, PROJECTS
+    global RUNNERS, BUDGET_S, KINDS, PROJECTS, CAPACITY
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("tier", choices=sorted(TIERS))
     parser.add_argument("--only", nargs="*", help="run only these sections")
@@ -137,7 +139,9 @@ def main() -> None:
     parser.add_argument("--kinds", nargs="*", choices=("proxy", "emulator"), help="scheduling: only these jobs")
     parser.add_argument("--projects", nargs="*", choices=("corner_shop", "synthetic_200"),
                         help="scheduling: only these projects")
+    parser.add_argument("--triggerer-capacity", type=int, help="scheduling: the stack's [triggerer] capacity")
     args = parser.parse_args()
+    CAPACITY = args.triggerer_capacity
     KINDS = tuple(args.kinds or KINDS)
     PROJECTS = tuple(args.projects or ())
     RUNNERS = tuple(args.runners or scheduling.RUNNERS)
@@ -153,6 +157,8 @@ def main() -> None:
                            "environment": environment(), "cosmos_env": cosmos_env, "sections": {},
                            "section_errors": {},
                            "notes": [] if args.tier == "scheduling" else list(NOTES), "label": args.label}
+    if CAPACITY:
+        doc["notes"].append(f"The Airflow stack ran with [triggerer] capacity = {CAPACITY}.")
     for key, fn in TIERS[args.tier]:
         if not args.only or key in args.only:
             _section(doc, key, fn)

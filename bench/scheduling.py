@@ -286,9 +286,10 @@ def dag_run(af: Any, dag_id: str, timeout: float, keep: list[dict[str, Any]] | N
 
 def run(workdir: Path, kinds: tuple[str, ...] = ("proxy", "emulator"), runners: tuple[str, ...] = RUNNERS,
         budget_s: float = 2000.0, run_timeout_s: float = 1500.0,
-        projects_wanted: tuple[str, ...] = ()) -> list[dict[str, Any]]:
+        projects_wanted: tuple[str, ...] = (), triggerer_capacity: int | None = None) -> list[dict[str, Any]]:
     """Every runner on both projects (or ``projects_wanted``) for each kind of jobs; a run that would start after
     ``budget_s`` is recorded as skipped, not dropped. Rows: one per (kind, project, runner), in the order they ran.
+    ``triggerer_capacity``: the stack's ``[triggerer] capacity`` (None: Airflow's default, 1000).
     Each run's job timeline and task instances go to ``workdir/timelines`` (kept after the bench, for diagnosis)."""
     sys.path.insert(0, str(ROOT))
     from tests.support.airflow import AirflowStack
@@ -323,6 +324,8 @@ def run(workdir: Path, kinds: tuple[str, ...] = ("proxy", "emulator"), runners: 
     # Cosmos's telemetry would call out of 127.0.0.1 on every task.
     env = {"AIRFLOW_CONN_GCP_CONN": json.dumps(conn), "PYTHONPATH": envs.PYTHONPATH,
            "AIRFLOW__COSMOS__ENABLE_TELEMETRY": "False", "DO_NOT_TRACK": "1"}
+    if triggerer_capacity:
+        env["AIRFLOW__TRIGGERER__CAPACITY"] = str(triggerer_capacity)
     try:
         with AirflowStack(workdir / "airflow", dags, env=env, parallelism=8, bin_dir=envs.VENV / "bin") as af:
             for p in projects:
