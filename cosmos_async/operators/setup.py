@@ -92,14 +92,19 @@ class DbtAsyncSetupOperator(BaseOperator):
                       time.monotonic() - started)
         return venv_python(venv)
 
-    def _capture(self, on_node_captured: Any = None) -> Any:
-        """The capture; in this process ``on_node_captured`` hears of each node as dbt finishes it (a capture in
-        another Python hands its nodes back only at the end, so there they go up afterwards)."""
+    def _resolved_target(self) -> dict[str, Any]:
+        """The profile's target rendered here, where operator_args' env is set (the triggerer may lack those
+        variables)."""
         from cosmos_async.dbt.invoke import environment
         from cosmos_async.profiles import resolve_target
 
         with environment(self.env):
-            target = resolve_target(self.profile_config)
+            return resolve_target(self.profile_config)
+
+    def _capture(self, target: dict[str, Any], on_node_captured: Any = None) -> Any:
+        """The capture (``target``: the resolved profile target, which keys dbt's kept partial-parse state); in this
+        process ``on_node_captured`` hears of each node as dbt finishes it (a capture in another Python hands its
+        nodes back only at the end, so there they go up afterwards)."""
         options: dict[str, Any] = {"select": self.select, "exclude": self.exclude, "dbt_vars": self.dbt_vars,
                                    "full_refresh": self.full_refresh, "install_deps": self.install_deps,
                                    "env": self.env, "sources": self.sources,
@@ -114,17 +119,13 @@ class DbtAsyncSetupOperator(BaseOperator):
 
         return capture_in_python(python, Path(self.project_dir), self.profile_config, log=self.log, **options)
 
-    def _target_settings(self) -> dict[str, Any] | None:
-        """The target's public fields rendered here, where operator_args' env is set (the triggerer may lack those
-        variables). For a profile mapping, whose connection the triggers read themselves, only the job retry
-        fields (its profile_args may set them); None when there is nothing to record."""
+    def _target_settings(self, target: dict[str, Any]) -> dict[str, Any] | None:
+        """The resolved target's public fields, for the triggers. For a profile mapping, whose connection the
+        triggers read themselves, only the job retry fields (its profile_args may set them); None when there is
+        nothing to record."""
         from cosmos_async_triggers.dbt_profile import JOB_FIELDS, public_settings
 
-        from cosmos_async.dbt.invoke import environment
-        from cosmos_async.profiles import resolve_target
-
-        with environment(self.env):
-            settings = public_settings(resolve_target(self.profile_config))
+        settings = public_settings(target)
         if self.profile_config.profiles_yml_filepath is None:
             settings = {k: v for k, v in settings.items() if k in JOB_FIELDS}
         return settings or None
@@ -136,10 +137,11 @@ class DbtAsyncSetupOperator(BaseOperator):
         dag_id, run_id = context["dag_run"].dag_id, context["run_id"]
         group = self.dbt_group_id
         started = time.monotonic()
+        resolved = self._resolved_target()
         with RunUpload(target, dag_id, run_id, set(self.node_ids), group) as upload:
-            capture = self._capture(upload.node_captured)
+            capture = self._capture(resolved, upload.node_captured)
             captured = time.monotonic()
-            index = upload.finish(capture, target_settings=self._target_settings())
+            index = upload.finish(capture, target_settings=self._target_settings(resolved))
         uploaded = time.monotonic()
         fallbacks = {uid: e["fallback"] for uid, e in index["nodes"].items() if e["fallback"]}
         total = sum(e["bytes"] for e in index["nodes"].values())

@@ -125,7 +125,7 @@ def test_setup_operator_without_dbt_and_without_requirements_says_what_to_set(pr
                                   node_ids=[], remote_target_path="gs://b/p", remote_target_path_conn_id=None,
                                   use_venv=True)
     with pytest.raises(ConfigurationError, match=r"ExecutionConfig\(async_py_requirements="):
-        setup._capture()
+        setup._capture(setup._resolved_target())
 
 
 def test_setup_operator_captures_in_the_venv(venv: Path, venv_root: Path, project: Path,
@@ -137,7 +137,7 @@ def test_setup_operator_captures_in_the_venv(venv: Path, venv_root: Path, projec
     setup = DbtAsyncSetupOperator(task_id="setup", project_dir=project, profile_config=_profile(project),
                                   node_ids=[], remote_target_path="gs://b/p", remote_target_path_conn_id=None,
                                   py_requirements=REQUIREMENTS, use_venv=True, select=["model_00000+"])
-    capture = setup._capture()
+    capture = setup._capture(setup._resolved_target())
     assert "model.synthetic.model_00000" in capture.nodes
     assert "seed.synthetic.source_rows" not in capture.nodes
 
@@ -175,5 +175,5 @@ def test_setup_operator_captures_with_the_python_of_dbt_executable_path(venv: Pa
                                   node_ids=[], remote_target_path="gs://b/p", remote_target_path_conn_id=None,
                                   dbt_executable_path=venv / "bin" / "dbt")
     assert setup._python() == venv_python(venv)
-    assert _per_invocation_labels_dropped(setup._capture()) == \
+    assert _per_invocation_labels_dropped(setup._capture(setup._resolved_target())) == \
         _per_invocation_labels_dropped(capture_project(project, _profile(project)))

@@ -148,7 +148,7 @@ def test_profile_mappings_job_retries_reach_the_trigger_through_the_index_fault_
     setup = DbtAsyncSetupOperator(task_id="setup", project_dir=tmp_path, node_ids=["model.p.m"],
                                   profile_config=ProfileConfig("p", "dev", profile_mapping=mapping),
                                   remote_target_path=f"file://{tmp_path}", remote_target_path_conn_id=None)
-    settings = setup._target_settings()
+    settings = setup._target_settings(setup._resolved_target())
     assert settings == {"job_retries": "2"}
     proxy.add_fault("POST", INSERT, "job_error", count=10, reason="jobRateLimitExceeded", message="Exceeded.")
     assert _run(tmp_path, settings)["status"] == "failed"

@@ -13,6 +13,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,9 +28,24 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+class _PortTaken(RuntimeError):
+    """The emulator could not bind its port: another process took it after free_port() found it free."""
+
+
+# A port free_port() found can be taken by another process (another xdist worker's stack) before the emulator binds
+# it; such a start is retried on fresh ports. The GCS emulator does not exit then (its server thread dies), so the
+# log is read rather than the exit code.
+_PORT_TAKEN = ("address already in use", "failed to bind")
+_START_ATTEMPTS = 3
+
+
 def _wait_http(url: str, proc: subprocess.Popen, log: Path, timeout: float = 60.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
+        if any(m in log.read_text(errors="replace").lower() for m in _PORT_TAKEN):
+            proc.kill()
+            proc.wait()
+            raise _PortTaken(f"emulator could not bind its port:\n{log.read_text()[-2000:]}")
         if proc.poll() is not None:
             raise RuntimeError(f"emulator exited with {proc.returncode}:\n{log.read_text()[-4000:]}")
         try:
@@ -73,30 +89,41 @@ def _duckdb_home(workdir: Path) -> Path:
     return home
 
 
-def start_bigquery(workdir: Path, project: str = "demo-proj", port: int | None = None) -> Emulator:
+def _start(name: str, workdir: Path, argv: Callable[[int], list[str]], probe: str, port: int | None,
+           env: dict[str, str] | None = None) -> tuple[str, subprocess.Popen, Path]:
+    """Start an emulator on ``port`` (a free one if None) and wait until ``probe`` (a path) answers."""
     workdir.mkdir(parents=True, exist_ok=True)
-    port = port or free_port()
+    log = workdir / f"{name}.log"
+    attempt = 0
+    while True:
+        attempt += 1
+        rest_port = port or free_port()
+        proc = subprocess.Popen(argv(rest_port), stdout=log.open("wb"), stderr=subprocess.STDOUT, env=env,
+                                start_new_session=True)
+        endpoint = f"http://127.0.0.1:{rest_port}"
+        try:
+            _wait_http(f"{endpoint}{probe}", proc, log)
+            return endpoint, proc, log
+        except _PortTaken:
+            if attempt == _START_ATTEMPTS:
+                raise
+
+
+def start_bigquery(workdir: Path, project: str = "demo-proj", port: int | None = None) -> Emulator:
     env = {**os.environ, "HOME": str(_duckdb_home(workdir))}
-    log = workdir / "bqemulator.log"
-    proc = subprocess.Popen(
-        [str(BIN / "bqemulator"), "start", "--rest-port", str(port), "--grpc-port", str(free_port()),
-         "--project", project, "--log-level", "warning"],
-        stdout=log.open("wb"), stderr=subprocess.STDOUT, env=env, start_new_session=True,
-    )
-    endpoint = f"http://127.0.0.1:{port}"
-    _wait_http(f"{endpoint}/bigquery/v2/projects/{project}/datasets", proc, log)
+
+    def argv(rest_port: int) -> list[str]:
+        return [str(BIN / "bqemulator"), "start", "--rest-port", str(rest_port), "--grpc-port", str(free_port()),
+                "--project", project, "--log-level", "warning"]
+
+    endpoint, proc, log = _start("bqemulator", workdir, argv, f"/bigquery/v2/projects/{project}/datasets", port, env)
     return Emulator(endpoint, proc, log, {"project": project})
 
 
 def start_gcs(workdir: Path, bucket: str = "cosmos-async", port: int | None = None) -> Emulator:
-    workdir.mkdir(parents=True, exist_ok=True)
-    port = port or free_port()
-    log = workdir / "gcs-emulator.log"
-    proc = subprocess.Popen(
-        [str(BIN / "gcp-storage-emulator"), "start", "--host=127.0.0.1", f"--port={port}", "--in-memory",
-         f"--default-bucket={bucket}", "--quiet"],
-        stdout=log.open("wb"), stderr=subprocess.STDOUT, start_new_session=True,
-    )
-    endpoint = f"http://127.0.0.1:{port}"
-    _wait_http(f"{endpoint}/storage/v1/b/{bucket}", proc, log)
+    def argv(rest_port: int) -> list[str]:
+        return [str(BIN / "gcp-storage-emulator"), "start", "--host=127.0.0.1", f"--port={rest_port}", "--in-memory",
+                f"--default-bucket={bucket}", "--quiet"]
+
+    endpoint, proc, log = _start("gcs-emulator", workdir, argv, f"/storage/v1/b/{bucket}", port)
     return Emulator(endpoint, proc, log, {"bucket": bucket})

@@ -446,7 +446,7 @@ class FaultRig:
                 else:
                     if self.af.run_state(dag_id, run_id) in ("success", "failed"):
                         raise AirflowStackError(f"run {run_id} ended before a model job was RUNNING: "
-                                                f"{self.states(dag_id, run_id)}")
+                                                f"{self.states(dag_id, run_id)}\n{self.failed_logs(dag_id, run_id)}")
             if len(found) == len(runs):
                 break
             if time.monotonic() > deadline:
@@ -492,6 +492,18 @@ class FaultRig:
 
     def states(self, dag_id: str, run_id: str) -> dict[str, str]:
         return {t["task_id"]: t["state"] for t in self.af.task_instances(dag_id, run_id)}
+
+    def failed_logs(self, dag_id: str, run_id: str, chars: int = 4000) -> str:
+        """The log tails of the run's failed tasks, for an error message that says why the run ended."""
+        parts = []
+        for ti in self.af.task_instances(dag_id, run_id):
+            if ti["state"] == "failed":
+                try:
+                    text = self.af.task_log(dag_id, run_id, ti["task_id"], try_number=max(ti["try_number"], 1))
+                except Exception as exc:  # the message is for a failure already being raised
+                    text = f"(log unreadable: {exc})"
+                parts.append(f"--- {ti['task_id']} (try {ti['try_number']}) ---\n{text[-chars:]}")
+        return "\n".join(parts)
 
     # ---- faults ------------------------------------------------------------------------------------------------
 
