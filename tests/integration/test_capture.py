@@ -13,7 +13,7 @@ from google.cloud import bigquery
 from bench.synthetic import write_project
 from cosmos_async.config import ProfileConfig
 from cosmos_async.dbt.capture import capture_project
-from cosmos_async.dbt.endpoint import is_read_only
+from cosmos_async.dbt.endpoint import is_read_only, is_schema_probe
 
 
 @pytest.fixture
@@ -98,21 +98,58 @@ def test_second_run_of_incremental_model_merges(synthetic, client: bigquery.Clie
     assert "create or replace table" in full.nodes[incremental].script().lower()
 
 
+def test_schema_probe_classification() -> None:
+    probe = ("/* {\"app\": \"dbt\"} */\nselect * from (\n    select *, 'x' as dbt_updated_at from `p`.`d`.`t`\n"
+             ") as __dbt_sbq\nwhere false and current_timestamp() = current_timestamp()\nlimit 0")
+    assert is_schema_probe(probe)
+    assert is_schema_probe(probe.replace(" and current_timestamp() = current_timestamp()", ""))
+    assert not is_schema_probe("select * from `p`.`d`.`t` where false limit 0")
+    assert not is_schema_probe(probe.replace("limit 0", "limit 10"))
+
+
+def _corner_shop(tmp_path: Path, endpoint: str, dataset: str,
+                 monkeypatch: pytest.MonkeyPatch) -> tuple[Path, ProfileConfig]:
+    import shutil
+
+    project = tmp_path / "corner_shop"
+    shutil.copytree(Path(__file__).resolve().parents[2] / "dev" / "dags" / "dbt" / "corner_shop", project)
+    monkeypatch.setenv("BIGQUERY_API_ENDPOINT", endpoint)
+    monkeypatch.setenv("BIGQUERY_DATASET", dataset)
+    return project, ProfileConfig(profile_name="corner_shop", target_name="dev",
+                                  profiles_yml_filepath=project / "profiles.yml")
+
+
+def test_snapshot_first_run_is_captured_and_builds_what_dbt_build_builds(
+        tmp_path: Path, bigquery_emulator, client: bigquery.Client, monkeypatch: pytest.MonkeyPatch) -> None:
+    """On a fresh start the snapshot's table is created from its select: dbt's column-type probe of that select
+    (a warning check, before its parent exists) is answered without forwarding, so the snapshot is a script,
+    not a worker fallback, and replayed after its parents it leaves dbt build's rows."""
+    from tests.support.dbt_oracle import built_tables, dbt_build
+
+    project, profile = _corner_shop(tmp_path, bigquery_emulator.endpoint, "cap_snapshot_fresh", monkeypatch)
+    capture = capture_project(project, profile, select=["+customers_snapshot"])
+    snapshot = capture.nodes["snapshot.corner_shop.customers_snapshot"]
+    assert snapshot.fallback is None, snapshot.fallback
+    assert "create or replace table `demo-proj`.`cap_snapshot_fresh`.`customers_snapshot`" in snapshot.script()
+    dbt_build(project, seeds_only=True)
+    _run_scripts(client, capture, [uid for uid in capture.nodes if uid.startswith(("model.", "snapshot."))])
+    ours = built_tables(client, "cap_snapshot_fresh")
+
+    monkeypatch.setenv("BIGQUERY_DATASET", "cap_snapshot_fresh_oracle")
+    dbt_build(project)
+    theirs = built_tables(client, "cap_snapshot_fresh_oracle")
+    assert ours[".customers_snapshot"] and ours[".customers_snapshot"] == theirs[".customers_snapshot"]
+    assert ours[".stg_customers"] == theirs[".stg_customers"]
+
+
 def test_snapshot_merge_reading_its_own_staging_table_falls_back(tmp_path: Path, bigquery_emulator,
                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     """A snapshot's second run merges from a staging table it creates; its columns cannot be read before the
     statements run, so the node must run through dbt rather than as a script with an empty column list."""
-    import shutil
-
     from tests.support.dbt_oracle import dbt_build
 
-    project = tmp_path / "corner_shop"
-    shutil.copytree(Path(__file__).resolve().parents[2] / "dev" / "dags" / "dbt" / "corner_shop", project)
-    monkeypatch.setenv("BIGQUERY_API_ENDPOINT", bigquery_emulator.endpoint)
-    monkeypatch.setenv("BIGQUERY_DATASET", "cap_snapshot_rerun")
+    project, profile = _corner_shop(tmp_path, bigquery_emulator.endpoint, "cap_snapshot_rerun", monkeypatch)
     dbt_build(project)  # the snapshot table exists: the next run merges
-    profile = ProfileConfig(profile_name="corner_shop", target_name="dev",
-                            profiles_yml_filepath=project / "profiles.yml")
     capture = capture_project(project, profile, select=["+customers_snapshot"])
     snapshot = capture.nodes["snapshot.corner_shop.customers_snapshot"]
     assert snapshot.fallback and "creates itself" in snapshot.fallback
