@@ -252,6 +252,7 @@ class _Renderer:
         setup >> start >> roots
         teardown = DbtAsyncTeardownOperator(task_id="dbt_teardown_async", **remote_kwargs)
         last: list[BaseOperator] = leaves or [start]
+        hooks_end: dict[str, BaseOperator] = {}
         if "on-run-end" in self.manifest.hooks:
             # dbt runs on-run-end whatever the models did. As a teardown it runs after failures too, yet a failed
             # model still fails the DAG run (Airflow leaves teardowns out of the run's state).
@@ -259,11 +260,13 @@ class _Renderer:
                                                 "name": "on-run-end"}], None, wait_for_parents="scheduler")
             last >> end.as_teardown(setups=setup)
             last = [end]
+            hooks_end["dbt_on_run_end"] = end
         last >> teardown.as_teardown(setups=setup)
         # Airflow leaves a teardown whose setup failed upstream_failed (all_done_setup_success), yet a setup that
         # failed half-way through its upload has left files of this run; deleting none when it wrote none is fine.
         teardown.trigger_rule = "all_done"
-        return {"dbt_setup_async": setup, "dbt_on_run_start": start, **tasks, "dbt_teardown_async": teardown}
+        return {"dbt_setup_async": setup, "dbt_on_run_start": start, **tasks, **hooks_end,
+                "dbt_teardown_async": teardown}
 
     def async_node(self, unique_id: str) -> dict[str, Any]:
         node = self.manifest.nodes[unique_id]
