@@ -47,21 +47,24 @@ def safe_id(label: str) -> str:
     return f"{cleaned}__{hashlib.sha1(label.encode()).hexdigest()[:8]}"
 
 
-def _task_ancestors(manifest: Manifest, node_id: str, has_task: set[str]) -> list[str]:
-    """Nearest ancestors that have a task, looking through ephemeral models."""
-    found: list[str] = []
-    seen: set[str] = set()
+def _ancestors_through_ephemerals(manifest: Manifest, node_id: str) -> set[str]:
+    """Every parent of the node, and theirs through ephemeral models (which dbt inlines), up to the first
+    non-ephemeral ancestor on each path."""
+    found: set[str] = set()
     stack = list(manifest.nodes[node_id].depends_on)
     while stack:
         parent = stack.pop()
-        if parent in seen or parent not in manifest.nodes:
+        if parent in found or parent not in manifest.nodes:
             continue
-        seen.add(parent)
-        if parent in has_task:
-            found.append(parent)
-        elif manifest.nodes[parent].materialized == "ephemeral":
+        found.add(parent)
+        if manifest.nodes[parent].materialized == "ephemeral":
             stack.extend(manifest.nodes[parent].depends_on)
-    return sorted(found)
+    return found
+
+
+def _task_ancestors(manifest: Manifest, node_id: str, has_task: set[str]) -> list[str]:
+    """Nearest ancestors that have a task, looking through ephemeral models (which never get one)."""
+    return sorted(p for p in _ancestors_through_ephemerals(manifest, node_id) if p in has_task)
 
 
 def _topological(manifest: Manifest, ids: set[str]) -> list[str]:
@@ -100,19 +103,6 @@ def rendered_sources(manifest: Manifest, selected: set[str], behavior: SourceRen
         return candidates
     tested = {parent for uid in selected if nodes[uid].resource_type == "test" for parent in nodes[uid].depends_on}
     return {uid for uid in candidates if nodes[uid].has_freshness or uid in tested}
-
-
-def _ancestors_through_ephemerals(manifest: Manifest, node_id: str) -> set[str]:
-    found: set[str] = set()
-    stack = list(manifest.nodes[node_id].depends_on)
-    while stack:
-        parent = stack.pop()
-        if parent in found or parent not in manifest.nodes:
-            continue
-        found.add(parent)
-        if manifest.nodes[parent].materialized == "ephemeral":
-            stack.extend(manifest.nodes[parent].depends_on)
-    return found
 
 
 def plan_tasks(manifest: Manifest, selected: set[str], test_behavior: TestBehavior,
