@@ -14,6 +14,7 @@ import datetime
 import json
 import os
 import subprocess
+import sys
 import time
 import traceback
 from collections.abc import Callable
@@ -165,6 +166,30 @@ def main() -> None:
             doc["elapsed_s"] = round(time.monotonic() - started, 1)
     path = write(doc)
     print(f"results: {path} and {path.with_suffix('.md')}")
+    failures = _failures(doc)
+    for failure in failures:
+        print(f"FAILED {failure}", flush=True)
+    if failures and args.tier == "quick":
+        sys.exit(1)  # the quick tier is CI's smoke test: a benchmark that no longer runs must not pass it
+
+
+def _failures(doc: dict[str, Any]) -> list[str]:
+    """Sections that raised and samples that recorded an error, as ``section: where: error`` lines."""
+    found = [f"{key}: {error}" for key, error in doc["section_errors"].items()]
+
+    def walk(value: Any, where: str) -> None:
+        if isinstance(value, dict):
+            if isinstance(value.get("error"), str):
+                found.append(f"{where}: {value['error'][-300:]}")
+            for k, v in value.items():
+                walk(v, f"{where}.{k}")
+        elif isinstance(value, list):
+            for i, v in enumerate(value):
+                walk(v, f"{where}[{i}]")
+
+    for key, rows in doc["sections"].items():
+        walk(rows, key)
+    return found
 
 
 if __name__ == "__main__":
