@@ -45,9 +45,14 @@ _COMMENTS_AND_STRINGS = re.compile(
 )
 
 
+def _code(sql: str) -> str:
+    """The statement's code alone, lower case: comments, strings and quoted names blanked, no trailing ``;``."""
+    return _COMMENTS_AND_STRINGS.sub(" ", sql).strip().rstrip(";").strip().lower()
+
+
 def is_read_only(sql: str) -> bool:
     """True for a single SELECT/WITH statement: safe to send to the real warehouse during capture."""
-    code = _COMMENTS_AND_STRINGS.sub(" ", sql).strip().rstrip(";").strip().lower()
+    code = _code(sql)
     return code.startswith(("select", "with", "(")) and ";" not in code
 
 
@@ -57,9 +62,7 @@ _SCHEMA_PROBE = re.compile(r"^select\s+\*\s+from\s*\(.*\)\s*as\s+__dbt_sbq\s+whe
 
 def is_schema_probe(sql: str) -> bool:
     """True for dbt's ``select * from (...) as __dbt_sbq where false ... limit 0``, which asks for column types."""
-    code = _COMMENTS_AND_STRINGS.sub(" ", sql).strip().rstrip(";").strip().lower()
-    return _SCHEMA_PROBE.match(code) is not None
-
+    return _SCHEMA_PROBE.match(_code(sql)) is not None
 
 
 def _handler(recorder: Recorder) -> type[BaseHTTPRequestHandler]:
