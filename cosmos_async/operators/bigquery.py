@@ -154,9 +154,26 @@ class DbtBigQueryAsyncOperator(BaseOperator):
         run = {"dag_id": ti.dag_id, "run_id": ti.run_id, "task_id": ti.task_id, "map_index": ti.map_index}
         trigger = BigQueryNodeTrigger(**self.trigger_kwargs(end_task=False, run=run))
         if self.await_on_worker:
-            return self.execute_complete(context, asyncio.run(_first_event(trigger)))
+            return self.execute_complete(context, self._await_here(trigger))
         # Here the parents are done: Airflow's deadline from now is execution_timeout counted from their end.
         self.defer(trigger=trigger, method_name="execute_complete", timeout=self.job_timeout)
+
+    def _await_here(self, trigger: Any) -> dict[str, Any]:
+        """The trigger's event, awaited in this worker process; stopped (:meth:`on_kill`) or timed out by Airflow,
+        the job in flight is cancelled before the task ends."""
+        self._awaiting = True
+        try:
+            return asyncio.run(_first_event(trigger))
+        finally:
+            self._awaiting = False
+
+    def on_kill(self) -> None:
+        """Airflow calls this from its SIGTERM handler when the task is stopped (mark failed/success, clear) and
+        after an execution timeout. While the jobs are awaited here, raising leaves the event loop, and
+        :func:`_first_event` cancels the job in flight on the way out; a deferred task's trigger has its own."""
+        if getattr(self, "_awaiting", False):
+            self._awaiting = False  # one raise: a second SIGTERM must not interrupt the cancel
+            raise TaskStopped("the task was stopped while its BigQuery job ran on this worker; cancelling it")
 
     def _check_parents(self, ti: Any) -> None:
         from datetime import datetime, timedelta, timezone
@@ -221,13 +238,24 @@ class DbtBigQueryAsyncOperator(BaseOperator):
             run_dbt_command(**self.fallback_settings, **self.local_fallback, log=self.log)
 
 
+class TaskStopped(BaseException):
+    """Raised out of the worker's event loop when Airflow stops a task that awaits its jobs there. Not an
+    Exception, as KeyboardInterrupt is not: no handler on the way may take it for a job's failure."""
+
+
 async def _first_event(trigger: Any) -> dict[str, Any]:
-    """The trigger's event, run to completion in this process (the worker), its HTTP session closed after."""
+    """The trigger's event, run to completion in this process (the worker), its HTTP session closed after.
+
+    Interrupted (Airflow's timeout or :meth:`DbtBigQueryAsyncOperator.on_kill` raising out of the loop, which
+    then cancels this coroutine), it cancels the job in flight first."""
     from cosmos_async_triggers.rest import close_session
 
     events = trigger.run()
     try:
         event = await events.__anext__()
+    except BaseException:
+        await trigger.cancel_running_job()
+        raise
     finally:
         await events.aclose()
         await close_session()

@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import signal
+import threading
 import time
 import uuid
 from datetime import datetime, timedelta, timezone
@@ -340,6 +343,78 @@ def test_execution_timeout_in_triggerer_mode_cancels_the_job_counted_from_parent
     assert list(proxy.inserts.values()) == [1], proxy.inserts
     assert list(proxy.cancels.values()) == [1], proxy.cancels
     assert 1.0 <= took < 10, took
+
+
+def _hook_on_worker(target: RemoteTarget, run_id: str) -> Any:
+    """An on-run-start-like task awaiting its job on the worker, and the context Airflow would hand it."""
+    from types import SimpleNamespace
+
+    from cosmos_async.operators.bigquery import DbtBigQueryAsyncOperator
+
+    op = DbtBigQueryAsyncOperator(task_id="t", nodes=model(), gcp_conn_id="gcp_proxy", remote_target_path=target.url,
+                                  remote_target_path_conn_id=target.conn_id, location="US", poll_interval=0.05,
+                                  await_on_worker=True)
+    ti = SimpleNamespace(dag_id="dag", run_id=run_id, task_id="t", map_index=-1, xcom_push=lambda **_: None)
+    return op, {"ti": ti}
+
+
+def _after_insert(proxy: LifecycleProxy, action: Any) -> threading.Thread:
+    def wait_then_act() -> None:
+        deadline = time.monotonic() + 20
+        while not proxy.inserts and time.monotonic() < deadline:
+            time.sleep(0.02)
+        time.sleep(0.2)
+        action()
+
+    thread = threading.Thread(target=wait_then_act, daemon=True)
+    thread.start()
+    return thread
+
+
+def test_task_stopped_while_awaiting_on_the_worker_cancels_its_job_via_lifecycle_proxy(
+        file_target: RemoteTarget, proxy: LifecycleProxy) -> None:
+    """A task awaiting its job on the worker (on-run-start when models wait in the triggerer) is stopped as Airflow
+    stops a task (mark failed: SIGTERM, whose handler calls on_kill): its job is cancelled once, the task ends."""
+    from cosmos_async.operators.bigquery import TaskStopped
+
+    run_id = new_run()
+    upload(file_target, run_id, {"model.p.m": NodeCapture(["select 1"])})
+    proxy.set_hold(30)
+    op, context = _hook_on_worker(file_target, run_id)
+    previous = signal.signal(signal.SIGTERM, lambda *_: op.on_kill())  # Airflow's task runner does this
+    try:
+        _after_insert(proxy, lambda: os.kill(os.getpid(), signal.SIGTERM))
+        started = time.monotonic()
+        with pytest.raises(TaskStopped, match="stopped while its BigQuery job ran"):
+            op.execute(context)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert list(proxy.inserts.values()) == [1] and list(proxy.cancels.values()) == [1], proxy.cancels
+    assert time.monotonic() - started < 10
+    op.on_kill()  # called again after the task ended (Airflow's timeout path does): nothing more happens
+    assert list(proxy.cancels.values()) == [1], proxy.cancels
+
+
+def test_execution_timeout_while_awaiting_on_the_worker_cancels_its_job_via_lifecycle_proxy(
+        file_target: RemoteTarget, proxy: LifecycleProxy) -> None:
+    """Airflow's execution_timeout on the worker (SIGALRM, then on_kill): the job in flight is cancelled once."""
+    from airflow.sdk.exceptions import AirflowTaskTimeout
+    from airflow.sdk.execution_time.timeout import timeout
+
+    run_id = new_run()
+    upload(file_target, run_id, {"model.p.m": NodeCapture(["select 1"])})
+    proxy.set_hold(30)
+    op, context = _hook_on_worker(file_target, run_id)
+    # Airflow's timeout fires by SIGALRM: sent here once the job runs, so a slow start cannot make it come early.
+    _after_insert(proxy, lambda: os.kill(os.getpid(), signal.SIGALRM))
+    with pytest.raises(AirflowTaskTimeout):
+        try:
+            with timeout(120):  # what Airflow wraps execute in
+                op.execute(context)
+        except AirflowTaskTimeout:
+            op.on_kill()
+            raise
+    assert list(proxy.inserts.values()) == [1] and list(proxy.cancels.values()) == [1], proxy.cancels
 
 
 def test_done_job_is_not_run_again_via_lifecycle_proxy(file_target: RemoteTarget, proxy: LifecycleProxy) -> None:

@@ -231,6 +231,11 @@ class BigQueryNodeTrigger(BaseTrigger):
             return
         await self._cancel_active()
 
+    async def cancel_running_job(self) -> None:
+        """Cancel the job in flight now, without asking the task's state: for a worker that awaits the trigger
+        itself (``await_on_worker``) and was stopped or timed out by Airflow."""
+        await self._cancel_active()
+
     def _timed_out(self) -> bool:
         """True once the deadline the triggerer set on this trigger (the task's execution_timeout) has passed."""
         deadline = getattr(self, "timeout_after", None)
