@@ -64,14 +64,16 @@ OPTIONS: dict[str, tuple[str, str, str | None, str | None]] = {
     "wait_for_parents": (
         "Who releases an AIRFLOW_ASYNC model once its parents succeed: 'triggerer' (every model task of a run "
         "starts in the triggerer with the run and submits its job the moment its parents are done) or "
-        "'scheduler' (the default: Airflow's trigger rules, one scheduler and triggerer round trip per "
-        "dependency). 'triggerer' is opt-in (ExecutionMode.WATCHER always uses it); operator_args "
+        "'scheduler' (Airflow's trigger rules, one scheduler and triggerer round trip per dependency). Empty "
+        "(the default): 'triggerer', except for tasks started on a worker (start_from_trigger False), an "
+        "operator_args trigger_rule other than all_success, and DAGs or task groups of more than 500 node "
+        "tasks, which get 'scheduler'. ExecutionMode.WATCHER always uses 'triggerer'; operator_args "
         "wait_for_parents overrides it.",
-        "string", "triggerer", "scheduler",
+        "string", "scheduler", "",
     ),
     "max_concurrent_jobs": (
         "At most this many model tasks of one DAG run (or DbtTaskGroup) hold BigQuery jobs at once in one "
-        "triggerer process, like dbt's threads. Empty: the profile's threads with wait_for_parents 'triggerer', "
+        "triggerer process, like dbt's threads. Empty: the profile's threads when waiting in the triggerer, "
         "no cap with 'scheduler'. operator_args max_concurrent_jobs overrides it.",
         "integer", "8", "",
     ),

@@ -37,6 +37,10 @@ _TOOLKIT_ARGS = ("install_deps", "full_refresh", "vars", "env", "append_env", "g
                  "source_freshness_wait")
 log = logging.getLogger(__name__)
 DBT_DEFAULT_THREADS = 1  # dbt's default when a target sets no threads
+# Airflow 3.3 hands each start-from-trigger task the whole serialized DAG and the trigger keeps a copy while it
+# waits: at 200 models (401 tasks) all waiting cost 0.9 GB, at 1000 models 22 GB (README: Triggerer load). Beyond
+# this many node tasks in one DAG or task group, models wait for the scheduler unless wait_for_parents says so.
+TRIGGERER_WAIT_MAX_TASKS = 500
 
 
 def asset_for(node: DbtNode) -> Asset | None:
@@ -212,7 +216,7 @@ class _Renderer:
             raise ConfigurationError(f"ExecutionConfig(setup_operator_args=...) takes Airflow task arguments (queue, "
                                      f"pool, retries, ...); {', '.join(toolkit)} belong in operator_args.")
         remote = RemoteTarget.from_config(args.get("remote_target_path"), args.get("remote_target_path_conn_id"))
-        settings = async_settings(self.profile, args, self.execution.execution_mode)
+        settings = async_settings(self.profile, args, self.execution.execution_mode, len(self.plans))
         node_airflow_kwargs = self.airflow_kwargs
         # Two DbtTaskGroups of one DAG run each keep their files apart (their own setup, index and teardown).
         remote_kwargs = {"remote_target_path": remote.url, "remote_target_path_conn_id": remote.conn_id,
@@ -288,7 +292,7 @@ def _strings(operator_args: dict[str, Any], name: str) -> list[str]:
 
 
 def async_settings(profile: ProfileConfig, operator_args: dict[str, Any],
-                   mode: ExecutionMode = ExecutionMode.AIRFLOW_ASYNC) -> dict[str, Any]:
+                   mode: ExecutionMode = ExecutionMode.AIRFLOW_ASYNC, node_tasks: int = 0) -> dict[str, Any]:
     """Credentials, project, location and polling for AIRFLOW_ASYNC tasks: operator_args, then profile, then [cosmos].
 
     The triggers authenticate with ``operator_args['gcp_conn_id']``, else the profile mapping's connection, else
@@ -303,17 +307,7 @@ def async_settings(profile: ProfileConfig, operator_args: dict[str, Any],
     start = operator_args.get("start_from_trigger")
     if start is None:
         start = str(cosmos_setting("start_from_trigger", "True")).lower() == "true"
-    # AIRFLOW_ASYNC: Airflow's scheduler gates the edges unless the user opts in to waiting in the triggerer;
-    # WATCHER is this engine with the dependencies in the triggerer, whatever [cosmos] says.
-    default_wait = "triggerer" if mode == ExecutionMode.WATCHER else cosmos_setting("wait_for_parents", "")
-    wait = str(operator_args.get("wait_for_parents") or default_wait or "scheduler").lower()
-    if wait not in ("triggerer", "scheduler"):
-        raise ConfigurationError(f"wait_for_parents={wait!r} (operator_args or [cosmos]): use 'triggerer' or "
-                                 "'scheduler'.")
-    if wait == "triggerer" and operator_args.get("trigger_rule") not in (None, "always", "all_success"):
-        raise ConfigurationError(
-            f"operator_args trigger_rule={operator_args['trigger_rule']!r} needs wait_for_parents='scheduler': with "
-            "'triggerer' model tasks start with the run and wait for all their parents to succeed themselves.")
+    wait = _wait_for_parents(operator_args, mode, bool(start), node_tasks)
     jobs = operator_args.get("max_concurrent_jobs") or cosmos_setting("max_concurrent_jobs", "")
     if not jobs and wait == "triggerer":
         # Waiting in the triggerer, every ready model would submit at once: dbt's threads bound them instead.
@@ -340,6 +334,33 @@ def async_settings(profile: ProfileConfig, operator_args: dict[str, Any],
         "location": operator_args.get("location") or profile_args.get("location")
         or cosmos_setting("default_location", "US"),
     }
+
+
+def _wait_for_parents(operator_args: dict[str, Any], mode: ExecutionMode, start_from_trigger: bool,
+                      node_tasks: int) -> str:
+    """Who releases a model once its parents succeed: operator_args, then WATCHER's rule, then ``[cosmos]``, else
+    the triggerer wherever it can serve (see :data:`TRIGGERER_WAIT_MAX_TASKS`)."""
+    from cosmos_async.config import cosmos_setting
+
+    chosen = operator_args.get("wait_for_parents") or (
+        "triggerer" if mode == ExecutionMode.WATCHER else cosmos_setting("wait_for_parents", ""))
+    rule = operator_args.get("trigger_rule")
+    if not chosen:
+        # The scheduler where the triggerer cannot serve: a task started on a worker would hold a slot at every
+        # look at its parents, a trigger rule other than all_success needs Airflow's, and a large DAG would
+        # hold a deserialized copy of itself per waiting task in the triggerer.
+        simple_rule = rule in (None, "always", "all_success")
+        chosen = ("triggerer" if start_from_trigger and simple_rule and node_tasks <= TRIGGERER_WAIT_MAX_TASKS
+                  else "scheduler")
+    wait = str(chosen).lower()
+    if wait not in ("triggerer", "scheduler"):
+        raise ConfigurationError(f"wait_for_parents={wait!r} (operator_args or [cosmos]): use 'triggerer' or "
+                                 "'scheduler'.")
+    if wait == "triggerer" and rule not in (None, "always", "all_success"):
+        raise ConfigurationError(
+            f"operator_args trigger_rule={rule!r} needs wait_for_parents='scheduler': with 'triggerer' model tasks "
+            "start with the run and wait for all their parents to succeed themselves.")
+    return wait
 
 
 def profile_threads(profile: ProfileConfig) -> int:

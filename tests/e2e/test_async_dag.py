@@ -59,13 +59,13 @@ corner_shop_worker = DbtDag(dag_id="corner_shop_worker", project_config=project_
 corner_shop_broken = DbtDag(
     dag_id="corner_shop_broken",
     project_config=ProjectConfig(dbt_project_path=BROKEN, manifest_path=BROKEN / "manifest.json"),
-    profile_config=profile_in("async_broken"),
+    profile_config=profile_in("async_broken"), operator_args={"wait_for_parents": "scheduler"},
     render_config=RenderConfig(select=["+stg_orders", "+stg_customers", "orders"]), **common)
-# The same with the opt-in wait in the triggerer (its own dataset: both runs may overlap).
+# The same waiting in the triggerer, the default (its own dataset: both runs may overlap).
 corner_shop_broken_triggerer = DbtDag(
     dag_id="corner_shop_broken_triggerer",
     project_config=ProjectConfig(dbt_project_path=BROKEN, manifest_path=BROKEN / "manifest.json"),
-    profile_config=profile_in("async_broken_triggerer"), operator_args={"wait_for_parents": "triggerer"},
+    profile_config=profile_in("async_broken_triggerer"),
     render_config=RenderConfig(select=["+stg_orders", "+stg_customers", "orders"]), **common)
 # Two runs at once share their tables, and dbt-bigquery reloads a seed by dropping it first: the overlapping
 # runs read seeds loaded before them, so that one run's reload cannot break the other's reads. stg_customers and
@@ -283,12 +283,13 @@ def _broken_run(stack: AirflowStack, dag_id: str, gcs, gcs_emulator) -> tuple[st
 
 def test_broken_model_fails_with_bigquery_message_and_teardown_still_cleans(stack: AirflowStack, gcs,
                                                                          gcs_emulator) -> None:
+    """wait_for_parents='scheduler': Airflow's trigger rules leave the child upstream_failed."""
     _, states = _broken_run(stack, "corner_shop_broken", gcs, gcs_emulator)
     assert states["orders.run"] == "upstream_failed", states
 
 
 def test_triggerer_mode_children_of_a_broken_model_fail_naming_it(stack: AirflowStack, gcs, gcs_emulator) -> None:
-    """wait_for_parents='triggerer': no trigger may set upstream_failed, so the child fails without running,
+    """Waiting in the triggerer (the default): no trigger may set upstream_failed, so the child fails without running,
     with one line naming its failed parent."""
     run_id, states = _broken_run(stack, "corner_shop_broken_triggerer", gcs, gcs_emulator)
     assert states["orders.run"] == "failed", states

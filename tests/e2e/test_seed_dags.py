@@ -365,5 +365,8 @@ def test_seed_003_shape_waits_for_its_upstream_task(runs) -> None:
     assert "first_dbt_task_group.customer_orders_run" in group, outcome.tasks
     assert set(group.values()) == {"success"}, outcome.detail
     times = {ti["task_id"]: ti for ti in outcome.instances}
-    first = min(times[t]["start_date"] for t in group)
-    assert times["pre_dbt"]["end_date"] <= first, times
+    # Model tasks start (deferred, waiting for their parents in the triggerer) with the run; the group's setup,
+    # which every one of them waits for, starts only once pre_dbt has ended.
+    setup = times["first_dbt_task_group.dbt_setup_async"]
+    assert times["pre_dbt"]["end_date"] <= setup["start_date"], times
+    assert all(setup["end_date"] <= times[t]["end_date"] for t in group), times

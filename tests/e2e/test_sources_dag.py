@@ -2,18 +2,19 @@
 
 The fresh_shop project (tests/support/source_project.py) runs as AIRFLOW_ASYNC with
 SourceRenderingBehavior.WITH_TESTS_OR_FRESHNESS. In the one run:
-- ``orders`` is 30 h old, error_after 1 h, no wait: its task fails with dbt's wording, stg_orders ends
-  upstream_failed and is never built;
+- ``orders`` is 30 h old, error_after 1 h, no wait: its task fails with dbt's wording, stg_orders fails
+  naming it (waiting in the triggerer, the default: no trigger may set upstream_failed) and is never built;
 - ``events`` is stale too but waits (its meta re-checks every 3 s): rows loaded while its task is deferred
   release it, and the source task never holds a worker slot;
 - ``payments`` is past warn_after only: the task log says so and stg_payments is built;
 - ``customers`` has no loaded_at_field: judged from the table's metadata, fresh;
-- ``stores`` has a failing not_null source test: stg_stores ends upstream_failed;
+- ``stores`` has a failing not_null source test: stg_stores fails naming it, unbuilt;
 - ``calendar`` reads no source and is built whatever the sources do.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -22,14 +23,13 @@ import time
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
 
 import pytest
 from google.api_core.client_options import ClientOptions
 from google.auth.credentials import AnonymousCredentials
 from google.cloud import bigquery
 
-from tests.support.airflow import AirflowStack
+from tests.support.airflow import AirflowStack, AirflowStackError
 from tests.support.source_project import insert_fresh_event, load_raw, write_source_project
 
 REPO = Path(__file__).resolve().parents[2]
@@ -86,12 +86,16 @@ def _tables(client: bigquery.Client) -> set[str]:
         d.dataset_id for d in client.list_datasets()} else set()
 
 
-def _wait_deferred(stack: AirflowStack, run_id: str, task_id: str, timeout: float = 120) -> dict[str, Any]:
+def _wait_stale_check(stack: AirflowStack, run_id: str, task_id: str, timeout: float = 180) -> str:
+    """The task's log once its trigger found the source stale and waits (the task defers with the run, before
+    the setup has ended: being deferred does not mean it has checked yet)."""
     deadline = time.monotonic() + timeout
     while True:
-        ti = stack.task_instance(DAG_ID, run_id, task_id)
-        if ti["state"] == "deferred" or time.monotonic() > deadline:
-            return ti
+        text = ""
+        with contextlib.suppress(AirflowStackError):
+            text = stack.task_log(DAG_ID, run_id, task_id)
+        if "checking again in" in text or time.monotonic() > deadline:
+            return text
         time.sleep(0.5)
 
 
@@ -101,7 +105,8 @@ def test_freshness_gates_in_one_run(stack: AirflowStack, client: bigquery.Client
     started = time.monotonic()
     run_id = stack.trigger(DAG_ID)
     # The events source has checked once and waits in the triggerer; its late rows arrive now.
-    assert _wait_deferred(stack, run_id, "raw_events_source")["state"] == "deferred"
+    assert "ERROR STALE freshness of raw.events" in _wait_stale_check(stack, run_id, "raw_events_source")
+    assert stack.task_instance(DAG_ID, run_id, "raw_events_source")["state"] == "deferred"
     time.sleep(4)  # at least one more check finds it still stale
     insert_fresh_event(client, RAW)
     state = stack.wait_for_run(DAG_ID, run_id, timeout=240)
@@ -112,11 +117,11 @@ def test_freshness_gates_in_one_run(stack: AirflowStack, client: bigquery.Client
         "raw_orders_source", "stg_orders_run", "raw_events_source", "stg_events_run", "raw_payments_source",
         "stg_payments_run", "raw_customers_source", "stg_customers_run", "raw_stores.source", "raw_stores.test",
         "stg_stores_run", "calendar_run")} == {
-        "raw_orders_source": "failed", "stg_orders_run": "upstream_failed",
+        "raw_orders_source": "failed", "stg_orders_run": "failed",
         "raw_events_source": "success", "stg_events_run": "success",
         "raw_payments_source": "success", "stg_payments_run": "success",
         "raw_customers_source": "success", "stg_customers_run": "success",
-        "raw_stores.source": "success", "raw_stores.test": "failed", "stg_stores_run": "upstream_failed",
+        "raw_stores.source": "success", "raw_stores.test": "failed", "stg_stores_run": "failed",
         "calendar_run": "success"}
     # No job built what a stale or failing source feeds; everything else is there (regions has no gate).
     assert _tables(client) == {"stg_events", "stg_payments", "stg_customers", "stg_regions", "calendar"}
@@ -124,6 +129,8 @@ def test_freshness_gates_in_one_run(stack: AirflowStack, client: bigquery.Client
     orders_log = stack.task_log(DAG_ID, run_id, "raw_orders_source")
     assert "ERROR STALE freshness of raw.orders: max(loaded_at) is " in orders_log
     assert "30.0 hours ago" in orders_log and "error_after is 1 hour (3600 s)" in orders_log
+    assert "not run: upstream task 'raw_orders_source' ended failed" in stack.task_log(DAG_ID, run_id, "stg_orders_run")
+    assert "not run: upstream task 'raw_stores.test' ended failed" in stack.task_log(DAG_ID, run_id, "stg_stores_run")
     assert "WARN freshness of raw.payments" in stack.task_log(DAG_ID, run_id, "raw_payments_source")
     events_log = stack.task_log(DAG_ID, run_id, "raw_events_source")
     assert "ERROR STALE freshness of raw.events" in events_log and "checking again in 3 s" in events_log

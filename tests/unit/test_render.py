@@ -81,8 +81,27 @@ def _trigger_parents(task) -> list[str] | None:
     return None if args is None else args.trigger_kwargs.get("parents", [])
 
 
-def test_models_are_scheduler_gated_by_default(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Default (AIRFLOW_ASYNC): Airflow's trigger rules release each model, as before the triggerer mode existed."""
+def test_models_wait_in_the_triggerer_by_default_and_for_the_scheduler_where_it_cannot_serve(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Default (AIRFLOW_ASYNC): waiting in the triggerer; the scheduler gates the models of a DAG started on
+    workers, one with a trigger rule of its own, one too large for the triggerer, or when the user says so."""
+    from cosmos_async import render
+
+    assert _dag(monkeypatch).task_dict["daily_revenue.run"].wait_for_parents == "triggerer"
+    gated = {"worker path": _dag(monkeypatch, operator_args={"start_from_trigger": False}),
+             "trigger rule": _dag(monkeypatch, operator_args={"trigger_rule": "all_done"}),
+             "asked": _dag(monkeypatch, operator_args={"wait_for_parents": "scheduler"})}
+    from cosmos_async.provider import OPTIONS  # what `airflow config list` tells users
+
+    assert "more than 500 node tasks" in OPTIONS["wait_for_parents"][0] and render.TRIGGERER_WAIT_MAX_TASKS == 500
+    monkeypatch.setattr(render, "TRIGGERER_WAIT_MAX_TASKS", 5)
+    gated["large"] = _dag(monkeypatch)
+    gated["large, asked for the triggerer"] = _dag(monkeypatch, operator_args={"wait_for_parents": "triggerer"})
+    waits = {why: dag.task_dict["daily_revenue.run"].wait_for_parents for why, dag in gated.items()}
+    assert waits == {"worker path": "scheduler", "trigger rule": "scheduler", "asked": "scheduler",
+                     "large": "scheduler", "large, asked for the triggerer": "triggerer"}
+
+    monkeypatch.setenv("AIRFLOW__COSMOS__WAIT_FOR_PARENTS", "scheduler")
     daily = _dag(monkeypatch).task_dict["daily_revenue.run"]
     assert daily.trigger_rule == "all_success" and _trigger_parents(daily) == []
     assert daily.wait_for_parents == "scheduler" and daily.max_jobs is None  # no cap unless the user sets one
@@ -111,12 +130,12 @@ def test_triggerer_mode_execution_timeout_counts_from_the_parents_end(monkeypatc
     daily.execution_timeout = timedelta(seconds=3)  # set after rendering, as a DAG file may
     assert daily.start_trigger_args.trigger_kwargs["execution_timeout_s"] == 3.0
     assert _scheduler_view(dag, "daily_revenue.run").execution_timeout is None
-    gated = _dag(monkeypatch, operator_args={"execution_timeout": seven})
+    gated = _dag(monkeypatch, operator_args={"execution_timeout": seven, "wait_for_parents": "scheduler"})
     assert _scheduler_view(gated, "daily_revenue.run").execution_timeout == seven
 
 
 def test_triggerer_mode_models_wait_for_their_parents_in_the_triggerer(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Opt-in: every model task starts with the run and its trigger waits for exactly its graph parents."""
+    """Every model task starts with the run and its trigger waits for exactly its graph parents."""
     dag = _dag(monkeypatch, operator_args={"wait_for_parents": "triggerer"})
     daily = dag.task_dict["daily_revenue.run"]
     assert daily.trigger_rule == "always"
@@ -127,13 +146,15 @@ def test_triggerer_mode_models_wait_for_their_parents_in_the_triggerer(monkeypat
     # Released by the scheduler when setup ends, it awaits its jobs on that worker instead of queuing behind the
     # run's node triggers in the triggerer.
     assert start.await_on_worker and start.start_trigger_args is None
-    assert not _dag(monkeypatch).task_dict["dbt_on_run_start"].await_on_worker  # gated runs defer it as before
+    gated = {"wait_for_parents": "scheduler"}
+    assert not _dag(monkeypatch, operator_args=gated).task_dict["dbt_on_run_start"].await_on_worker  # deferred
     assert daily.start_trigger_args.timeout is None  # waiting does not count against execution_timeout
     end = dag.task_dict["dbt_on_run_end"]
     assert end.trigger_rule != "always" and _trigger_parents(end) == []  # a teardown: scheduler-gated, runs last
     assert daily.max_jobs == 4  # the mapping's default threads
     monkeypatch.setenv("AIRFLOW__COSMOS__WAIT_FOR_PARENTS", "triggerer")
-    assert _dag(monkeypatch).task_dict["daily_revenue.run"].trigger_rule == "always"
+    assert _dag(monkeypatch, operator_args={"start_from_trigger": False}).task_dict[
+        "daily_revenue.run"].trigger_rule == "always"  # asked for: also on the worker path (rescheduling there)
     # WATCHER is the triggerer engine whatever [cosmos] says.
     monkeypatch.setenv("AIRFLOW__COSMOS__WAIT_FOR_PARENTS", "scheduler")
     assert _dag(monkeypatch, mode=ExecutionMode.WATCHER).task_dict["daily_revenue.run"].trigger_rule == "always"
@@ -157,7 +178,7 @@ def test_job_cap_follows_threads_when_waiting_in_the_triggerer(monkeypatch: pyte
     monkeypatch.setenv("AIRFLOW__COSMOS__MAX_CONCURRENT_JOBS", "3")
     assert _dag(monkeypatch, {"threads": 8}, operator_args=wait).task_dict["orders.run"].max_jobs == 3
     # An explicit cap also holds for scheduler-gated runs (which have none by default).
-    task = _dag(monkeypatch).task_dict["orders.run"]
+    task = _dag(monkeypatch, operator_args={"wait_for_parents": "scheduler"}).task_dict["orders.run"]
     assert task.start_trigger_args.trigger_kwargs["max_jobs"] == 3
 
 
@@ -178,7 +199,7 @@ def test_bad_scheduling_arguments_name_the_fix(monkeypatch: pytest.MonkeyPatch) 
     with pytest.raises(ConfigurationError, match="trigger_rule='all_done' needs wait_for_parents='scheduler'"):
         _dag(monkeypatch, operator_args={"trigger_rule": "all_done", "wait_for_parents": "triggerer"})
     assert _dag(monkeypatch, operator_args={"trigger_rule": "all_done"}).task_dict["orders.run"].trigger_rule == \
-        "all_done"  # scheduler-gated (the default): any trigger rule, as before
+        "all_done"  # a trigger rule of its own: scheduler-gated, any trigger rule, as before
     with pytest.raises(ConfigurationError, match="vars belong in operator_args"):
         _dag(monkeypatch, mode=ExecutionMode.WATCHER, setup_operator_args={"vars": {"a": 1}})
     with pytest.raises(ConfigurationError, match="setup_operator_args"):
