@@ -51,6 +51,7 @@ TRIGGERER_TIMEOUT = "fault_triggerer_timeout"  # the timeout DAG waiting for par
 TRIGGERER_KILL, TRIGGERER_TRANSIENT = "fault_triggerer_kill", "fault_triggerer_transient"
 RETRY, CLEAR, MARKED, NOSETUP = ("fault_triggerer_retry", "fault_triggerer_clear", "fault_triggerer_marked",
                                  "fault_triggerer_nosetup")
+CAP1 = "fault_triggerer_cap1"  # one model job at a time per triggerer process
 CANCEL_RUN, TRANSIENT_RUN, WORKER_RUN = "cancel-1", "transient-1", "worker-1"
 TRANSIENT_RUNS = [(TRANSIENT, TRANSIENT_RUN), (TRIGGERER_TRANSIENT, "transient-triggerer-1")]
 RETRY_RUN, CLEAR_RUN, MARKED_RUN, NOSETUP_RUN = "retry-1", "clear-1", "marked-1", "nosetup-1"
@@ -72,7 +73,7 @@ def rig(tmp_path_factory: pytest.TempPathFactory, airflow_pycache: Path, bigquer
     key = service_account_key(token_endpoint.url)
     with FaultRig(tmp_path_factory.mktemp("faults"), bigquery_emulator.endpoint, key,
                   [KILL, CANCEL, TRANSIENT, WORKER, TIMEOUT, TRIGGERER_TIMEOUT, TRIGGERER_KILL,
-                   TRIGGERER_TRANSIENT, RETRY, CLEAR, MARKED, NOSETUP], hold=HOLD, pycache=pycache) as rig:
+                   TRIGGERER_TRANSIENT, RETRY, CLEAR, MARKED, NOSETUP, CAP1], hold=HOLD, pycache=pycache) as rig:
         yield rig
         print("\n" + rig.tally.report(), flush=True)
 
@@ -403,8 +404,13 @@ def _timeout_run(rig: FaultRig, dag_id: str, run_id: str) -> tuple[str, RunCheck
     except AirflowStackError as exc:
         raise AssertionError(f"{target}'s job was never RUNNING, so its timeout cannot cancel it: {exc}") from exc
     rig.wait_task(dag_id, run_id, target, {"failed", "success", "up_for_retry"})
+    # The task fails when the scheduler times it out; the triggerer cancels its trigger (which cancels the job) at
+    # its next look, a moment later: the job stays held until then, or it would end DONE first.
+    deadline = time.monotonic() + 60
+    while not rig.proxy.stats()["cancels"].get(job_id) and time.monotonic() < deadline:
+        time.sleep(0.2)
     rig.proxy.set_hold(0)
-    others = [j for j in rig.proxy.running() if rig.job_task(dag_id, run_id, j)]
+    others = [j for j in rig.proxy.running() if rig.job_task(dag_id, run_id, j) and j != job_id]
     rig.proxy.pin(others)  # the other root model's job, held as long: let it finish now
     rig.proxy.release(others)
     state = rig.af.wait_for_run(dag_id, run_id, timeout=120)
@@ -443,7 +449,8 @@ def test_execution_timeout_cancels_the_running_job_in_triggerer_mode(rig: FaultR
 def test_two_triggerers_share_a_triggerer_mode_run_without_submitting_twice(rig: FaultRig) -> None:
     """Two triggerer processes (capacity 4 each, so a run's 6 triggers cannot all sit in one) share a run whose
     models wait for their parents in the triggerer: each process has its own board and job cap, a child learns of a
-    parent in the other process from the batched state checks; no job is submitted twice, none early."""
+    parent in the other process from the batched state checks; no job is submitted twice, none early. The run's
+    cap is one job: the README's "N triggerers, up to N x the cap" — never two at once in one process."""
     rig.proxy.set_hold(2.0)
     run_id = "two-triggerers-1"
     capacity = {"AIRFLOW__TRIGGERER__CAPACITY": "4"}
@@ -452,11 +459,11 @@ def test_two_triggerers_share_a_triggerer_mode_run_without_submitting_twice(rig:
     rig.af.start_component("triggerer-2", command="triggerer", extra_env=capacity)
     seen: dict[str, set[int]] = {}
     try:
-        rig.trigger_once(TRIGGERER_KILL, run_id)
+        rig.trigger_once(CAP1, run_id)
         deadline = time.monotonic() + 240
-        while rig.af.run_state(TRIGGERER_KILL, run_id) not in ("success", "failed"):
-            assert time.monotonic() < deadline, rig.states(TRIGGERER_KILL, run_id)
-            for ti in rig.af.task_instances(TRIGGERER_KILL, run_id):
+        while rig.af.run_state(CAP1, run_id) not in ("success", "failed"):
+            assert time.monotonic() < deadline, rig.states(CAP1, run_id)
+            for ti in rig.af.task_instances(CAP1, run_id):
                 if (ti.get("trigger") or {}).get("triggerer_id") is not None:
                     seen.setdefault(ti["task_id"], set()).add(ti["trigger"]["triggerer_id"])
             time.sleep(0.3)
@@ -464,7 +471,7 @@ def test_two_triggerers_share_a_triggerer_mode_run_without_submitting_twice(rig:
         rig.af.remove_component("triggerer-2")
         rig.af.kill_triggerer()
         rig.af.start_triggerer()
-    check = rig.check_run(TRIGGERER_KILL, run_id)
+    check = rig.check_run(CAP1, run_id)
     models_run = check.models_run()
     rig.tally.add_run(check, models_run=models_run)
     log(f"{run_id}: {check.state}; triggerer job ids per task {seen}; jobs {check.inserts}; gaps {check.gaps}")
@@ -476,9 +483,16 @@ def test_two_triggerers_share_a_triggerer_mode_run_without_submitting_twice(rig:
     assert check.cancels == {}, check.cancels
     assert len(check.model_jobs()) == len(models_run) == 4, (check.model_jobs(), models_run)
     assert check.early_children == [], check.early_children
-    assert rig.wrong_tables(TRIGGERER_KILL) == []
+    assert rig.wrong_tables(CAP1) == []
+    timeline = rig.proxy.timeline()
+    spans = {check.job_task[j]: timeline[j] for j in check.model_jobs() if j in timeline}
+    together = [(a, b) for a in spans for b in spans if a < b
+                and spans[a][0] < spans[b][1] and spans[b][0] < spans[a][1]]
+    # Overlapping jobs ran in different processes (a task seen in one triggerer only ran its job there).
+    assert all(seen.get(a) != seen.get(b) or len(seen.get(a) or ()) > 1 for a, b in together), (together, seen)
+    assert max((sum(1 for s in spans.values() if s[0] <= t < s[1]) for t, _ in spans.values()), default=0) <= 2
     # on-run-start ran on a worker (deferred, it would queue behind the run's node triggers), never in a triggerer.
-    start = {ti["task_id"]: ti for ti in rig.af.task_instances(TRIGGERER_KILL, run_id)}["dbt_on_run_start"]
+    start = {ti["task_id"]: ti for ti in rig.af.task_instances(CAP1, run_id)}["dbt_on_run_start"]
     assert start["pid"] is not None and "dbt_on_run_start" not in seen, (start, seen)
 
 

@@ -62,6 +62,7 @@ A DAG id ending in ``_worker`` runs its models on the worker path (start_from_tr
 its models' first try is SIGKILLed when it resumes after its BigQuery job ran. One ending in ``_timeout`` gives
 its first model an execution_timeout of TIMEOUT_S seconds. One ending in ``_retry`` gives every task one retry
 after a second. One ending in ``_nosetup`` has a remote target path that cannot be written (its setup fails).
+One ending in ``_cap1`` lets one model job of a run run at a time per triggerer (max_concurrent_jobs=1).
 One starting with ``fault_triggerer`` waits for its models' parents in the triggerer
 (wait_for_parents="triggerer") instead of through the scheduler.
 """
@@ -95,6 +96,8 @@ def fault_dag(dag_id: str, dataset: str) -> DbtDag:
     operator_args = {"location": "US", "start_from_trigger": not worker, "wait_for_parents": wait}
     if dag_id.endswith("_nosetup"):
         operator_args["remote_target_path"] = f"file://{BLOCKED}/remote"
+    if dag_id.endswith("_cap1"):
+        operator_args["max_concurrent_jobs"] = 1
     default_args = {}
     if worker:
         default_args = {"retries": 1, "retry_delay": timedelta(seconds=1), "pre_execute": sigkill_first_resume}
