@@ -7,7 +7,9 @@ across samples (partial parse, as in a user's project directory). The warm-up sa
 The remote path is the GCS emulator (gs://) or a local directory (file://).
 Our figure also reports its capture and upload stages as the setup task logs them: uploads overlap the capture
 (each node's files go up as dbt finishes it; ``upload_s`` is what is left after dbt ends, the index last) and the
-``_sequential`` variants upload only after the capture, as before. Each sample deletes its run's files afterwards,
+``_sequential`` variants upload only after the capture, as before; ``ours_setup_venv_file`` captures with dbt in a
+virtualenv built from ``async_py_requirements`` (the warm-up sample builds it, the timed ones find it cached).
+Each sample deletes its run's files afterwards,
 untimed, as the teardown task does, so the bucket does not fill up across samples. Peak memory: each process's RSS
 high-water mark (``ru_maxrss``: the capture process's own ``getrusage(RUSAGE_SELF)``; ``dbt compile``'s from
 ``os.wait4``), dbt in-process included.
@@ -46,18 +48,28 @@ target = RemoteTarget.from_config(url, conn or None)
 wanted = set(json.loads((Path(project) / "node_ids.json").read_text()))  # as the DAG's render hands the setup
 with RunUpload(target, "bench", run_id, wanted) as upload:
     kept = state_file(Path(project), profile, resolve_target(profile))  # as the setup task keys it
-    capture = capture_project(Path(project), profile, partial_parse=kept,
-                              on_node_captured=upload.node_captured if overlap == "1" else None)
+CAPTURE
     t1 = time.perf_counter()
     index = upload.finish(capture)
 t2 = time.perf_counter()
 ended_at = time.time()  # the setup's end: what follows is not timed
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux: this process's RSS high-water mark
+# KiB on Linux: the RSS high-water mark of this process, or of the dbt Python it ran (the virtualenv path).
+peak = max(resource.getrusage(who).ru_maxrss for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))
 delete_run(target, "bench", run_id)  # as teardown does: the next sample's bucket is as empty
 print(json.dumps({"ended_at": ended_at, "capture_s": t1 - t0, "upload_s": t2 - t1, "files": len(index["nodes"]),
                   "early_files": upload.early, "peak_rss_mb": round(peak / 1024, 1),
                   "fallbacks": sum(1 for e in index["nodes"].values() if e["fallback"])}))
 """
+# How the setup task captures: dbt in this process (each node's files go up as dbt finishes it, unless
+# ``overlap`` is 0) or dbt in a virtualenv built from async_py_requirements, found in the cache as a setup task
+# after the first finds it (the warm-up sample builds it; the capture's nodes come back at its end).
+IN_PROCESS = """    capture = capture_project(Path(project), profile, partial_parse=kept,
+                              on_node_captured=upload.node_captured if overlap == "1" else None)"""
+IN_VENV = """    from importlib import metadata
+    from cosmos_async.dbt.capture_cli import capture_in_python
+    from cosmos_async.dbt.venv import ensure_venv, venv_python
+    wanted_dbt = [f"{name}=={metadata.version(name)}" for name in ("dbt-bigquery", "dbt-core")]
+    capture = capture_in_python(venv_python(ensure_venv(wanted_dbt)), Path(project), profile, partial_parse=kept)"""
 
 
 # What ``python -m bench`` measures (the before/after ``_sequential`` variants are for the overlap's own report).
@@ -75,9 +87,11 @@ def _env(bq_endpoint: str, gcs_endpoint: str | None) -> dict[str, str]:
     return env
 
 
-def ours_sample(project: Path, url: str, conn: str, env: dict[str, str], run: int, overlap: bool = True) -> dict:
+def ours_sample(project: Path, url: str, conn: str, env: dict[str, str], run: int, overlap: bool = True,
+                venv: bool = False) -> dict:
     started_at = time.time()  # wall clock: the child reports when its setup ended, before its untimed cleanup
-    out = subprocess.run([sys.executable, "-c", OURS, str(project), url, conn, f"run_{run}_{time.time_ns()}",
+    script = OURS.replace("CAPTURE", IN_VENV if venv else IN_PROCESS)
+    out = subprocess.run([sys.executable, "-c", script, str(project), url, conn, f"run_{run}_{time.time_ns()}",
                           "1" if overlap else "0"],
                          capture_output=True, text=True, env=env, timeout=900)
     if out.returncode:
@@ -163,6 +177,7 @@ def run(models: list[int], runs: int, workdir: Path, warmup: bool = True,
                 "ours_setup_gcs": lambda i, p=project: ours_sample(p, gcs_url, "bench_gcs", env, i),
                 "ours_setup_file_sequential": lambda i, p=project: ours_sample(p, file_url, "", env, i, False),
                 "ours_setup_file": lambda i, p=project: ours_sample(p, file_url, "", env, i),
+                "ours_setup_venv_file": lambda i, p=project: ours_sample(p, file_url, "", env, i, venv=True),
             }
             for name, measure in measures.items():
                 if variants is None or name in variants:
