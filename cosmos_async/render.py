@@ -41,6 +41,8 @@ DBT_DEFAULT_THREADS = 1  # dbt's default when a target sets no threads
 # waits: at 200 models (401 tasks) all waiting cost 0.9 GB, at 1000 models 22 GB (README: Triggerer load). Beyond
 # this many node tasks in one DAG or task group, models wait for the scheduler unless wait_for_parents says so.
 TRIGGERER_WAIT_MAX_TASKS = 500
+# Trigger rules a model task waiting in the triggerer keeps: it waits for every parent to succeed itself.
+_TRIGGERER_RULES = (None, "always", "all_success")
 
 
 def asset_for(node: DbtNode) -> Asset | None:
@@ -349,14 +351,13 @@ def _wait_for_parents(operator_args: dict[str, Any], mode: ExecutionMode, start_
         # The scheduler where the triggerer cannot serve: a task started on a worker would hold a slot at every
         # look at its parents, a trigger rule other than all_success needs Airflow's, and a large DAG would
         # hold a deserialized copy of itself per waiting task in the triggerer.
-        simple_rule = rule in (None, "always", "all_success")
-        chosen = ("triggerer" if start_from_trigger and simple_rule and node_tasks <= TRIGGERER_WAIT_MAX_TASKS
-                  else "scheduler")
+        chosen = ("triggerer" if start_from_trigger and rule in _TRIGGERER_RULES
+                  and node_tasks <= TRIGGERER_WAIT_MAX_TASKS else "scheduler")
     wait = str(chosen).lower()
     if wait not in ("triggerer", "scheduler"):
         raise ConfigurationError(f"wait_for_parents={wait!r} (operator_args or [cosmos]): use 'triggerer' or "
                                  "'scheduler'.")
-    if wait == "triggerer" and rule not in (None, "always", "all_success"):
+    if wait == "triggerer" and rule not in _TRIGGERER_RULES:
         raise ConfigurationError(
             f"operator_args trigger_rule={rule!r} needs wait_for_parents='scheduler': with 'triggerer' model tasks "
             "start with the run and wait for all their parents to succeed themselves.")
