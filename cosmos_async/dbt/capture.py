@@ -7,7 +7,6 @@ the run build are marked to compile later (:mod:`cosmos_async.dbt.run_dependenci
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -17,7 +16,6 @@ from cosmos_async.dbt.attribution import NodeCallback, Recorder
 from cosmos_async.dbt.captured import Capture, CaptureError, NodeCapture
 from cosmos_async.dbt.endpoint import recording_endpoint
 from cosmos_async.dbt.run_dependencies import mark_run_dependencies
-from cosmos_async.errors import CosmosAsyncError
 
 if TYPE_CHECKING:
     from cosmos_async.project.manifest import Manifest
@@ -46,7 +44,7 @@ def capture_project(project_dir: Path, profile_config: ProfileConfig, *, select:
     A node whose capture fails, or that dbt skipped because an upstream capture failed, is retried in a
     further pass on its own; a node that still fails falls back to LOCAL with dbt's message as the reason.
     """
-    from cosmos_async.dbt.invoke import DbtCommandError, dbt_workspace, environment, node_outcomes
+    from cosmos_async.dbt.invoke import DbtCommandError, dbt_workspace, environment, node_outcomes, parsed_manifest
     from cosmos_async.profiles import run_target
 
     with environment(env or {}):  # the profile may read env_var()s that ``env`` sets
@@ -57,21 +55,27 @@ def capture_project(project_dir: Path, profile_config: ProfileConfig, *, select:
         project_dir, profile_config, install_deps=install_deps, env=env,
         target={**target, "api_endpoint": url, "threads": 1}, partial_parse=partial_parse,
     ) as workspace:
-        base = ["build", "--resource-type", "model", "seed", "snapshot", "test"]
+        # Parsed once, and no manifest.json / run_results.json written: their JSON cost ~5 % of a capture.
+        parsed = parsed_manifest(workspace, dbt_vars)
+        base = ["build", "--no-write-json", "--resource-type", "model", "seed", "snapshot", "test"]
         if full_refresh:
             base.append("--full-refresh")
         pending_select, pending_exclude = list(select), list(exclude)
+        reuse: Any = parsed
         while True:
             command = [*base, *(["--select", *pending_select] if pending_select else []),
                        *(["--exclude", *pending_exclude] if pending_exclude else [])]
             try:
-                outcomes = node_outcomes(workspace, command, dbt_vars, [recorder.on_event])
+                outcomes = node_outcomes(workspace, command, dbt_vars, [recorder.on_event], manifest=reuse)
             except DbtCommandError as exc:
                 if not any(phrase in str(exc) for phrase in _DBT_AUTH_FAILURES):
                     raise
                 # dbt's text names the cause but suggests impersonation roles or nothing: say what to change.
                 raise CaptureError(f"{_auth_failure(profile_config, target)}\n{exc}") from None
             recorder.first_pass = False
+            # A build leaves its nodes compiled in the Manifest (ephemeral CTEs marked injected): a retry pass
+            # parses afresh (partial parse makes that cheap) rather than compile on top of that state.
+            reuse = None
             failed.update((o.unique_id, o.message) for o in outcomes if o.status == "error")
             skipped = [o for o in outcomes if o.status == "skipped"]
             # A skipped node is retried without its failed parents; a pass that only skips would loop forever.
@@ -80,8 +84,8 @@ def capture_project(project_dir: Path, profile_config: ProfileConfig, *, select:
                 break
             pending_select, pending_exclude = [o.selector for o in skipped], []
         if sources:
-            _capture_freshness(workspace, list(sources), dbt_vars, recorder)
-        manifest = _run_manifest(workspace.target_dir)
+            _capture_freshness(workspace, list(sources), dbt_vars, recorder, parsed)
+    manifest = _graph(parsed)
     for unique_id, message in failed.items():
         node = recorder.nodes.setdefault(unique_id, NodeCapture())
         node.fallback = node.fallback or f"its statements could not be captured: {message}"
@@ -92,21 +96,28 @@ def capture_project(project_dir: Path, profile_config: ProfileConfig, *, select:
 
 
 def _capture_freshness(workspace: Any, sources: list[str], dbt_vars: Mapping[str, Any] | None,
-                       recorder: Recorder) -> None:
+                       recorder: Recorder, parsed: Any) -> None:
     from cosmos_async.dbt.invoke import node_outcomes
 
-    # Stale or missing sources are no capture failure: the source tasks judge them when they run.
-    node_outcomes(workspace, ["source", "freshness", "--select", *sources], dbt_vars, [recorder.on_event])
+    # Stale or missing sources are no capture failure: the source tasks judge them when they run. Freshness
+    # compiles no node, so the parsed Manifest serves it as it is.
+    node_outcomes(workspace, ["source", "freshness", "--no-write-json", "--select", *sources], dbt_vars,
+                  [recorder.on_event], manifest=parsed)
 
 
-def _run_manifest(target_dir: Path) -> Manifest | None:
-    """The manifest dbt wrote for the capture run (its relation names say what each node builds)."""
-    from cosmos_async.project.manifest import parse_manifest
+def _graph(parsed: Any) -> Manifest:
+    """The graph of dbt's in-memory Manifest: what each node builds (its relation) and what it depends on."""
+    from cosmos_async.project.manifest import Manifest, node_from_dict
 
-    try:
-        return parse_manifest(json.loads((target_dir / "manifest.json").read_text()))
-    except (OSError, ValueError, CosmosAsyncError):
-        return None  # the recorded statements still say what each node writes
+    nodes = []
+    for node in parsed.nodes.values():
+        kind = getattr(node.resource_type, "value", node.resource_type)
+        nodes.append(node_from_dict({
+            "unique_id": node.unique_id, "resource_type": str(kind), "name": node.name,
+            "database": node.database, "schema": node.schema, "alias": getattr(node, "alias", None),
+            "config": {"materialized": getattr(node.config, "materialized", None)},
+            "depends_on": {"nodes": list(getattr(getattr(node, "depends_on", None), "nodes", None) or ())}}))
+    return Manifest.from_nodes(nodes, str(getattr(parsed.metadata, "project_name", None) or ""))
 
 
 def _auth_failure(profile_config: ProfileConfig, target: Mapping[str, Any]) -> str:

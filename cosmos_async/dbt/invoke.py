@@ -137,10 +137,22 @@ class NodeOutcome:
     message: str
 
 
+def parsed_manifest(workspace: DbtWorkspace, dbt_vars: Mapping[str, Any] | None = None) -> Any:
+    """``dbt parse`` in this process, writing no JSON artifacts: dbt's own Manifest object, for
+    :func:`node_outcomes` to reuse (dbtRunner's documented ``manifest`` argument) instead of parsing again.
+    dbt still keeps its partial-parse state in the target dir."""
+    result = _run(workspace.args(["parse", "--no-write-json"], dbt_vars), ())
+    if result.exception is not None or result.result is None:
+        raise DbtCommandError(f"dbt parse could not run: {_failure_text(result)}")
+    return result.result
+
+
 def node_outcomes(workspace: DbtWorkspace, command: Sequence[str], dbt_vars: Mapping[str, Any] | None = None,
-                  callbacks: Sequence[Callable[[Any], None]] = ()) -> list[NodeOutcome]:
-    """Run a dbt command and report each node's outcome; raise only when dbt itself could not run."""
-    result = _run(workspace.args(command, dbt_vars), callbacks)
+                  callbacks: Sequence[Callable[[Any], None]] = (), manifest: Any = None) -> list[NodeOutcome]:
+    """Run a dbt command and report each node's outcome; raise only when dbt itself could not run.
+
+    ``manifest``: dbt's Manifest from :func:`parsed_manifest`, used instead of parsing the project again."""
+    result = _run(workspace.args(command, dbt_vars), callbacks, manifest)
     if result.exception is not None or result.result is None:
         raise DbtCommandError(f"dbt {' '.join(command)} could not run: {_failure_text(result)}")
     outcomes = []
@@ -152,10 +164,10 @@ def node_outcomes(workspace: DbtWorkspace, command: Sequence[str], dbt_vars: Map
     return outcomes
 
 
-def _run(args: list[str], callbacks: Sequence[Callable[[Any], None]]) -> Any:
+def _run(args: list[str], callbacks: Sequence[Callable[[Any], None]], manifest: Any = None) -> Any:
     from dbt.cli.main import dbtRunner
 
-    return dbtRunner(callbacks=list(callbacks)).invoke(args)
+    return dbtRunner(manifest=manifest, callbacks=list(callbacks)).invoke(args)
 
 
 def _failure_text(result: Any) -> str:
