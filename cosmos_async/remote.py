@@ -15,7 +15,15 @@ from concurrent.futures import Future, wait
 from dataclasses import dataclass
 from typing import Any
 
-from cosmos_async_triggers.layout import DAG_LEVEL_NAMES, index_path, node_relpath, run_prefix, step_relpath
+from cosmos_async_triggers.layout import (
+    DAG_LEVEL_NAMES,
+    INDEX_NAME,
+    index_path,
+    node_relpath,
+    recompiled_dir,
+    run_prefix,
+    step_relpath,
+)
 
 from cosmos_async.config import cosmos_setting
 from cosmos_async.dbt.captured import Capture, LoadCapture, NodeCapture, ScriptCapture
@@ -233,6 +241,8 @@ def node_files(key: str, node: NodeCapture) -> tuple[dict[str, Any], dict[str, t
 
     entry: dict[str, Any] = {"statements": len(node.statements), "location": node.location,
                              "fallback": node.fallback}
+    if node.after_parents:
+        entry["after_parents"] = True
     plan = node.steps()
     if node.fallback:  # it runs through dbt: its data need not be uploaded
         return {**put(node_relpath(key), node.script().encode()), **entry}, files
@@ -250,6 +260,37 @@ def node_files(key: str, node: NodeCapture) -> tuple[dict[str, Any], dict[str, t
                           **_configuration(step.configuration)})
     # "bytes" totals the steps: readers that sum entry sizes (the setup task's log) keep working.
     return {**entry, "bytes": sum(s["bytes"] for s in steps), "steps": steps}, files
+
+
+def upload_recompiled(target: RemoteTarget, ids: Mapping[str, Any], nodes: Mapping[str, NodeCapture],
+                      try_number: int, group_id: str | None = None) -> str:
+    """Upload one task try's nodes, compiled again on a worker after their parents ran, and their own index
+    (beside the setup's, which stays as it was: an Airflow retry starts from it again); return that index's path
+    relative to the run prefix, for the trigger. ``ids``: dag_id, run_id, task_id, map_index."""
+    fs, _ = _filesystem(target)
+    dag_id, run_id = ids["dag_id"], ids["run_id"]
+    prefix = target.run_prefix(dag_id, run_id, group_id)
+    where = recompiled_dir(ids["task_id"], int(ids.get("map_index", -1)), try_number)
+    setup_index = read_index(target, dag_id, run_id, group_id)
+    entries: dict[str, dict[str, Any]] = {}
+    files: dict[str, bytes] = {}
+    for unique_id, node in nodes.items():
+        entry, node_data = node_files(unique_id, node)
+        for item in [entry, *entry.get("steps", [])]:
+            if "path" in item:
+                item["path"] = f"{where}/{item['path']}"
+        entries[unique_id] = entry
+        files.update({f"{where}/{rel}": data for rel, (data, _) in node_data.items()})
+    index = {"version": STEPS_INDEX_VERSION, "dag_id": dag_id, "run_id": run_id, "created_at": time.time(),
+             "nodes": entries, **{k: setup_index[k] for k in ("group_id", "dbt_target") if k in setup_index}}
+    files[f"{where}/{INDEX_NAME}"] = json.dumps(index, indent=1).encode()  # last: the files it names are up
+    for rel, data in files.items():
+        try:
+            fs.pipe_file(_strip_scheme(fs, f"{prefix}/{rel}"), data)
+        except Exception as exc:
+            raise RemoteStorageError(f"cannot write {prefix}/{rel}: {type(exc).__name__}: {exc}. {_WRITE_HINT}") \
+                from exc
+    return f"{where}/{INDEX_NAME}"
 
 
 def _configuration(configuration: Mapping[str, Any]) -> dict[str, Any]:

@@ -54,6 +54,8 @@ class NodeCapture:
     # Per statement, the job configuration dbt sent with it; None for a statement dbt made through another API
     # (dataset creation, table delete) or recorded before configurations were. Shorter lists mean None.
     configurations: list[dict[str, Any] | None] = field(default_factory=list)
+    # Its SQL came from what other nodes of the run build (see run_dependencies): compile it again once they ran.
+    after_parents: bool = False
 
     def script(self) -> str:
         """The statements as one BigQuery multi-statement job (loads left out: see :meth:`steps`)."""

@@ -3,7 +3,8 @@
 The capture runs dbt once, recording every write instead of running it, so a read made while compiling a node
 sees the warehouse as it was before the run. When that read touches a relation that another selected node
 (or the on-run-start hooks) writes in this run, what dbt generated from it may be wrong: such a node is marked
-to be compiled and run by dbt on a worker once its parents have run (the LOCAL fallback).
+to be compiled again on a worker once its parents have run (its jobs then run in the triggerer), or run there by
+dbt where that cannot be done (the LOCAL fallback).
 
 Writers are known from what the capture recorded (each node's statements and load jobs, the hooks' scripts)
 and from the manifest's relation names (a node whose own capture failed still builds its relation).
@@ -91,7 +92,7 @@ def dependency_reason(unique_id: str, found: Mapping[Relation, set[str]], manife
     reason = f"its SQL depends on {'; and on '.join(parts)}"
     if unique_id == ON_RUN_END:
         return reason + ": the hook's SQL cannot be captured before the run"
-    return reason + ": compiled and run by dbt on the worker after it"
+    return reason + ": compiled on a worker after it"
 
 
 def mark_run_dependencies(capture: Capture, manifest: Manifest | None, project: str) -> dict[str, str]:
@@ -110,5 +111,6 @@ def mark_run_dependencies(capture: Capture, manifest: Manifest | None, project: 
         reason = dependency_reason(unique_id, found, manifest)
         # What else went wrong is usually the consequence (a parent's relation not there yet): keep it after.
         node.fallback = f"{reason}; {node.fallback}" if node.fallback else reason
+        node.after_parents = True
         marked[unique_id] = reason
     return marked

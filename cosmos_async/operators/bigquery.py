@@ -2,10 +2,11 @@
 
 By default the task starts in the triggerer (``start_from_trigger``) and a success ends it there, so it never
 holds a worker slot. A failure resumes it on a worker just long enough to raise BigQuery's error (so retries and
-callbacks behave as for any task); a node the capture marked unsafe resumes on a worker and runs through dbt
-(LOCAL). With start-from-trigger off, and under ``airflow dags test`` / ``dag.test()``, ``execute`` defers to the
-same trigger. With ``await_on_worker`` the task never defers: ``execute`` runs that trigger to its end on the
-worker.
+callbacks behave as for any task); a node the capture marked unsafe resumes on a worker: one whose SQL came from
+what its parents build is compiled there again, after them, and defers again with that SQL; any other runs
+through dbt (LOCAL). With start-from-trigger off, and under ``airflow dags test`` / ``dag.test()``, ``execute``
+defers to the same trigger. With ``await_on_worker`` the task never defers: ``execute`` runs that trigger to its
+end on the worker.
 
 With ``wait_for_parents="triggerer"`` the task starts with its DAG run and its trigger waits for the upstream
 tasks (see :mod:`cosmos_async_triggers.parents`); ``execute`` judges them itself and reschedules while they run.
@@ -203,7 +204,10 @@ class DbtBigQueryAsyncOperator(BaseOperator):
         event = event or {}
         status = event.get("status")
         if status == "fallback":
-            return self._run_locally(event.get("reason", "the capture marked this node unsafe"))
+            reason = event.get("reason", "the capture marked this node unsafe")
+            if event.get("after_parents") and self._can_recompile():
+                return self._recompile(context, reason)
+            return self._run_locally(reason)
         if status == "upstream_failed":
             # No trigger may set upstream_failed; failing without retries says the same and fails the DAG run.
             raise AirflowFailException(event.get("message"))
@@ -220,6 +224,51 @@ class DbtBigQueryAsyncOperator(BaseOperator):
         if status != "success":
             raise AirflowException(event.get("message") or f"BigQuery job ended with status {status!r}")
         return event.get("jobs")
+
+    def _can_recompile(self) -> bool:
+        """Whether this worker can compile the task's nodes itself (dbt importable here, in-process dbt, no hook)."""
+        from cosmos_async.operators.setup import dbt_installed
+
+        invocation = self.fallback_settings.get("invocation")
+        return (bool(self.fallback_settings) and not getattr(invocation, "subprocess", False)
+                and all(n.get("kind") not in ("hook", "source") for n in self.nodes) and dbt_installed())
+
+    def _recompile(self, context: Any, reason: str) -> None:
+        """Compile the task's nodes again now that their parents ran, upload their SQL for this try and defer to
+        the trigger, so their jobs run in the triggerer; run them through dbt here when that still cannot be."""
+        from pathlib import Path
+
+        from cosmos_async_triggers.bigquery import BigQueryNodeTrigger
+
+        from cosmos_async.dbt.capture import capture_project
+        from cosmos_async.dbt.invoke import environment
+        from cosmos_async.dbt.partial_parse import state_file
+        from cosmos_async.profiles import resolve_target
+        from cosmos_async.remote import RemoteTarget, upload_recompiled
+
+        settings = {**self.fallback_settings, **self.local_fallback}
+        project_dir, profile, env = Path(settings["project_dir"]), settings["profile_config"], settings.get("env")
+        ids = [n["id"] for n in self.nodes]
+        self.log.info("compiling %s on this worker now that its parents ran, because %s", ", ".join(ids), reason)
+        with environment(env or {}):
+            target = resolve_target(profile)
+        capture = capture_project(project_dir, profile, select=settings.get("select") or [],
+                                  dbt_vars=settings.get("dbt_vars"), full_refresh=settings.get("full_refresh", False),
+                                  install_deps=settings.get("install_deps", False), env=env,
+                                  partial_parse=state_file(project_dir, profile, target))
+        nodes = {uid: capture.nodes.get(uid) for uid in ids}
+        still = [f"{uid}: {node.fallback if node else 'dbt did not run it when compiling it again'}"
+                 for uid, node in nodes.items() if node is None or node.fallback]
+        if still:
+            return self._run_locally("; ".join(still))
+        ti = context["ti"]
+        run = {"dag_id": ti.dag_id, "run_id": ti.run_id, "task_id": ti.task_id, "map_index": ti.map_index}
+        remote = RemoteTarget.from_config(self.remote_target_path, self.remote_target_path_conn_id)
+        relpath = upload_recompiled(remote, run, nodes, ti.try_number, self.dbt_group_id)  # type: ignore[arg-type]
+        self.log.info("compiled %s again and uploaded it (%s); its BigQuery job(s) run in the triggerer",
+                      ", ".join(ids), relpath)
+        trigger = BigQueryNodeTrigger(**self.trigger_kwargs(end_task=False, run=run), index_relpath=relpath)
+        self.defer(trigger=trigger, method_name="execute_complete", timeout=self.job_timeout)
 
     def _run_locally(self, reason: str) -> None:
         from contextlib import nullcontext

@@ -150,7 +150,10 @@ class DbtAsyncSetupOperator(BaseOperator):
                       captured - started, upload.early, len(index["nodes"]), total,
                       target.run_prefix(dag_id, run_id, group), uploaded - captured)
         for unique_id, reason in sorted(fallbacks.items()):
-            self.log.info("%s will run through dbt on a worker (LOCAL): %s", unique_id, reason)
+            if index["nodes"][unique_id].get("after_parents"):
+                self.log.info("%s will be compiled on a worker once its parents ran: %s", unique_id, reason)
+            else:
+                self.log.info("%s will run through dbt on a worker (LOCAL): %s", unique_id, reason)
         return {"prefix": target.run_prefix(dag_id, run_id, group), "nodes": len(index["nodes"]),
                 "fallbacks": sorted(fallbacks), "capture_s": round(captured - started, 3),
                 "upload_s": round(uploaded - captured, 3)}

@@ -8,7 +8,10 @@ that authenticate with the user's own profiles.yml (a key file; the key JSON in 
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,7 +23,7 @@ from google.cloud import bigquery
 
 from tests.support.airflow import AirflowStack
 from tests.support.credentials import TokenEndpoint, secret_fragments, service_account_key
-from tests.support.dbt_oracle import built_tables, dbt_example_project
+from tests.support.dbt_oracle import built_tables, dbt_build, dbt_example_project
 from tests.support.trigger_rows import TriggerRowRecorder
 
 REPO = Path(__file__).resolve().parents[2]
@@ -28,6 +31,8 @@ DAGS = REPO / "dev" / "dags"
 DATASET = "async_e2e"
 REMOTE_ROOT = "runs"
 PROFILE_DAGS = {"corner_shop_profile_keyfile": "keyfile", "corner_shop_profile_env": "env_json"}
+INTROSPECT_PROJECT = REPO / "tests" / "projects" / "introspect"
+INTROSPECT_EXT = "e2e_lookup_src"  # the dataset of the table the introspect project reads as a source
 SELECTED_TABLES = {"raw_orders", "raw_customers", "stg_orders", "stg_customers"}  # of the profile DAGs
 
 VARIANTS = '''"""Variants of the example DAG for the end-to-end tests (airflow DAG file)."""
@@ -75,6 +80,16 @@ corner_shop_twice = DbtDag(
     profile_config=profile_in("async_twice"),
     render_config=RenderConfig(select=["+daily_revenue", "+orders", "stg_customers"],
                                exclude=["resource_type:seed"]), **common)
+# Models whose SQL is generated from what their parents hold (tests/projects/introspect): compiled again on a
+# worker once their parents ran, their jobs in the triggerer.
+INTROSPECT = Path(__file__).parent / "introspect"
+introspect_after_parents = DbtDag(
+    dag_id="introspect_after_parents",
+    project_config=ProjectConfig(dbt_project_path=INTROSPECT, manifest_path=INTROSPECT / "target" / "manifest.json"),
+    profile_config=ProfileConfig(profile_name="introspect", target_name="dev",
+                                 profile_mapping=GoogleCloudServiceAccountDictProfileMapping(
+                                     conn_id="gcp_conn", profile_args={"dataset": "async_introspect"})),
+    **common)
 # The user's own profiles.yml (written by the test beside this file): the triggers authenticate with its target,
 # one with a key file, one with the key JSON in an env var of the Airflow processes. No connection holds them.
 PROFILES = Path(__file__).parent / "profiles_e2e.yml"
@@ -102,6 +117,13 @@ def stack(tmp_path_factory, bigquery_emulator, gcs_emulator, key, airflow_databa
     (broken / "models" / "staging" / "stg_orders.sql").write_text(
         "select order_id, no_such_column from {{ ref('raw_orders') }}\n")
     (dags / "corner_shop_variants.py").write_text(VARIANTS)
+    introspect = dags / "introspect"
+    shutil.copytree(INTROSPECT_PROJECT, introspect, ignore=shutil.ignore_patterns("target", "logs"))
+    parsed = subprocess.run([str(Path(sys.executable).with_name("dbt")), "parse", "--project-dir", str(introspect),
+                             "--profiles-dir", str(introspect), "--target-path", str(introspect / "target")],
+                            capture_output=True, text=True,
+                            env={**os.environ, "DBT_SEND_ANONYMOUS_USAGE_STATS": "false"})
+    assert parsed.returncode == 0, parsed.stdout[-2000:]
     keyfile = tmp_path_factory.mktemp("keys") / "dbt-runner.json"
     keyfile.write_text(json.dumps(key))
     (dags / "profiles_e2e.yml").write_text(_profiles_yml(keyfile, bigquery_emulator.endpoint))
@@ -116,11 +138,11 @@ def stack(tmp_path_factory, bigquery_emulator, gcs_emulator, key, airflow_databa
            "AIRFLOW__COSMOS__POLL_INTERVAL": "0.5",
            # Set for the processes only (the triggerer renders it there): no DAG or connection holds it.
            "CORNER_SHOP_KEYFILE_JSON": json.dumps(key),
-           "PYTHONPATH": str(REPO)}
+           "INTROSPECT_EXT_DATASET": INTROSPECT_EXT, "PYTHONPATH": str(REPO)}
     with AirflowStack(tmp_path_factory.mktemp("airflow"), dags, env=env, parallelism=4,
                       database_url=airflow_database_url) as af:
         for dag_id in ("corner_shop", "corner_shop_worker", "corner_shop_broken", "corner_shop_broken_triggerer",
-                       "corner_shop_twice", *PROFILE_DAGS):
+                       "corner_shop_twice", "introspect_after_parents", *PROFILE_DAGS):
             af.wait_for_dag(dag_id, timeout=120)
         yield af
 
@@ -319,3 +341,34 @@ def test_concurrent_runs_keep_their_own_files_and_a_cleared_model_reruns(
     assert jobs and jobs[0]["job_id"].endswith("_1"), jobs
     assert _remote_files(gcs, gcs_emulator.extra["bucket"], dag_id) == []
     assert built_tables(client, "async_twice")["_marts.daily_revenue"], "daily_revenue is empty"
+
+
+def test_models_reading_their_parents_compile_after_them_and_run_their_jobs_in_the_triggerer(
+        stack: AirflowStack, client, bigquery_emulator, gcs, gcs_emulator, tmp_path_factory) -> None:
+    """The setup marks the models whose SQL comes from their parents' columns and values; each is compiled again
+    on a worker once its parents ran, and its job then runs in the triggerer: the tables are plain dbt build's,
+    no node runs through dbt (LOCAL), and teardown removes the recompiled files too."""
+    client.create_dataset(INTROSPECT_EXT, exists_ok=True)
+    client.query(f"create or replace table `demo-proj.{INTROSPECT_EXT}.lookup` as "
+                 "select 1 as code, 'one' as label").result()
+    run_id = stack.trigger("introspect_after_parents")
+    dag_id = "introspect_after_parents"
+    assert stack.wait_for_run(dag_id, run_id, timeout=300) == "success", _failures(stack, dag_id, run_id)
+
+    with pytest.MonkeyPatch.context() as mp:
+        for name, value in {"BIGQUERY_API_ENDPOINT": bigquery_emulator.endpoint, "INTROSPECT_EXT_DATASET":
+                            INTROSPECT_EXT, "BIGQUERY_DATASET": "oracle_async_introspect"}.items():
+            mp.setenv(name, value)
+        oracle = tmp_path_factory.mktemp("introspect_oracle") / "introspect"
+        shutil.copytree(INTROSPECT_PROJECT, oracle, ignore=shutil.ignore_patterns("target", "logs"))
+        dbt_build(oracle)
+    expected = built_tables(client, "oracle_async_introspect")
+    assert expected and built_tables(client, "async_introspect") == expected
+
+    setup_log = stack.task_log(dag_id, run_id, "dbt_setup_async")
+    for name in ("orders_wide", "orders_star", "region_counts"):
+        assert f"model.introspect.{name} will be compiled on a worker once its parents ran" in setup_log, setup_log
+        log = stack.task_log(dag_id, run_id, f"{name}_run")
+        assert f"compiled model.introspect.{name} again and uploaded it" in log, log[-3000:]
+        assert "(LOCAL)" not in log, log[-3000:]
+    assert _remote_files(gcs, gcs_emulator.extra["bucket"], dag_id) == []

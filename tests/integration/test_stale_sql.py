@@ -5,9 +5,9 @@ tests/projects/introspect has a model whose select list is its parent's columns
 through ``run_query``), one with a column per region found in its parent (``run_query``), one introspecting
 a table no node builds, and an incremental model reading only itself. Through the real path — the DbtDag's
 setup operator captures and uploads to file://, then each task as ``airflow dags test`` runs it (the trigger
-against the BigQuery emulator, then ``execute_complete`` on the worker, where a fallback node runs through
-dbt) — twice, with a column added to a parent and a seed row with a new region in between. After each run the
-tables equal plain ``dbt build``'s.
+against the BigQuery emulator, then ``execute_complete`` on the worker, where a node compiled from its parents
+is compiled again and defers to its trigger once more) — twice, with a column added to a parent and a seed row
+with a new region in between. After each run the tables equal plain ``dbt build``'s.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from typing import Any
 
 import pytest
 from airflow.models.dagrun import DagRun
+from airflow.sdk.exceptions import TaskDeferred
 from cosmos_async_triggers import rest
 from cosmos_async_triggers.bigquery import BigQueryNodeTrigger
 from google.api_core.client_options import ClientOptions
@@ -61,6 +62,7 @@ def _dag_run(dag: DbtDag, run_id: str, after_setup: Callable[[], None] | None = 
                 after_setup()
             continue
         run = {"dag_id": DAG_ID, "run_id": run_id, "task_id": task.task_id, "map_index": -1}
+        context["ti"] = _TaskInstance(**run)
         trigger = BigQueryNodeTrigger(**task.trigger_kwargs(end_task=False, run=run))
 
         async def events(trigger: BigQueryNodeTrigger = trigger) -> list[Any]:
@@ -70,7 +72,23 @@ def _dag_run(dag: DbtDag, run_id: str, after_setup: Callable[[], None] | None = 
                 await rest.close_session()
 
         (event,) = asyncio.run(events())
-        task.execute_complete(context, event.payload)
+        try:
+            task.execute_complete(context, event.payload)
+        except TaskDeferred as deferred:  # compiled again after its parents: its jobs run in the trigger
+            assert deferred.method_name == "execute_complete"
+            again = deferred.trigger
+            (event,) = asyncio.run(events(again))
+            assert event.payload["status"] == "success", event.payload
+            task.execute_complete(context, event.payload)
+
+
+class _TaskInstance(TaskInstanceXCom):
+    """What execute_complete reads of a task instance when it compiles a node again: its ids and try."""
+
+    def __init__(self, *, dag_id: str, run_id: str, task_id: str, map_index: int) -> None:
+        super().__init__()
+        self.dag_id, self.run_id, self.task_id, self.map_index, self.try_number = (dag_id, run_id, task_id,
+                                                                                  map_index, 1)
 
 
 @pytest.fixture
@@ -106,12 +124,17 @@ def test_models_built_from_their_parents_run_after_them_and_equal_dbt_build(
             log = "".join(capfd.readouterr())  # the tasks' log lines (Airflow's structlog writes them to stdout)
             # Exactly the nodes that introspect their parents; the one reading a table no node builds, the
             # incremental model reading itself and the rest stay captured at setup.
-            assert set(re.findall(r"(\S+) will run through dbt on a worker \(LOCAL\)", log)) == INTROSPECTING, log
-            assert (f"model.introspect.orders_wide will run through dbt on a worker (LOCAL): its SQL depends on "
-                    f"`{PROJECT}.{DATASET}.stg_orders`, which model.introspect.stg_orders builds in this run: "
-                    "compiled and run by dbt on the worker after it") in log
+            later = re.findall(r"(\S+) will be compiled on a worker once its parents ran", log)
+            assert set(later) == INTROSPECTING, log
+            assert (f"model.introspect.orders_wide will be compiled on a worker once its parents ran: its SQL "
+                    f"depends on `{PROJECT}.{DATASET}.stg_orders`, which model.introspect.stg_orders builds in this "
+                    "run: compiled on a worker after it") in log
             assert f"`{PROJECT}.{DATASET}.stg_customers`, which model.introspect.stg_customers" in log
-            assert len(re.findall(r"running through dbt on this worker \(LOCAL\)", log)) == len(INTROSPECTING)
+            # Compiled again once their parents ran, their jobs in the trigger: none runs through dbt.
+            again = re.findall(r"compiled (\S+) again and uploaded it \(recompiled/", log)
+            assert sorted(again) == sorted(INTROSPECTING), log
+            assert "running through dbt on this worker (LOCAL)" not in log
+            assert "will run through dbt on a worker (LOCAL)" not in log
 
             with monkeypatch.context() as mp:
                 mp.setenv("BIGQUERY_DATASET", f"oracle_{DATASET}")

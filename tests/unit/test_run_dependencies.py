@@ -98,8 +98,9 @@ def test_attribution_others_and_hooks_count_self_and_the_run_start_phase_do_not(
 
     marked = mark_run_dependencies(capture, manifest, P)
 
-    assert wide.fallback == ("its SQL depends on `proj.d.stg`, which model.x.stg builds in this run: compiled and "
-                             "run by dbt on the worker after it")
+    assert wide.fallback == ("its SQL depends on `proj.d.stg`, which model.x.stg builds in this run: compiled on "
+                             "a worker after it")
+    assert wide.after_parents and stores.after_parents
     assert stores.fallback is not None and "`proj.d.shops`, which the on-run-start hooks build" in stores.fallback
     assert "snapshot.x.snap builds" in (child.fallback or "")  # known from the manifest: its capture failed
     assert "not upstream of it" in (child.fallback or "")

@@ -116,10 +116,13 @@ class BigQueryNodeTrigger(BaseTrigger):
                  run: dict[str, Any] | None = None, group_id: str | None = None,
                  dbt_target: dict[str, str] | None = None,
                  parents: list[str] | None = None, parent_check_interval: float = 1.0,
-                 max_jobs: int | None = None, execution_timeout_s: float | None = None) -> None:
+                 max_jobs: int | None = None, execution_timeout_s: float | None = None,
+                 index_relpath: str | None = None) -> None:
         """``parents``: task ids of this run that must succeed before any job is submitted (waited for here);
         ``max_jobs``: at most this many tasks of the run hold BigQuery jobs at once in this triggerer process;
-        ``execution_timeout_s``: the task's execution_timeout, counted from the moment its parents are done."""
+        ``execution_timeout_s``: the task's execution_timeout, counted from the moment its parents are done;
+        ``index_relpath``: read the nodes from this index of the run (the task's nodes compiled again on a worker
+        after their parents ran) instead of the setup's."""
         super().__init__()
         if (gcp_conn_id is None) == (dbt_target is None):
             raise ValueError("BigQueryNodeTrigger needs exactly one of gcp_conn_id and dbt_target")
@@ -139,6 +142,7 @@ class BigQueryNodeTrigger(BaseTrigger):
         self.parent_check_interval = float(parent_check_interval)
         self.max_jobs = int(max_jobs) if max_jobs else None
         self.execution_timeout_s = float(execution_timeout_s) if execution_timeout_s else None
+        self.index_relpath = index_relpath
         self._gcp: GcpSource | None = None
         self._active: _JobRef | None = None  # the job on_kill must cancel
         self._ids: dict[str, Any] | None = None
@@ -151,7 +155,7 @@ class BigQueryNodeTrigger(BaseTrigger):
             "run": self.run_info, "group_id": self.group_id,
             "dbt_target": self.dbt_target.to_kwargs() if self.dbt_target else None, "parents": self.parents,
             "parent_check_interval": self.parent_check_interval, "max_jobs": self.max_jobs,
-            "execution_timeout_s": self.execution_timeout_s,
+            "execution_timeout_s": self.execution_timeout_s, "index_relpath": self.index_relpath,
         }
 
     # ---- events -------------------------------------------------------------------------------------------
@@ -314,7 +318,8 @@ class BigQueryNodeTrigger(BaseTrigger):
             return await get_token(storage_conn) if storage_conn is not None else None
 
         prefix, index = await read_index(self.remote_target_path, dag_id, run_id, conn=storage_conn,
-                                         token_for=storage_token, group_id=self.group_id)
+                                         token_for=storage_token, group_id=self.group_id,
+                                         relpath=self.index_relpath)
         if gcp is None:
             assert self.dbt_target is not None
             gcp = self._gcp = await get_profile_target(self.dbt_target, index.get("dbt_target"))
@@ -326,9 +331,13 @@ class BigQueryNodeTrigger(BaseTrigger):
                                    "another selection of nodes; re-run the setup task with this task.")
             entries.append(entry)
         # Decide on a LOCAL fallback before submitting anything, so no node runs twice.
-        for node, entry in zip(self.nodes, entries, strict=True):
-            if entry.get("fallback"):
-                return {"status": "fallback", "reason": f"{node['id']}: {entry['fallback']}"}
+        fallbacks = [(node, entry) for node, entry in zip(self.nodes, entries, strict=True) if entry.get("fallback")]
+        if fallbacks:
+            node, entry = fallbacks[0]
+            # after_parents: each such node only read what its parents build, so compiling it again now that they
+            # ran gives SQL to run here; otherwise it runs through dbt.
+            return {"status": "fallback", "reason": f"{node['id']}: {entry['fallback']}",
+                    "after_parents": all(e.get("after_parents") for _, e in fallbacks)}
         # Verify every script and data file first: a tampered or missing file must not leave half the task submitted.
         plans = [await read_node_steps(prefix, node["id"], entry, conn=storage_conn, token_for=storage_token)
                  for node, entry in zip(self.nodes, entries, strict=True)]

@@ -12,8 +12,11 @@ import re
 
 INDEX_NAME = "index.json"
 NODES_DIR = "nodes"
+# Nodes compiled again on a worker once their parents ran (their SQL reads what those build), each task's try with
+# its own index and files.
+RECOMPILED_DIR = "recompiled"
 # What a DbtDag (no task group) writes directly in its run directory.
-DAG_LEVEL_NAMES = frozenset({INDEX_NAME, NODES_DIR})
+DAG_LEVEL_NAMES = frozenset({INDEX_NAME, NODES_DIR, RECOMPILED_DIR})
 # The most load data a trigger sends in one multipart upload. The whole body is built in the triggerer's memory,
 # shared by every trigger, so the capture leaves larger seeds to LOCAL dbt and the trigger refuses them.
 MAX_MULTIPART_BYTES = 100 * 1024 * 1024
@@ -67,6 +70,11 @@ def step_relpath(unique_id: str, step: int, extension: str) -> str:
     :func:`node_relpath` of another node.
     """
     return f"{NODES_DIR}/{segment(unique_id)}~s{step}.{extension}"
+
+
+def recompiled_dir(task_id: str, map_index: int, try_number: int) -> str:
+    """Directory, relative to the run prefix, of one task try's recompiled nodes (its ``index.json`` and files)."""
+    return f"{RECOMPILED_DIR}/{segment(task_id)}~m{map_index}~t{try_number}"
 
 
 def job_id_base(dag_id: str, task_id: str, run_id: str, map_index: int = -1) -> str:

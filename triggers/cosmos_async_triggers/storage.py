@@ -77,10 +77,11 @@ async def _read_gcs(url: str, conn: GcpSource, token: str | None) -> bytes:
 
 async def read_index(remote_target_path: str, dag_id: str, run_id: str, *, conn: GcpSource | None,
                      token_for: Callable[[], Awaitable[str | None]],
-                     group_id: str | None = None) -> tuple[str, dict[str, Any]]:
-    """(run prefix, parsed index) of this DAG run, or of this task group's part of it."""
+                     group_id: str | None = None, relpath: str | None = None) -> tuple[str, dict[str, Any]]:
+    """(run prefix, parsed index) of this DAG run, or of this task group's part of it; ``relpath``: another index
+    of the run (one task's recompiled nodes, see :func:`cosmos_async_triggers.layout.recompiled_dir`)."""
     prefix = run_prefix(remote_target_path, dag_id, run_id, group_id)
-    url = index_path(prefix)
+    url = f"{prefix}/{relpath}" if relpath else index_path(prefix)
     try:
         data = await read_bytes(url, conn=conn, token_for=token_for)
     except RemoteNotFound:
