@@ -32,7 +32,8 @@ TRIGGER_CLASSPATH = "cosmos_async_triggers.bigquery.BigQueryNodeTrigger"
 # out of the serialized start_trigger_args.
 TRIGGER_DEFAULTS: dict[str, Any] = {"poll_interval": 2.0, "labels": None, "end_task": False, "run": None,
                                     "group_id": None, "dbt_target": None, "parents": [],  # [] ≡ its None
-                                    "parent_check_interval": 1.0, "max_jobs": None, "execution_timeout_s": None}
+                                    "parent_check_interval": 1.0, "max_jobs": None, "execution_timeout_s": None,
+                                    "index_relpath": None}
 _UNSET = object()
 # local_fallback keys Airflow renders as templates (as DbtLocalOperator's select, dbt_vars and env); the rest is
 # kept off the serialized DAG.
@@ -131,9 +132,11 @@ class DbtBigQueryAsyncOperator(BaseOperator):
         return sorted(set(self.upstream_task_ids) | setups)
 
     def trigger_kwargs(self, *, end_task: bool, run: dict[str, Any] | None = None,
-                       parents: list[str] | None = None, times_itself: bool = False) -> dict[str, Any]:
+                       parents: list[str] | None = None, times_itself: bool = False,
+                       index_relpath: str | None = None) -> dict[str, Any]:
         """JSON-able trigger arguments; ``run`` (dag/run/task ids) is None when the trigger reads its task instance;
-        ``times_itself``: the trigger enforces execution_timeout (no Airflow deadline is set on it)."""
+        ``times_itself``: the trigger enforces execution_timeout (no Airflow deadline is set on it);
+        ``index_relpath``: the index of this task's nodes compiled again after their parents (None: the setup's)."""
         timeout = self.job_timeout.total_seconds() if self.job_timeout and times_itself else None
         return {"nodes": self.nodes, "gcp_conn_id": self.gcp_conn_id,
                 "storage_conn_id": self.remote_target_path_conn_id, "remote_target_path": self.remote_target_path,
@@ -141,7 +144,7 @@ class DbtBigQueryAsyncOperator(BaseOperator):
                 "labels": self.labels, "end_task": end_task, "run": run, "group_id": self.dbt_group_id,
                 "dbt_target": self.dbt_target,
                 "parents": parents or [], "parent_check_interval": self.parent_check_interval,
-                "max_jobs": self.max_jobs, "execution_timeout_s": timeout}
+                "max_jobs": self.max_jobs, "execution_timeout_s": timeout, "index_relpath": index_relpath}
 
     def execute(self, context: Any) -> Any:
         from cosmos_async_triggers.bigquery import BigQueryNodeTrigger
@@ -267,7 +270,7 @@ class DbtBigQueryAsyncOperator(BaseOperator):
         relpath = upload_recompiled(remote, run, nodes, ti.try_number, self.dbt_group_id)  # type: ignore[arg-type]
         self.log.info("compiled %s again and uploaded it (%s); its BigQuery job(s) run in the triggerer",
                       ", ".join(ids), relpath)
-        trigger = BigQueryNodeTrigger(**self.trigger_kwargs(end_task=False, run=run), index_relpath=relpath)
+        trigger = BigQueryNodeTrigger(**self.trigger_kwargs(end_task=False, run=run, index_relpath=relpath))
         self.defer(trigger=trigger, method_name="execute_complete", timeout=self.job_timeout)
 
     def _run_locally(self, reason: str) -> None:

@@ -190,7 +190,8 @@ ROWS: tuple[Row, ...] = (
     _ok(OA, "append_env", True, "default True; False gives dbt only `env` and the profile's variables (needs "
                                 "InvocationMode.SUBPROCESS)"),
     _ok(OA, "dbt_cmd_flags", ["--threads", "2"], "a list after the dbt command, in dbt runs on workers (LOCAL, "
-                                                 "VIRTUALENV, the async LOCAL fallback), not in the setup capture"),
+                                                 "VIRTUALENV, the async LOCAL fallback), not in the setup capture "
+                                                 "(nor when a node is compiled again after its parents)"),
     _ok(OA, "dbt_cmd_global_flags", ["--no-write-json"], "a list before the dbt command, in the same runs"),
     _ok(OA, "quiet", True, "dbt's `--quiet`, in the same runs"),
     _ok(OA, "fail_fast", True, "dbt's `--fail-fast`, in the same runs"),

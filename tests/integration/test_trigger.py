@@ -231,7 +231,7 @@ def test_fallback_entry_resumes_on_the_worker_nothing_submitted_via_lifecycle_pr
                                  "model.p.py": NodeCapture(fallback="python model")})
     nodes = model("model.p.a") + model("model.p.py")
     payload = payload_of(make(file_target, run_id, nodes, conn="gcp_proxy", end_task=True))
-    assert payload == {"status": "fallback", "reason": "model.p.py: python model"}
+    assert payload == {"status": "fallback", "reason": "model.p.py: python model", "after_parents": False}
     assert not proxy.inserts
 
 
