@@ -259,15 +259,16 @@ class DbtBigQueryAsyncOperator(BaseOperator):
                                   dbt_vars=settings.get("dbt_vars"), full_refresh=settings.get("full_refresh", False),
                                   install_deps=settings.get("install_deps", False), env=env,
                                   partial_parse=state_file(project_dir, profile, target))
-        nodes = {uid: capture.nodes.get(uid) for uid in ids}
-        still = [f"{uid}: {node.fallback if node else 'dbt did not run it when compiling it again'}"
-                 for uid, node in nodes.items() if node is None or node.fallback]
+        missing = "dbt did not run it when compiling it again"
+        still = [f"{uid}: {capture.nodes[uid].fallback if uid in capture.nodes else missing}" for uid in ids
+                 if uid not in capture.nodes or capture.nodes[uid].fallback]
         if still:
             return self._run_locally("; ".join(still))
+        nodes = {uid: capture.nodes[uid] for uid in ids}
         ti = context["ti"]
         run = {"dag_id": ti.dag_id, "run_id": ti.run_id, "task_id": ti.task_id, "map_index": ti.map_index}
         remote = RemoteTarget.from_config(self.remote_target_path, self.remote_target_path_conn_id)
-        relpath = upload_recompiled(remote, run, nodes, ti.try_number, self.dbt_group_id)  # type: ignore[arg-type]
+        relpath = upload_recompiled(remote, run, nodes, ti.try_number, self.dbt_group_id)
         self.log.info("compiled %s again and uploaded it (%s); its BigQuery job(s) run in the triggerer",
                       ", ".join(ids), relpath)
         trigger = BigQueryNodeTrigger(**self.trigger_kwargs(end_task=False, run=run, index_relpath=relpath))

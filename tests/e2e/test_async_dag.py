@@ -365,6 +365,12 @@ def test_models_reading_their_parents_compile_after_them_and_run_their_jobs_in_t
     expected = built_tables(client, "oracle_async_introspect")
     assert expected and built_tables(client, "async_introspect") == expected
 
+    # Only the compile holds a worker: every other model task, and the jobs of these, stay in the triggerer.
+    slots = stack.worker_seconds(dag_id, run_id)
+    recompiled = {"orders_wide_run", "orders_star_run", "region_counts_run"}
+    print("worker seconds of the recompiled tasks:", {t: slots[t] for t in sorted(recompiled)})
+    assert all(slots[t] > 0 for t in recompiled), slots
+    assert all(slots[t] == 0.0 for t in slots if t.endswith("_run") and t not in recompiled), slots
     setup_log = stack.task_log(dag_id, run_id, "dbt_setup_async")
     for name in ("orders_wide", "orders_star", "region_counts"):
         assert f"model.introspect.{name} will be compiled on a worker once its parents ran" in setup_log, setup_log

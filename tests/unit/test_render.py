@@ -245,3 +245,21 @@ def test_only_the_templated_part_of_the_local_fallback_is_a_serialized_field(mon
     serialized = DagSerialization.to_dict(dag)["dag"]["tasks"]
     fields = next(t["__var"] for t in serialized if t["__var"]["task_id"] == "orders.run")
     assert "profile_config" not in str(fields.get("local_fallback")) and "fallback_settings" not in fields
+
+
+@pytest.mark.parametrize(("subprocess_dbt", "kind", "expected"), [
+    (False, "model", True),   # dbt in this worker's Python: compiled here, its job in the triggerer
+    (True, "model", False),   # InvocationMode.SUBPROCESS (a virtualenv, dbt_executable_path): LOCAL
+    (False, "hook", False),   # on-run-end is compiled only with the whole run
+])
+def test_a_node_after_its_parents_is_compiled_on_the_worker_only_with_in_process_dbt(
+        subprocess_dbt: bool, kind: str, expected: bool) -> None:
+    from cosmos_async.dbt.executable import DbtInvocation
+    from cosmos_async.operators.bigquery import DbtBigQueryAsyncOperator
+
+    fallback = {"project_dir": "/p", "profile_config": None, "command": "run", "select": ["m"],
+                "invocation": DbtInvocation(subprocess=subprocess_dbt)}
+    task = DbtBigQueryAsyncOperator(task_id="m_run", nodes=[{"id": "model.p.m", "kind": kind, "name": "m"}],
+                                    gcp_conn_id="g", remote_target_path="file:///r", remote_target_path_conn_id=None,
+                                    location=None, local_fallback=fallback)
+    assert task._can_recompile() is expected
