@@ -159,16 +159,14 @@ def run(models: list[int], runs: int, workdir: Path, warmup: bool = True,
         variants: set[str] | None = None) -> list[dict]:
     """One row per project size; ``variants`` limits what is measured (None: all)."""
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-    from tests.support.emulators import start_bigquery, start_gcs
+    from tests.support.emulators import start_bigquery
 
     workdir.mkdir(parents=True, exist_ok=True)
     bq = start_bigquery(workdir / "bq")
-    gcs = start_gcs(workdir / "gcs")
     rows = []
     try:
-        env = {**_env(bq.endpoint, gcs.endpoint), "AIRFLOW__COSMOS__CACHE_DIR": str(workdir / "cache")}
-        bucket = gcs.extra["bucket"]
-        gcs_url, file_url = f"gs://{bucket}/bench", f"file://{workdir}/remote"
+        env = {**_env(bq.endpoint, None), "AIRFLOW__COSMOS__CACHE_DIR": str(workdir / "cache")}
+        file_url = f"file://{workdir}/remote"
         for n in models:
             project = write_project(workdir / f"project_{n}", n)
             _write_node_ids(project)
@@ -178,8 +176,8 @@ def run(models: list[int], runs: int, workdir: Path, warmup: bool = True,
                 "dbt_compile": lambda i, p=project: compile_sample(p, env),
                 "dbt_compile_partial_parse": lambda i, p=project, t=workdir / f"compile_target_{n}": compile_sample(
                     p, env, t),
-                "ours_setup_gcs_sequential": lambda i, p=project: ours_sample(p, gcs_url, "bench_gcs", env, i, False),
-                "ours_setup_gcs": lambda i, p=project: ours_sample(p, gcs_url, "bench_gcs", env, i),
+                "ours_setup_gcs_sequential": lambda i, p=project: _gcs_sample(p, workdir, env, i, False),
+                "ours_setup_gcs": lambda i, p=project: _gcs_sample(p, workdir, env, i),
                 "ours_setup_file_sequential": lambda i, p=project: ours_sample(p, file_url, "", env, i, False),
                 "ours_setup_file": lambda i, p=project: ours_sample(p, file_url, "", env, i),
                 "ours_setup_venv_file": lambda i, p=project: ours_sample(p, file_url, "", env, i, venv=True),
@@ -204,8 +202,21 @@ def run(models: list[int], runs: int, workdir: Path, warmup: bool = True,
                 print(f"setup {n:>5} models  {name:18} {shown}", flush=True)
     finally:
         bq.stop()
-        gcs.stop()
     return rows
+
+
+def _gcs_sample(project: Path, workdir: Path, env: dict[str, str], run: int, overlap: bool = True) -> dict:
+    """One setup sample against a GCS emulator started for it (not timed). The emulator rewrites the metadata of
+    every object it ever held, deleted ones included, on each insert: shared across samples, each sample would be
+    slower than the last for the emulator's sake alone."""
+    from tests.support.emulators import start_gcs
+
+    gcs = start_gcs(workdir / f"gcs_{time.time_ns()}")
+    try:
+        sample_env = {**env, **_env(env["BIGQUERY_API_ENDPOINT"], gcs.endpoint)}  # the bucket's connection
+        return ours_sample(project, f"gs://{gcs.extra['bucket']}/bench", "bench_gcs", sample_env, run, overlap)
+    finally:
+        gcs.stop()
 
 
 def main() -> None:
