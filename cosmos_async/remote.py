@@ -229,12 +229,14 @@ class RunUpload:
             upload.cancel()
 
 
-def node_files(key: str, node: NodeCapture) -> tuple[dict[str, Any], dict[str, tuple[bytes, str]]]:
+def node_files(key: str, node: NodeCapture, directory: str | None = None
+               ) -> tuple[dict[str, Any], dict[str, tuple[bytes, str]]]:
     """A node's index entry and its files (path relative to the run prefix -> (bytes, sha256)); see
-    :func:`upload_capture`."""
+    :func:`upload_capture`. ``directory``: below which directory of the run prefix the files go (None: its top)."""
     files: dict[str, tuple[bytes, str]] = {}
 
     def put(rel: str, data: bytes) -> dict[str, Any]:
+        rel = f"{directory}/{rel}" if directory else rel
         digest = hashlib.sha256(data).hexdigest()
         files[rel] = (data, digest)
         return {"path": rel, "sha256": digest, "bytes": len(data)}
@@ -275,12 +277,8 @@ def upload_recompiled(target: RemoteTarget, ids: Mapping[str, Any], nodes: Mappi
     entries: dict[str, dict[str, Any]] = {}
     files: dict[str, bytes] = {}
     for unique_id, node in nodes.items():
-        entry, node_data = node_files(unique_id, node)
-        for item in [entry, *entry.get("steps", [])]:
-            if "path" in item:
-                item["path"] = f"{where}/{item['path']}"
-        entries[unique_id] = entry
-        files.update({f"{where}/{rel}": data for rel, (data, _) in node_data.items()})
+        entries[unique_id], node_data = node_files(unique_id, node, where)
+        files.update({rel: data for rel, (data, _) in node_data.items()})
     index = {"version": STEPS_INDEX_VERSION, "dag_id": dag_id, "run_id": run_id, "created_at": time.time(),
              "nodes": entries, **{k: setup_index[k] for k in ("group_id", "dbt_target") if k in setup_index}}
     files[f"{where}/{INDEX_NAME}"] = json.dumps(index, indent=1).encode()  # last: the files it names are up

@@ -141,10 +141,7 @@ def parsed_manifest(workspace: DbtWorkspace, dbt_vars: Mapping[str, Any] | None 
     """``dbt parse`` in this process, writing no JSON artifacts: dbt's own Manifest object, for
     :func:`node_outcomes` to reuse (dbtRunner's documented ``manifest`` argument) instead of parsing again.
     dbt still keeps its partial-parse state in the target dir."""
-    result = _run(workspace.args(["parse", "--no-write-json"], dbt_vars), ())
-    if result.exception is not None or result.result is None:
-        raise DbtCommandError(f"dbt parse could not run: {_failure_text(result)}")
-    return result.result
+    return _ran(workspace, ["parse", "--no-write-json"], dbt_vars).result
 
 
 def node_outcomes(workspace: DbtWorkspace, command: Sequence[str], dbt_vars: Mapping[str, Any] | None = None,
@@ -152,9 +149,7 @@ def node_outcomes(workspace: DbtWorkspace, command: Sequence[str], dbt_vars: Map
     """Run a dbt command and report each node's outcome; raise only when dbt itself could not run.
 
     ``manifest``: dbt's Manifest from :func:`parsed_manifest`, used instead of parsing the project again."""
-    result = _run(workspace.args(command, dbt_vars), callbacks, manifest)
-    if result.exception is not None or result.result is None:
-        raise DbtCommandError(f"dbt {' '.join(command)} could not run: {_failure_text(result)}")
+    result = _ran(workspace, command, dbt_vars, callbacks, manifest)
     outcomes = []
     for node_result in getattr(result.result, "results", None) or ():
         node = node_result.node
@@ -162,6 +157,15 @@ def node_outcomes(workspace: DbtWorkspace, command: Sequence[str], dbt_vars: Map
         outcomes.append(NodeOutcome(node.unique_id, selector, str(node_result.status).lower(),
                                     str(node_result.message or "")))
     return outcomes
+
+
+def _ran(workspace: DbtWorkspace, command: Sequence[str], dbt_vars: Mapping[str, Any] | None,
+         callbacks: Sequence[Callable[[Any], None]] = (), manifest: Any = None) -> Any:
+    """dbt's result of one in-process command; raise when dbt itself could not run it (not for node failures)."""
+    result = _run(workspace.args(command, dbt_vars), callbacks, manifest)
+    if result.exception is not None or result.result is None:
+        raise DbtCommandError(f"dbt {' '.join(command)} could not run: {_failure_text(result)}")
+    return result
 
 
 def _run(args: list[str], callbacks: Sequence[Callable[[Any], None]], manifest: Any = None) -> Any:
