@@ -115,9 +115,13 @@ class ContractFront:
                     return
                 self.send_header("Transfer-Encoding", "chunked")
                 self.end_headers()
-                while chunk := resp.read(_CHUNK):
-                    self.wfile.write(f"{len(chunk):x}\r\n".encode() + chunk + b"\r\n")
-                self.wfile.write(b"0\r\n\r\n")
+                try:
+                    while chunk := resp.read(_CHUNK):
+                        self.wfile.write(f"{len(chunk):x}\r\n".encode() + chunk + b"\r\n")
+                    self.wfile.write(b"0\r\n\r\n")
+                except (BrokenPipeError, ConnectionResetError):
+                    # A client may stop reading a streamed download early (a ranged read it has enough of).
+                    self.close_connection = True
 
             do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = _relay
 
