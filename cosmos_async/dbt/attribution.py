@@ -20,7 +20,6 @@ from cosmos_async.dbt.sql_relations import Relation
 
 # Told of each node as dbt finishes it: (unique_id, what was recorded for it).
 NodeCallback = Callable[[str, NodeCapture], None]
-_MERGE = re.compile(r"\bmerge\s+into\b", re.IGNORECASE)
 _TEST_RESULT = {
     "schema": {"fields": [{"name": "failures", "type": "INTEGER"}, {"name": "should_warn", "type": "BOOLEAN"},
                           {"name": "should_error", "type": "BOOLEAN"}]},
@@ -51,8 +50,6 @@ class Recorder:
         self.project = "unknown"
         self.uploads: dict[str, dict[str, Any]] = {}
         self.on_node_captured = on_node_captured
-        # Nodes whose column-schema probe was answered here, without columns (see _check_probe).
-        self.probed: set[str] = set()
 
     # -- dbt events -------------------------------------------------------------------------------
     def on_event(self, msg: Any) -> None:
@@ -69,7 +66,6 @@ class Recorder:
             elif self.current == unique_id:
                 self.current = None
                 finished = self.nodes[unique_id]
-                self._check_probe(unique_id, finished)
         if finished is not None and self.on_node_captured is not None:
             self.on_node_captured(unique_id, finished)
 
@@ -112,25 +108,16 @@ class Recorder:
             target.loads.append(LoadCapture(dict(job.get("configuration") or {}), data, len(target.statements)))
             target.location = target.location or (job.get("jobReference") or {}).get("location")
 
-    def created_here(self, table: str) -> bool:
-        """Whether a statement recorded for the current node creates ``table``."""
+    def creating_statement(self, table: str) -> str | None:
+        """The statement recorded for the current node that creates ``table`` (the latest), if any."""
         pattern = re.compile(rf"create\s+(?:or\s+replace\s+)?(?:temp(?:orary)?\s+)?table\s+[^(]*?`?{re.escape(table)}`?"
                              r"[\s(]", re.IGNORECASE)
         with self.lock:
-            return any(pattern.search(sql) for sql in self.target().statements)
+            return next((sql for sql in reversed(self.target().statements) if pattern.search(sql)), None)
 
-    def answer_schema_probe(self) -> None:
-        """The current node's column-schema probe is answered here, without columns (see :meth:`_check_probe`)."""
+    def current_location(self) -> str | None:
         with self.lock:
-            if self.current is not None:
-                self.probed.add(self.current)
-
-    def _check_probe(self, unique_id: str, node: NodeCapture) -> None:
-        # A probe answered without columns is harmless where dbt creates the snapshot's table from its select
-        # (its first run); a snapshot that merges into its existing table must not rely on it.
-        if unique_id in self.probed and any(_MERGE.search(sql) for sql in node.statements):
-            node.fallback = node.fallback or ("dbt asked for the column types of its select, which reads what "
-                                              "this run builds, and it merges into its existing table")
+            return self.target().location
 
     def note_reads(self, relations: set[Relation]) -> None:
         with self.lock:

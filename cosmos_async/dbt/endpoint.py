@@ -8,8 +8,8 @@ test node — are recorded for the current node (:mod:`cosmos_async.dbt.attribut
 job that returned no rows, so dbt moves on as if they had run. A seed's CSV upload (a load job over the upload
 endpoint, resumable or multipart) is recorded as a load step — the job configuration and the uploaded bytes — in
 order with the node's statements, and a table delete becomes a ``DROP``. Requests the toolkit still cannot
-replay (copy jobs and load jobs from URIs, table/dataset patches, dataset deletes) are answered as if done too,
-and mark the node for LOCAL execution.
+replay (copy jobs and load jobs from URIs, dataset patches, table patches other than appended columns, dataset
+deletes) are answered as if done too, and mark the node for LOCAL execution.
 """
 
 from __future__ import annotations
@@ -28,7 +28,9 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 from cosmos_async.dbt.attribution import NodeCallback, Recorder
 from cosmos_async.dbt.captured import CaptureError
-from cosmos_async.dbt.sql_relations import Relation, relations_read
+from cosmos_async.dbt.column_probe import ProbeError, select_columns, table_resource
+from cosmos_async.dbt.sql_relations import Relation, created_table_select, relations_read
+from cosmos_async.dbt.table_patch import added_columns_sql
 
 _JOBS = re.compile(r"^/bigquery/v2/projects/(?P<project>[^/]+)/jobs/?$")
 _JOB = re.compile(r"^/bigquery/v2/projects/(?P<project>[^/]+)/(?:jobs|queries)/(?P<job>[^/]+)(?:/cancel)?$")
@@ -91,13 +93,33 @@ def _handler(recorder: Recorder) -> type[BaseHTTPRequestHandler]:
             headers = {k: v for k, v in self.headers.items() if k.lower() not in ("host", "content-length")}
             resp = recorder.http.request(self.command, recorder.upstream + self.path, data=body or None,
                                          headers=headers, timeout=300)
-            if table is not None and resp.status_code == 404 and recorder.created_here(table["table"]):
-                # dbt reads the columns of a relation this node creates (a snapshot's staging table, an
-                # incremental's temp table with on_schema_change): it does not exist yet, because recorded
-                # statements are not executed, so what dbt generates from it would be wrong.
-                recorder.fall_back(f"dbt reads the columns of {table['dataset']}.{table['table']}, which this "
-                                   "node creates itself")
+            statement = recorder.creating_statement(table["table"]) if table is not None and \
+                resp.status_code == 404 and self.command == "GET" else None
+            created = self._created_table(table, statement, headers) if statement is not None else None
+            if created is not None:
+                return self._send(200, created)
             self._send(resp.status_code, resp.content, {"Content-Type": resp.headers.get("Content-Type", "")})
+
+        def _created_table(self, table: re.Match, statement: str, headers: dict[str, str]) -> dict[str, Any] | None:
+            """The table resource of a table this node creates, or None with the node sent to a worker."""
+            # dbt reads the columns of a table this node creates (a snapshot's staging table, an incremental's
+            # temp table with on_schema_change): recorded statements do not run, so it is not there yet. Its
+            # columns are those of the select it is created from; what that select reads counts as this node's.
+            asked = Relation(unquote(table["project"]), unquote(table["dataset"]), unquote(table["table"]))
+            parsed = created_table_select(statement, asked.project)
+            reason = f"dbt reads the columns of {asked.dataset}.{asked.table}, which this node creates itself"
+            if parsed is None or parsed[0].key() != asked.key():
+                recorder.fall_back(f"{reason} with a statement whose select cannot be taken apart")
+                return None
+            recorder.note_reads(relations_read(parsed[1], asked.project))
+            auth = {k: v for k, v in headers.items() if k.lower() in ("authorization", "x-goog-user-project")}
+            try:
+                fields = select_columns(recorder.http, recorder.upstream, asked.project, parsed[1],
+                                        recorder.current_location(), auth)
+            except (ProbeError, OSError) as exc:
+                recorder.fall_back(f"{reason}, and BigQuery could not tell the columns of its select: {exc}")
+                return None
+            return table_resource(asked, fields)
 
         def _handle(self) -> None:
             body = self._body()
@@ -120,6 +142,8 @@ def _handler(recorder: Recorder) -> type[BaseHTTPRequestHandler]:
                 return self._upload(path, body)
             if self.command == "DELETE" and (m := _TABLE.match(path)):
                 return self._drop_table(m["project"], m["dataset"], m["table"])
+            if self.command in ("PATCH", "PUT") and (m := _TABLE.match(path)):
+                return self._patch_table(m, body)
             recorder.fall_back(f"dbt-bigquery changes the warehouse through the API ({self.command} {path})")
             return self._send(200, json.loads(body or b"{}") if self.command != "DELETE" else b"")
 
@@ -172,6 +196,48 @@ def _handler(recorder: Recorder) -> type[BaseHTTPRequestHandler]:
             recorder.record(f"DROP {kind} IF EXISTS `{project}`.`{dataset}`.`{table}`", None)
             return self._send(200, b"")
 
+        def _snapshot_probe(self, project: str, body: dict[str, Any], raw: bytes, reads: set[Relation]) -> None:
+            # A snapshot asks for its select's column types: a merging run with the check strategy compares them
+            # with its table's columns (so the answer must be real, and its reads count), and every run warns
+            # when dbt_updated_at's type differs from its clock's. On a fresh start the parents are not built
+            # yet and BigQuery answers "not found"; there is no table to compare with then, so the answer only
+            # feeds the warning and is given as a finished script without rows, keeping the snapshot at setup.
+            headers = {k: v for k, v in self.headers.items() if k.lower() not in ("host", "content-length")}
+            resp = recorder.http.request(self.command, recorder.upstream + self.path, data=raw or None,
+                                         headers=headers, timeout=300)
+            try:
+                answer = resp.json()
+            except ValueError:
+                answer = {}
+            failure = ((answer.get("status") or {}).get("errorResult") or answer.get("error") or {}) \
+                if isinstance(answer, dict) else {}
+            if resp.status_code == 404 or failure.get("reason") == "notFound" or failure.get("code") == 404:
+                return self._send(200, recorder.fake_job(project, body, "SCRIPT"))
+            recorder.note_reads(reads)
+            return self._send(resp.status_code, resp.content, {"Content-Type": resp.headers.get("Content-Type", "")})
+
+        def _patch_table(self, table: re.Match, raw: bytes) -> None:
+            # dbt-bigquery appends columns with tables.patch (on_schema_change); the answer is the table as the
+            # patch leaves it, which the client needs whole (its tableReference), so the current one is read.
+            path = urlsplit(self.path).path
+            auth = {k: v for k, v in self.headers.items() if k.lower() in ("authorization", "x-goog-user-project")}
+            resp = recorder.http.get(recorder.upstream + path, headers=auth, timeout=300)
+            if not resp.ok:
+                return self._send(resp.status_code, resp.content,
+                                  {"Content-Type": resp.headers.get("Content-Type", "")})
+            current, patch = resp.json(), json.loads(raw or b"{}")
+            relation = Relation(unquote(table["project"]), unquote(table["dataset"]), unquote(table["table"]))
+            statements = None
+            if set(patch) <= {"schema", "tableReference"} and "schema" in patch:
+                statements = added_columns_sql(relation, (current.get("schema") or {}).get("fields") or [],
+                                               (patch.get("schema") or {}).get("fields") or [])
+            if statements is None:
+                recorder.fall_back(f"dbt-bigquery changes the warehouse through the API ({self.command} {path}) "
+                                   "in a way that has no SQL here (only appending columns has)")
+            for sql in statements or []:
+                recorder.record(sql, current.get("location"))
+            return self._send(200, {**current, **patch})
+
         def _insert_job(self, project: str, raw: bytes) -> None:
             body = json.loads(raw or b"{}")
             config = body.get("configuration") or {}
@@ -190,14 +256,7 @@ def _handler(recorder: Recorder) -> type[BaseHTTPRequestHandler]:
                 default = (config.get("query") or {}).get("defaultDataset") or {}
                 reads = relations_read(query, default.get("projectId") or project, default.get("datasetId"))
                 if recorder.current_is_snapshot() and not config.get("dryRun") and reads and is_schema_probe(query):
-                    # The snapshot materialization asks for its select's column types only to warn when
-                    # dbt_updated_at's type differs from its clock's (check_time_data_types); nothing it generates
-                    # depends on the answer. Forwarded, it would read the parents as they were before this run
-                    # (or fail on a fresh start, before they exist) and send the snapshot to a worker for no
-                    # reason. Later runs merge from a staging table and fall back anyway (its columns are read).
-                    # Answered as a finished script without rows: as a SELECT, dbt would fetch its destination.
-                    recorder.answer_schema_probe()
-                    return self._send(200, recorder.fake_job(project, body, "SCRIPT"))
+                    return self._snapshot_probe(project, body, raw, reads)
                 recorder.note_reads(reads)
                 return self._forward(raw)
             recorder.record(query, location, replayable_configuration(config))

@@ -235,3 +235,40 @@ def relations_written(sql: str, project: str) -> set[Relation]:
         elif not dataset_level and len(parts) >= 2:
             found.add(Relation(*parts[:3]) if len(parts) >= 3 else Relation(project, parts[0], parts[1]))
     return found
+
+
+def created_table_select(sql: str, project: str) -> tuple[Relation, str] | None:
+    """The table a single ``CREATE [OR REPLACE] [TEMP] TABLE name ... AS (select)`` statement creates, and its
+    select's text; None for any other statement, a script, or a form this cannot take apart with certainty."""
+    tokens = _tokens(sql)
+    if not tokens or tokens[0].lower != "create":
+        return None
+    j = 1
+    while j < len(tokens) and tokens[j].lower in _OBJECT_WORDS - {"schema", "view", "function", "procedure"}:
+        j += 1
+    if "table" not in {t.lower for t in tokens[1:j]}:
+        return None
+    parts, j = _path(tokens, j)
+    if len(parts) < 2:
+        return None
+    depth, opening = 0, None
+    for k in range(j, len(tokens)):
+        text = tokens[k].text
+        if depth == 0 and tokens[k].lower == "as" and k + 1 < len(tokens) and tokens[k + 1].text == "(":
+            opening = k + 1
+            break
+        if text == ";":
+            return None
+        depth += (text == "(") - (text == ")")
+    if opening is None:
+        return None
+    depth = 0
+    for k in range(opening, len(tokens)):
+        depth += (tokens[k].text == "(") - (tokens[k].text == ")")
+        if depth == 0:
+            # Only a closing ``;`` may follow the select: anything else makes this a script.
+            if any(t.text != ";" for t in tokens[k + 1:]):
+                return None
+            table = Relation(*parts[:3]) if len(parts) >= 3 else Relation(project, parts[0], parts[1])
+            return table, sql[tokens[opening].end:tokens[k].start].strip()
+    return None

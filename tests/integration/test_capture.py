@@ -142,19 +142,59 @@ def test_snapshot_first_run_is_captured_and_builds_what_dbt_build_builds(
     assert ours[".stg_customers"] == theirs[".stg_customers"]
 
 
-def test_snapshot_merge_reading_its_own_staging_table_falls_back(tmp_path: Path, bigquery_emulator,
-                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
-    """A snapshot's second run merges from a staging table it creates; its columns cannot be read before the
-    statements run, so the node must run through dbt rather than as a script with an empty column list."""
-    from tests.support.dbt_oracle import dbt_build
+_ORDERS_APPENDED = """{{ config(materialized='incremental', unique_key='order_id',
+             on_schema_change='append_new_columns') }}
+select order_id, customer_id, status{extra} from {{ ref('stg_orders') }}
+"""
 
-    project, profile = _corner_shop(tmp_path, bigquery_emulator.endpoint, "cap_snapshot_rerun", monkeypatch)
-    dbt_build(project)  # the snapshot table exists: the next run merges
-    capture = capture_project(project, profile, select=["+customers_snapshot"])
-    snapshot = capture.nodes["snapshot.corner_shop.customers_snapshot"]
-    assert snapshot.fallback and "creates itself" in snapshot.fallback
-    assert capture.nodes["model.corner_shop.stg_customers"].fallback is None
 
+def test_tables_a_node_creates_and_reads_back_are_captured_after_parents_and_build_what_dbt_build_builds(
+        tmp_path: Path, bigquery_emulator, client: bigquery.Client, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Second runs that read the columns of a table the node itself creates: the snapshot merging from its staging
+    table (after its parent's data changed), an incremental with ``on_schema_change='append_new_columns'`` whose
+    select gained a column. Captured with the whole run, both wait for their parents (their staging selects read
+    what this run builds); captured again once the parents ran (the worker's recompile), they are scripts whose
+    staging columns came from BigQuery's answer for the select and whose new column is an ``ALTER TABLE``, and
+    replayed they leave dbt build's tables. The emulator's tables.patch does not change a table's columns, so dbt
+    build itself cannot add the incremental's column there: that table is checked against its definition."""
+    from tests.support.dbt_oracle import built_tables, dbt_build, table_rows
+
+    project, profile = _corner_shop(tmp_path, bigquery_emulator.endpoint, "cap_reread", monkeypatch)
+    (project / "models" / "marts" / "orders_appended.sql").write_text(_ORDERS_APPENDED.replace("{extra}", ""))
+    for dataset in ("cap_reread", "cap_reread_oracle"):
+        monkeypatch.setenv("BIGQUERY_DATASET", dataset)
+        dbt_build(project)  # first runs: the snapshot and the incremental tables exist, later runs merge
+    seed = project / "seeds" / "raw_customers.csv"
+    seed.write_text(seed.read_text().replace("1,Ada,Archer", "1,Ada,Abbott") + "11,Kit,Keller,2024-03-01\n")
+    (project / "models" / "marts" / "orders_appended.sql").write_text(
+        _ORDERS_APPENDED.replace("{extra}", ", upper(status) as status_code"))
+    rereaders = ["snapshot.corner_shop.customers_snapshot", "model.corner_shop.orders_appended"]
+
+    monkeypatch.setenv("BIGQUERY_DATASET", "cap_reread")
+    whole = capture_project(project, profile, select=["+customers_snapshot", "+orders_appended"])
+    for unique_id in rereaders:
+        node = whole.nodes[unique_id]
+        assert node.after_parents and "which model.corner_shop.stg_" in (node.fallback or ""), node.fallback
+    dbt_build(project, seeds_only=True)
+    _run_scripts(client, whole, [uid for uid in whole.nodes if uid.startswith("model.") and uid not in rereaders])
+    again = capture_project(project, profile, select=["customers_snapshot", "orders_appended"])
+    for unique_id in rereaders:
+        node = again.nodes[unique_id]
+        assert node.fallback is None, node.fallback
+        assert "__dbt_tmp" in node.script() and "merge" in node.script().lower(), node.script()
+    assert "ADD COLUMN IF NOT EXISTS `status_code` STRING" in again.nodes["model.corner_shop.orders_appended"].script()
+    _run_scripts(client, again, rereaders)
+    ours = built_tables(client, "cap_reread")
+
+    monkeypatch.setenv("BIGQUERY_DATASET", "cap_reread_oracle")
+    dbt_build(project, exclude=("orders_appended",))
+    theirs = built_tables(client, "cap_reread_oracle")
+    assert len(ours[".customers_snapshot"]) == 11 + 1, ours[".customers_snapshot"]  # Ada's old and new row
+    compared = [".customers_snapshot", ".stg_customers", ".stg_orders"]
+    assert {t: ours[t] for t in compared} == {t: theirs[t] for t in compared}
+    expected = sorted(tuple(r.values()) for r in client.query(
+        "select order_id, customer_id, status, upper(status) as status_code from cap_reread.stg_orders").result())
+    assert table_rows(client, "cap_reread_marts", "orders_appended") == expected
 
 def test_capture_answers_dbt_as_bigquery_documents(tmp_path: Path, bigquery_emulator,
                                                    monkeypatch: pytest.MonkeyPatch) -> None:

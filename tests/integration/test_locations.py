@@ -81,8 +81,8 @@ def _trigger(target: RemoteTarget, run_id: str, node_id: str) -> BigQueryNodeTri
 
 
 def _runnable(capture: Capture) -> list[str]:
-    """The nodes the triggers run, in dbt's order; the snapshot falls back to LOCAL by design (its capture reads
-    a staging table it creates itself)."""
+    """The nodes the triggers run, in dbt's order; only the snapshot may be left to a worker (compiled after its
+    parent when it merges from a staging select that reads what this run builds)."""
     fallbacks = {n for n, node in capture.nodes.items() if node.fallback}
     assert {n.split(".")[0] for n in fallbacks} <= {"snapshot"}, {n: capture.nodes[n].fallback for n in fallbacks}
     return [n for n in capture.nodes if n not in fallbacks]

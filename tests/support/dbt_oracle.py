@@ -16,10 +16,10 @@ from google.cloud import bigquery
 DBT_REQUIREMENTS = [f"dbt-bigquery=={metadata.version('dbt-bigquery')}", f"dbt-core=={metadata.version('dbt-core')}"]
 
 
-def dbt_build(project: Path, *, seeds_only: bool = False) -> None:
+def dbt_build(project: Path, *, seeds_only: bool = False, exclude: tuple[str, ...] = ()) -> None:
     """``dbt build`` (or ``dbt seed``) with the project's own profiles.yml and the current environment."""
     dbt = Path(sys.executable).with_name("dbt")
-    command = ["seed"] if seeds_only else ["build"]
+    command = ["seed"] if seeds_only else ["build", *(["--exclude", *exclude] if exclude else [])]
     env = {**os.environ, "DBT_SEND_ANONYMOUS_USAGE_STATS": "false"}
     out = subprocess.run([str(dbt), *command, "--project-dir", str(project), "--profiles-dir", str(project),
                           "--target-path", str(project / "target-oracle"), "--log-path", str(project / "logs")],
