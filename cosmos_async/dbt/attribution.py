@@ -129,7 +129,10 @@ class Recorder:
             target = self.target()
             target.fallback = target.fallback or reason
 
-    def fake_job(self, project: str, body: Mapping[str, Any], statement_type: str) -> dict[str, Any]:
+    def fake_job(self, project: str, body: Mapping[str, Any], statement_type: str,
+                 fields: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+        """A finished job for ``body``, its results (:meth:`query_results`) without rows, with ``fields`` as their
+        columns."""
         ref = dict(body.get("jobReference") or {})
         ref.setdefault("projectId", project)
         ref.setdefault("jobId", f"cosmos_async_capture_{uuid.uuid4().hex}")
@@ -147,7 +150,7 @@ class Recorder:
             # dbt passes the session on to its next jobs; the trigger swaps in the session its replay creates.
             job["statistics"]["sessionInfo"] = {"sessionId": f"cosmos_async_capture_session_{uuid.uuid4().hex}"}
         with self.lock:
-            self.fake_jobs[ref["jobId"]] = {"job": job, "test": self.current_is_test()}
+            self.fake_jobs[ref["jobId"]] = {"job": job, "test": self.current_is_test(), "fields": fields or []}
         return job
 
     def query_results(self, job_id: str) -> dict[str, Any] | None:
@@ -156,7 +159,7 @@ class Recorder:
             return None
         job = fake["job"]
         result = {"kind": "bigquery#getQueryResultsResponse", "jobReference": job["jobReference"],
-                  "jobComplete": True, "schema": {"fields": []}, "rows": [], "totalRows": "0"}
+                  "jobComplete": True, "schema": {"fields": fake["fields"]}, "rows": [], "totalRows": "0"}
         if fake["test"]:
             result.update(_TEST_RESULT)
         return result

@@ -1,9 +1,11 @@
-"""The columns of a table a node creates and reads back in the same run, told before the table exists.
+"""The columns of a select, from BigQuery, without reading a row.
 
 dbt's snapshot merge (from its staging table) and an incremental model with ``on_schema_change`` (from its temp
 table) create a table, then read its columns to write the next statement. The capture runs no write, so the
 table is not there; its columns are those of the select it is created from, which BigQuery reports for
-``select * from (<select>) where false limit 0`` without reading a row (dbt's own column-schema probe).
+``select * from (<select>) where false limit 0`` (dbt's own column-schema probe). A snapshot's own probe is
+asked the same way, so that a query failing late (at its results, as real BigQuery fails it) is told apart from
+one that reads a relation not built yet.
 """
 
 from __future__ import annotations
@@ -19,7 +21,12 @@ _PROBE_TIMEOUT_S = 300.0
 
 
 class ProbeError(Exception):
-    """BigQuery could not tell the select's columns (its message)."""
+    """BigQuery could not tell the select's columns (its message); ``not_found`` when a relation it reads is not
+    there."""
+
+    def __init__(self, message: str, not_found: bool = False) -> None:
+        super().__init__(message)
+        self.not_found = not_found
 
 
 def select_columns(http: Any, upstream: str, project: str, select: str, location: str | None,
@@ -49,11 +56,20 @@ def _answer(resp: Any) -> dict[str, Any]:
         payload = resp.json()
     except ValueError:
         payload = {}
-    error = payload.get("error") if isinstance(payload, dict) else None
-    if not resp.ok or error:
-        message = (error or {}).get("message") if isinstance(error, dict) else None
-        raise ProbeError(message or f"HTTP {resp.status_code}")
-    return payload
+    payload = payload if isinstance(payload, dict) else {}
+    error = payload.get("error") if isinstance(payload.get("error"), dict) else {}
+    details = [e for e in error.get("errors") or [] if isinstance(e, dict)]
+    if resp.ok and not error and payload.get("jobComplete") and not (payload.get("schema") or {}).get("fields"):
+        # A finished query without columns that lists errors failed (a select always has a column).
+        details = [e for e in payload.get("errors") or [] if isinstance(e, dict)]
+    if resp.ok and not error and not details:
+        return payload
+    message = str(error.get("message") or next((e.get("message") for e in details if e.get("message")), None)
+                  or f"HTTP {resp.status_code}")
+    # A job that is gone is not a relation that is missing.
+    missing = (resp.status_code == 404 or any(e.get("reason") == "notFound" for e in details)) and \
+        not message.lower().startswith("not found: job")
+    raise ProbeError(message, not_found=missing)
 
 
 def table_resource(table: Relation, fields: list[dict[str, Any]]) -> dict[str, Any]:

@@ -89,18 +89,22 @@ def _handler(recorder: Recorder) -> type[BaseHTTPRequestHandler]:
             self.end_headers()
             self.wfile.write(data)
 
+        def _auth(self) -> dict[str, str]:
+            """dbt's credentials on this request, for the reads the endpoint makes of its own."""
+            return {k: v for k, v in self.headers.items() if k.lower() in ("authorization", "x-goog-user-project")}
+
         def _forward(self, body: bytes, table: re.Match | None = None) -> None:
             headers = {k: v for k, v in self.headers.items() if k.lower() not in ("host", "content-length")}
             resp = recorder.http.request(self.command, recorder.upstream + self.path, data=body or None,
                                          headers=headers, timeout=300)
             statement = recorder.creating_statement(table["table"]) if table is not None and \
                 resp.status_code == 404 and self.command == "GET" else None
-            created = self._created_table(table, statement, headers) if statement is not None else None
+            created = self._created_table(table, statement) if statement is not None else None
             if created is not None:
                 return self._send(200, created)
             self._send(resp.status_code, resp.content, {"Content-Type": resp.headers.get("Content-Type", "")})
 
-        def _created_table(self, table: re.Match, statement: str, headers: dict[str, str]) -> dict[str, Any] | None:
+        def _created_table(self, table: re.Match, statement: str) -> dict[str, Any] | None:
             """The table resource of a table this node creates, or None with the node sent to a worker."""
             # dbt reads the columns of a table this node creates (a snapshot's staging table, an incremental's
             # temp table with on_schema_change): recorded statements do not run, so it is not there yet. Its
@@ -112,10 +116,9 @@ def _handler(recorder: Recorder) -> type[BaseHTTPRequestHandler]:
                 recorder.fall_back(f"{reason} with a statement whose select cannot be taken apart")
                 return None
             recorder.note_reads(relations_read(parsed[1], asked.project))
-            auth = {k: v for k, v in headers.items() if k.lower() in ("authorization", "x-goog-user-project")}
             try:
                 fields = select_columns(recorder.http, recorder.upstream, asked.project, parsed[1],
-                                        recorder.current_location(), auth)
+                                        recorder.current_location(), self._auth())
             except (ProbeError, OSError) as exc:
                 recorder.fall_back(f"{reason}, and BigQuery could not tell the columns of its select: {exc}")
                 return None
@@ -190,38 +193,34 @@ def _handler(recorder: Recorder) -> type[BaseHTTPRequestHandler]:
         def _drop_table(self, project: str, dataset: str, table: str) -> None:
             # tables.delete drops tables and views alike; SQL needs the kind, so ask the warehouse (a read).
             resp = recorder.http.get(f"{recorder.upstream}/bigquery/v2/projects/{project}/datasets/{dataset}"
-                                     f"/tables/{table}", headers={k: v for k, v in self.headers.items()
-                                                                  if k.lower() == "authorization"}, timeout=300)
+                                     f"/tables/{table}", headers=self._auth(), timeout=300)
             kind = _DROP_KIND.get(resp.json().get("type", "TABLE"), "TABLE") if resp.ok else "TABLE"
             recorder.record(f"DROP {kind} IF EXISTS `{project}`.`{dataset}`.`{table}`", None)
             return self._send(200, b"")
 
-        def _snapshot_probe(self, project: str, body: dict[str, Any], raw: bytes, reads: set[Relation]) -> None:
+        def _snapshot_probe(self, project: str, body: dict[str, Any], query: str, reads: set[Relation]) -> None:
             # A snapshot asks for its select's column types: a merging run with the check strategy compares them
             # with its table's columns (so the answer must be real, and its reads count), and every run warns
             # when dbt_updated_at's type differs from its clock's. On a fresh start the parents are not built
             # yet and BigQuery answers "not found"; there is no table to compare with then, so the answer only
-            # feeds the warning and is given as a finished script without rows, keeping the snapshot at setup.
-            headers = {k: v for k, v in self.headers.items() if k.lower() not in ("host", "content-length")}
-            resp = recorder.http.request(self.command, recorder.upstream + self.path, data=raw or None,
-                                         headers=headers, timeout=300)
+            # feeds the warning and has no columns, keeping the snapshot at setup. Asked here and answered as a
+            # finished script (as a SELECT, dbt would fetch its destination), whether BigQuery fails the query
+            # when it is inserted or when its results are read.
+            location = (body.get("jobReference") or {}).get("location") or recorder.current_location()
             try:
-                answer = resp.json()
-            except ValueError:
-                answer = {}
-            failure = ((answer.get("status") or {}).get("errorResult") or answer.get("error") or {}) \
-                if isinstance(answer, dict) else {}
-            if resp.status_code == 404 or failure.get("reason") == "notFound" or failure.get("code") == 404:
+                fields = select_columns(recorder.http, recorder.upstream, project, query, location, self._auth())
+            except (ProbeError, OSError) as exc:
+                if not getattr(exc, "not_found", False):
+                    recorder.fall_back(f"BigQuery could not tell the column types of the snapshot's select: {exc}")
                 return self._send(200, recorder.fake_job(project, body, "SCRIPT"))
             recorder.note_reads(reads)
-            return self._send(resp.status_code, resp.content, {"Content-Type": resp.headers.get("Content-Type", "")})
+            return self._send(200, recorder.fake_job(project, body, "SCRIPT", fields))
 
         def _patch_table(self, table: re.Match, raw: bytes) -> None:
             # dbt-bigquery appends columns with tables.patch (on_schema_change); the answer is the table as the
             # patch leaves it, which the client needs whole (its tableReference), so the current one is read.
             path = urlsplit(self.path).path
-            auth = {k: v for k, v in self.headers.items() if k.lower() in ("authorization", "x-goog-user-project")}
-            resp = recorder.http.get(recorder.upstream + path, headers=auth, timeout=300)
+            resp = recorder.http.get(recorder.upstream + path, headers=self._auth(), timeout=300)
             if not resp.ok:
                 return self._send(resp.status_code, resp.content,
                                   {"Content-Type": resp.headers.get("Content-Type", "")})
@@ -256,7 +255,7 @@ def _handler(recorder: Recorder) -> type[BaseHTTPRequestHandler]:
                 default = (config.get("query") or {}).get("defaultDataset") or {}
                 reads = relations_read(query, default.get("projectId") or project, default.get("datasetId"))
                 if recorder.current_is_snapshot() and not config.get("dryRun") and reads and is_schema_probe(query):
-                    return self._snapshot_probe(project, body, raw, reads)
+                    return self._snapshot_probe(project, body, query, reads)
                 recorder.note_reads(reads)
                 return self._forward(raw)
             recorder.record(query, location, replayable_configuration(config))
