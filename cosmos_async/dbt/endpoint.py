@@ -67,6 +67,11 @@ def is_schema_probe(sql: str) -> bool:
     return _SCHEMA_PROBE.match(_code(sql)) is not None
 
 
+def _table_relation(m: re.Match) -> Relation:
+    """The table a ``_TABLE`` path names."""
+    return Relation(unquote(m["project"]), unquote(m["dataset"]), unquote(m["table"]))
+
+
 def _handler(recorder: Recorder) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
@@ -102,6 +107,10 @@ def _handler(recorder: Recorder) -> type[BaseHTTPRequestHandler]:
             created = self._created_table(table, statement) if statement is not None else None
             if created is not None:
                 return self._send(200, created)
+            self._relay(resp)
+
+        def _relay(self, resp: Any) -> None:
+            """Hand BigQuery's answer on to dbt as it came."""
             self._send(resp.status_code, resp.content, {"Content-Type": resp.headers.get("Content-Type", "")})
 
         def _created_table(self, table: re.Match, statement: str) -> dict[str, Any] | None:
@@ -109,7 +118,7 @@ def _handler(recorder: Recorder) -> type[BaseHTTPRequestHandler]:
             # dbt reads the columns of a table this node creates (a snapshot's staging table, an incremental's
             # temp table with on_schema_change): recorded statements do not run, so it is not there yet. Its
             # columns are those of the select it is created from; what that select reads counts as this node's.
-            asked = Relation(unquote(table["project"]), unquote(table["dataset"]), unquote(table["table"]))
+            asked = _table_relation(table)
             parsed = created_table_select(statement, asked.project)
             reason = f"dbt reads the columns of {asked.dataset}.{asked.table}, which this node creates itself"
             if parsed is None or parsed[0].key() != asked.key():
@@ -222,10 +231,9 @@ def _handler(recorder: Recorder) -> type[BaseHTTPRequestHandler]:
             path = urlsplit(self.path).path
             resp = recorder.http.get(recorder.upstream + path, headers=self._auth(), timeout=300)
             if not resp.ok:
-                return self._send(resp.status_code, resp.content,
-                                  {"Content-Type": resp.headers.get("Content-Type", "")})
+                return self._relay(resp)
             current, patch = resp.json(), json.loads(raw or b"{}")
-            relation = Relation(unquote(table["project"]), unquote(table["dataset"]), unquote(table["table"]))
+            relation = _table_relation(table)
             statements = None
             if set(patch) <= {"schema", "tableReference"} and "schema" in patch:
                 statements = added_columns_sql(relation, (current.get("schema") or {}).get("fields") or [],

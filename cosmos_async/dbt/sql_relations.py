@@ -209,6 +209,11 @@ def _read_items(tokens: list[_Token], i: int, project: str, dataset: str | None,
         return i
 
 
+def _named(parts: list[str], project: str) -> Relation:
+    """The table a dotted name of two or three parts names (``project`` when it has two)."""
+    return Relation(*parts[:3]) if len(parts) >= 3 else Relation(project, parts[0], parts[1])
+
+
 def relations_written(sql: str, project: str) -> set[Relation]:
     """Tables and datasets a statement (or script) creates, changes or drops; session temp tables left out."""
     tokens = _tokens(sql)
@@ -233,7 +238,7 @@ def relations_written(sql: str, project: str) -> set[Relation]:
         if dataset_level and 1 <= len(parts) <= 2:
             found.add(Relation(parts[0], parts[1]) if len(parts) == 2 else Relation(project, parts[0]))
         elif not dataset_level and len(parts) >= 2:
-            found.add(Relation(*parts[:3]) if len(parts) >= 3 else Relation(project, parts[0], parts[1]))
+            found.add(_named(parts, project))
     return found
 
 
@@ -269,6 +274,6 @@ def created_table_select(sql: str, project: str) -> tuple[Relation, str] | None:
             # Only a closing ``;`` may follow the select: anything else makes this a script.
             if any(t.text != ";" for t in tokens[k + 1:]):
                 return None
-            table = Relation(*parts[:3]) if len(parts) >= 3 else Relation(project, parts[0], parts[1])
+            table = _named(parts, project)
             return table, sql[tokens[opening].end:tokens[k].start].strip()
     return None
