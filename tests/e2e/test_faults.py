@@ -27,7 +27,7 @@ from pathlib import Path
 import pytest
 from cosmos_async_triggers.layout import job_id_base
 
-from tests.support.airflow import AirflowStackError
+from tests.support.airflow import AirflowStackError, deadline_in
 from tests.support.credentials import service_account_key
 from tests.support.faults import (
     INSERT_PATH,
@@ -137,7 +137,7 @@ def test_task_marked_failed_cancels_its_running_job_and_stops_dependents(rig: Fa
     target = _cancel_target(rig)
     job_id = rig.task_job(CANCEL, run_id, target)
     rig.trigger_once(CANCEL, run_id)
-    deadline = time.monotonic() + 180
+    deadline = deadline_in(180)
     while job_id not in rig.proxy.running():
         assert time.monotonic() < deadline, (f"{target}'s job {job_id} never RUNNING", rig.proxy.stats())
         assert rig.af.run_state(CANCEL, run_id) not in ("success", "failed"), rig.states(CANCEL, run_id)
@@ -150,7 +150,7 @@ def test_task_marked_failed_cancels_its_running_job_and_stops_dependents(rig: Fa
     log(f"{run_id}: marked {target} failed while its job {job_id} is RUNNING")
     assert [t["state"] for t in patched] == ["failed"], patched
 
-    deadline = time.monotonic() + 30
+    deadline = deadline_in(30)
     while rig.proxy.stats()["cancels"].get(job_id, 0) < 1 and time.monotonic() < deadline:
         time.sleep(0.2)
     # Only the other root model's job is left: start the next test's runs so that their setup overlaps this wait.
@@ -294,7 +294,7 @@ def test_triggerer_mode_clearing_a_failed_model_with_its_downstream_reruns_them_
     cleared = rig.clear_with_downstream(CLEAR, CLEAR_RUN, parent)
     log(f"{CLEAR_RUN}: cleared {sorted(cleared)}")
     assert {parent, *rig.children[parent], SETUP, TEARDOWN} <= cleared, cleared
-    deadline = time.monotonic() + 30
+    deadline = deadline_in(30)
     while rig.af.run_state(CLEAR, CLEAR_RUN) == "failed":  # until the clear has put the run back in the queue
         assert time.monotonic() < deadline, "the cleared run never left the failed state"
         time.sleep(0.2)
@@ -313,7 +313,7 @@ def test_triggerer_mode_parent_marked_success_by_hand_releases_its_children(rig:
     _start_semantic_runs(rig)
     parent = _parent(rig)
     job_id = rig.task_job(MARKED, MARKED_RUN, parent)
-    deadline = time.monotonic() + 240
+    deadline = deadline_in(240)
     while job_id not in rig.proxy.running():
         assert time.monotonic() < deadline, (f"{parent}'s job {job_id} never RUNNING", rig.proxy.stats())
         time.sleep(0.2)
@@ -406,7 +406,7 @@ def _timeout_run(rig: FaultRig, dag_id: str, run_id: str) -> tuple[str, RunCheck
     rig.wait_task(dag_id, run_id, target, {"failed", "success", "up_for_retry"})
     # The task fails when the scheduler times it out; the triggerer cancels its trigger (which cancels the job) at
     # its next look, a moment later: the job stays held until then, or it would end DONE first.
-    deadline = time.monotonic() + 60
+    deadline = deadline_in(60)
     while not rig.proxy.stats()["cancels"].get(job_id) and time.monotonic() < deadline:
         time.sleep(0.2)
     rig.proxy.set_hold(0)
@@ -460,7 +460,7 @@ def test_two_triggerers_share_a_triggerer_mode_run_without_submitting_twice(rig:
     seen: dict[str, set[int]] = {}
     try:
         rig.trigger_once(CAP1, run_id)
-        deadline = time.monotonic() + 240
+        deadline = deadline_in(240)
         while rig.af.run_state(CAP1, run_id) not in ("success", "failed"):
             assert time.monotonic() < deadline, rig.states(CAP1, run_id)
             for ti in rig.af.task_instances(CAP1, run_id):

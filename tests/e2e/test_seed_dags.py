@@ -28,13 +28,13 @@ from google.auth.credentials import AnonymousCredentials
 from google.cloud import bigquery
 
 from cosmos_async.dbt.venv import ensure_venv
-from tests.support.airflow import AirflowStack, AirflowStackError
+from tests.support.airflow import WAIT_SLACK, AirflowStack, AirflowStackError
 from tests.support.credentials import service_account_key
 from tests.support.dbt_oracle import built_tables, dbt_build
 
 # One module fixture runs every variant (dags test processes and one stack at once): allow it more than the
 # suite's per-test limit, which it is counted against.
-pytestmark = pytest.mark.timeout(1200)
+pytestmark = pytest.mark.timeout(2400)
 
 REPO = Path(__file__).resolve().parents[2]
 SEED_DAGS = Path(__file__).parent / "seed_dags"
@@ -280,7 +280,7 @@ class DagsTests:
     def outcomes(self) -> dict[str, Outcome]:
         found = {}
         for name, (home, proc) in self.procs.items():
-            code = proc.wait(timeout=600)
+            code = proc.wait(timeout=600 * WAIT_SLACK)
             tasks = _sqlite_states(home / "airflow.db", name)
             output = (home / "dags-test.log").read_text(errors="replace")
             errors = [line for line in output.splitlines() if "Error" in line][:5]
@@ -321,22 +321,22 @@ def _stack_outcomes(af: AirflowStack) -> dict[str, Outcome]:
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory, mini_shop, cache_dir, deployment, airflow_pycache,
          airflow_database_url) -> dict[str, dict[str, Outcome]]:
-    """Outcomes by runner: the ``dags test`` processes run while the one Airflow stack starts and runs (on the
-    session's PostgreSQL when there is one: six runs at once keep SQLite's single writer busy)."""
+    """Outcomes by runner: the one Airflow stack (on the session's PostgreSQL when there is one: six runs at once
+    keep SQLite's single writer busy), then the ``dags test`` processes once it has stopped."""
     root = tmp_path_factory.mktemp("seed-runs")
     base = {k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW")}
+    env = {**deployment("stack"), "PYTHONPYCACHEPREFIX": str(airflow_pycache)}
+    # Three tasks at once, and nothing else of this module beside them: seed 003 gives every task a 120 s
+    # execution_timeout, its setup task included, and on the slower 2-CPU machines of this kind that setup's dbt run
+    # took over 120 s while the `dags test` processes ran beside the stack. A queued task's timeout does not run.
+    with AirflowStack(root / "airflow", _dags_folder(root, "stack", mini_shop, cache_dir), env=env,
+                      parallelism=3, database_url=airflow_database_url) as af:
+        stack = _stack_outcomes(af)
     folder = _dags_folder(root, "dagstest", mini_shop, cache_dir)
     dags_tests = DagsTests(root / "dagstest", folder, {
         **base, **deployment("dagstest"), "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
         "AIRFLOW__CORE__DAGS_FOLDER": str(folder), "PYTHONPYCACHEPREFIX": str(airflow_pycache)})
     try:
-        env = {**deployment("stack"), "PYTHONPYCACHEPREFIX": str(airflow_pycache)}
-        # Three tasks at once: seed 003 gives every task a 120 s execution_timeout, and its snapshot runs dbt on a
-        # worker (a LOCAL fallback); with six at once beside the `dags test` processes on 2 CPUs, that dbt run alone
-        # took over 120 s. A queued task's timeout does not run.
-        with AirflowStack(root / "airflow", _dags_folder(root, "stack", mini_shop, cache_dir), env=env,
-                          parallelism=3, database_url=airflow_database_url) as af:
-            stack = _stack_outcomes(af)
         return {"dagstest": dags_tests.outcomes(), "stack": stack}
     finally:
         dags_tests.stop()
