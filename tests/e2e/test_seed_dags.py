@@ -3,11 +3,11 @@
 Each DAG in tests/e2e/seed_dags/ transcribes a seed: warehouse profiles became their BigQuery counterparts on the
 emulator, the dbt project became mini_shop, and ``cosmos`` became ``cosmos_async`` in the imports; each file's
 docstring lists exactly what changed. Every DAG runs in its seed's own execution mode and in AIRFLOW_ASYNC on real
-Airflow processes (one stack, all runs triggered together), and in AIRFLOW_ASYNC under ``airflow dags test`` (what
-users debug with), each variant into a dataset of its own; every table it builds must equal what a plain
-``dbt build`` of mini_shop builds. A variant differs from its seed file by the execution mode, the dag_id and the
-dataset (or, for seed 003, the connection that names it), which ``variant_source`` substitutes and checks it
-substituted.
+Airflow processes (one stack: seed 003's runs first, then all the others together), and in AIRFLOW_ASYNC under
+``airflow dags test`` (what users debug with), each variant into a dataset of its own; every table it builds must
+equal what a plain ``dbt build`` of mini_shop builds. A variant differs from its seed file by the execution mode,
+the dag_id and the dataset (or, for seed 003, the connection that names it), which ``variant_source`` substitutes
+and checks it substituted.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from tests.support.airflow import WAIT_SLACK, AirflowStack, AirflowStackError
 from tests.support.credentials import service_account_key
 from tests.support.dbt_oracle import built_tables, dbt_build
 
-# One module fixture runs every variant (dags test processes and one stack at once): allow it more than the
+# One module fixture runs every variant (one stack, then the dags test processes): allow it more than the
 # suite's per-test limit, which it is counted against.
 pytestmark = pytest.mark.timeout(2400)
 

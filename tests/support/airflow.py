@@ -39,7 +39,8 @@ API_TIMEOUT = 60
 API_ATTEMPTS = 3
 # Waits are upper bounds, first set on machines about three times faster than some CI machines of this kind (a
 # 20M-step Python loop: 1 s there, 3 s on the slow ones, where two stacks and dbt share 2 CPUs). A wait that passes
-# ends as soon as its condition holds, so the wider bound costs time only in a test that fails anyway.
+# ends as soon as its condition holds, so the wider bound costs time only in a test that fails anyway. The waits
+# below widen their ``timeout`` in place, so that their messages name the bound actually waited.
 WAIT_SLACK = float(os.environ.get("COSMOS_TEST_WAIT_SLACK", "3"))
 
 
@@ -115,7 +116,8 @@ class AirflowApi:
 
     def wait_api(self, timeout: float) -> None:
         """Wait until the API answers its health endpoint, then sign in."""
-        deadline = deadline_in(timeout)
+        timeout *= WAIT_SLACK
+        deadline = time.monotonic() + timeout
         while True:
             self.check_alive()
             try:
@@ -182,7 +184,8 @@ class AirflowApi:
     def wait_for_dag(self, dag_id: str, timeout: float = 60.0, dag_file: str | None = None) -> dict[str, Any]:
         """Wait until the dag-processor has serialized ``dag_id``; fail fast on an import error naming it, or of
         ``dag_file`` (a file name, for DAGs whose id the file does not spell out, e.g. derived from ``__file__``)."""
-        deadline = deadline_in(timeout)
+        timeout *= WAIT_SLACK
+        deadline = time.monotonic() + timeout
         while True:
             self.check_alive()
             try:
@@ -220,7 +223,8 @@ class AirflowApi:
 
     def wait_for_run(self, dag_id: str, run_id: str, timeout: float = 120.0, poll: float = 0.5) -> str:
         """Poll until the run is success/failed and return that state; on timeout raise with states and logs."""
-        deadline = deadline_in(timeout)
+        timeout *= WAIT_SLACK
+        deadline = time.monotonic() + timeout
         while True:
             state = self.run_state(dag_id, run_id)
             if state in TERMINAL_RUN_STATES:

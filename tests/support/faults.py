@@ -39,7 +39,7 @@ from google.auth.credentials import AnonymousCredentials
 from google.cloud import bigquery
 
 from bench.synthetic import parse, write_project
-from tests.support.airflow import AirflowStack, AirflowStackError, deadline_in
+from tests.support.airflow import WAIT_SLACK, AirflowStack, AirflowStackError
 from tests.support.bq_lifecycle_proxy import LifecycleProxy
 from tests.support.dbt_oracle import built_tables, dbt_build
 
@@ -434,7 +434,8 @@ class FaultRig:
         is RUNNING with ``min_left`` seconds to go; pin each as it is found, so that every run has one RUNNING
         at the end however far apart the runs are."""
         found: dict[tuple[str, str], str] = {}
-        deadline = deadline_in(timeout)
+        timeout *= WAIT_SLACK
+        deadline = time.monotonic() + timeout
         while len(found) < len(runs):
             running = sorted(self.proxy.running().items(), key=lambda kv: -kv[1])
             for dag_id, run_id in (r for r in runs if r not in found):
@@ -459,7 +460,8 @@ class FaultRig:
         return found
 
     def wait_task(self, dag_id: str, run_id: str, task_id: str, states: set[str], timeout: float = 180.0) -> str:
-        deadline = deadline_in(timeout)
+        timeout *= WAIT_SLACK
+        deadline = time.monotonic() + timeout
         while True:
             state = self.states(dag_id, run_id).get(task_id)
             if state in states:
@@ -525,7 +527,8 @@ class FaultRig:
         self.proxy.pin(pinned)
         before = self.proxy.gets_of(pinned)
         self.bounce_triggerer()
-        deadline = deadline_in(timeout)
+        timeout *= WAIT_SLACK
+        deadline = time.monotonic() + timeout
         try:
             while True:
                 now = self.proxy.gets_of(pinned)
