@@ -232,6 +232,25 @@ def cosmos_setting(name: str, default: str | None = None) -> str | None:
     return conf.get("cosmos", name, fallback=default)
 
 
+def capture_processes() -> int:
+    """``[cosmos] capture_processes``: how many dbt processes the setup task's capture may run at once; by default
+    two where this process may use two CPUs or more (dbt's work is bound by one), else one."""
+    import os
+
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    configured = str(cosmos_setting("capture_processes", "") or "").strip()
+    if not configured:
+        return min(2, usable)
+    try:
+        value = int(configured)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise ConfigurationError(f"[cosmos] capture_processes must be a whole number of at least 1, not "
+                                 f"{configured!r} (AIRFLOW__COSMOS__CAPTURE_PROCESSES).")
+    return value
+
+
 def cache_dir() -> Path:
     """``[cosmos] cache_dir``, or a ``cosmos_async_cache`` directory under the system temp dir."""
     import tempfile

@@ -10,6 +10,8 @@
 - :mod:`~cosmos_async.dbt.executable`: dbt as an executable of its own virtualenv (``dbt_executable_path``).
 - :mod:`~cosmos_async.dbt.venv`: the cached virtualenv built from ``async_py_requirements``.
 - :mod:`~cosmos_async.dbt.capture_cli`: the capture run by another Python (a dbt virtualenv's).
+- :mod:`~cosmos_async.dbt.shares`, :mod:`~cosmos_async.dbt.capture_workers`: one capture split between several
+  dbt processes (the nodes' shares, the merge) and the helper processes that take a share.
 - :mod:`~cosmos_async.dbt.partial_parse`: dbt's partial-parse state kept between runs.
 
 Importing this package imports nothing of dbt: each module imports dbt where it runs it.

@@ -48,8 +48,12 @@ class Recorder:
         self.on_run_end = NodeCapture()
         self.fake_jobs: dict[str, dict[str, Any]] = {}
         self.project = "unknown"
+        self.invocation_id = ""
         self.uploads: dict[str, dict[str, Any]] = {}
         self.on_node_captured = on_node_captured
+        # In a capture split between processes: (project, dataset) -> {table: type} the other processes build,
+        # listed in the dataset's tables as they will be (see cosmos_async.dbt.shares).
+        self.built_elsewhere: dict[tuple[str, str], dict[str, str]] = {}
 
     # -- dbt events -------------------------------------------------------------------------------
     def on_event(self, msg: Any) -> None:
@@ -60,6 +64,8 @@ class Recorder:
         finished = None
         with self.lock:
             if name == "NodeStart":
+                # The id dbt puts in its job labels (and query comments that ask for it) in this invocation.
+                self.invocation_id = self.invocation_id or msg.info.invocation_id
                 self.current = unique_id
                 self.started_any = True
                 self.nodes[unique_id] = NodeCapture()

@@ -34,7 +34,7 @@ from typing import Any
 import yaml
 
 from cosmos_async.config import ProfileConfig
-from cosmos_async.dbt.capture import capture_project
+from cosmos_async.dbt.capture import capture_project, capture_share
 from cosmos_async.dbt.captured import Capture, CaptureError
 from cosmos_async.errors import CosmosAsyncError
 
@@ -108,7 +108,7 @@ def build_request(project_dir: Path, profile_config: ProfileConfig, *, select: S
                   full_refresh: bool = False, install_deps: bool = False,
                   env: Mapping[str, str] | None = None,
                   sources: Sequence[str] = (),
-                  partial_parse: Path | None = None) -> tuple[dict[str, Any], dict[str, str]]:
+                  partial_parse: Path | None = None, processes: int = 1) -> tuple[dict[str, Any], dict[str, str]]:
     """(request without secrets, environment for the child holding the secrets and ``env``)."""
     from cosmos_async.dbt.invoke import environment
     from cosmos_async.profiles import run_target, split_secrets
@@ -120,7 +120,7 @@ def build_request(project_dir: Path, profile_config: ProfileConfig, *, select: S
                "target_name": profile_config.target_name, "target": _escape_templates(safe),
                "select": list(select), "exclude": list(exclude), "vars": dict(dbt_vars or {}),
                "full_refresh": full_refresh, "install_deps": install_deps, "sources": list(sources),
-               "partial_parse": str(partial_parse) if partial_parse else None,
+               "partial_parse": str(partial_parse) if partial_parse else None, "processes": processes,
                # Values of ``env`` may be secrets too: only their names go in the file.
                "env_keys": sorted(env or {})}
     return request, {**dict(env or {}), **secret_env}
@@ -151,7 +151,7 @@ def capture_in_python(python: Path, project_dir: Path, profile_config: ProfileCo
                     exclude: Sequence[str] = (), dbt_vars: Mapping[str, Any] | None = None,
                     full_refresh: bool = False, install_deps: bool = False, env: Mapping[str, str] | None = None,
                     partial_parse: Path | None = None, log: logging.Logger | None = None,
-                    workdir: Path | None = None, sources: Sequence[str] = ()) -> Capture:
+                    workdir: Path | None = None, sources: Sequence[str] = (), processes: int = 1) -> Capture:
     """:func:`capture_project` run by ``python`` (the interpreter of a dbt virtualenv: one built from
     ``async_py_requirements``, or the one of ``dbt_executable_path``); dbt's output goes to ``log`` line by line.
 
@@ -162,24 +162,15 @@ def capture_in_python(python: Path, project_dir: Path, profile_config: ProfileCo
     request, child_secrets = build_request(project_dir, profile_config, select=select, exclude=exclude,
                                            dbt_vars=dbt_vars, full_refresh=full_refresh,
                                            install_deps=install_deps, env=env, sources=sources,
-                                           partial_parse=partial_parse)
+                                           partial_parse=partial_parse, processes=processes)
     with contextlib.ExitStack() as stack:
         if workdir is None:
             work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="cosmos-async-capture-")))
         else:
             work = Path(workdir)
             work.mkdir(parents=True, exist_ok=True)
-        request_path, result_path = work / "request.json", work / "result.json"
-        request_path.write_text(json.dumps(request))
-        result_path.unlink(missing_ok=True)  # a kept workdir must not hand back an earlier run's result
-        child_env = {k: v for k, v in os.environ.items() if k not in _DROPPED_ENV}
-        child_env.update(child_secrets)
-        child_env.update(PYTHONPATH=str(_source_path(work)), PYTHONUNBUFFERED="1")
-        child_env.setdefault("DBT_USE_COLORS", "false")  # the lines go to a log file, not a terminal
-        command = [str(python), "-m", "cosmos_async.dbt.capture_cli", str(request_path), str(result_path)]
+        process, result_path = start_child(python, request, child_secrets, work, stdin=subprocess.DEVNULL)
         tail: deque[str] = deque(maxlen=_TAIL_LINES)
-        process = subprocess.Popen(command, cwd=work, env=child_env, stdin=subprocess.DEVNULL,
-                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace")
         try:
             assert process.stdout is not None
             for line in process.stdout:
@@ -190,12 +181,34 @@ def capture_in_python(python: Path, project_dir: Path, profile_config: ProfileCo
             if process.poll() is None:  # the task was killed or timed out: do not leave dbt running
                 process.kill()
                 process.wait()
-        try:
-            result = json.loads(result_path.read_text())
-        except (OSError, ValueError):
-            lines = "\n".join(tail)
-            raise CaptureError(f"the capture with the dbt Python {python} exited with {code} without a result; "
-                               f"last lines:\n{lines}") from None
+        return read_result(result_path, code, tail, python)
+
+
+def start_child(python: Path, request: Mapping[str, Any], secrets: Mapping[str, str], work: Path,
+                stdin: Any) -> tuple[subprocess.Popen, Path]:
+    """Start ``python -m cosmos_async.dbt.capture_cli`` on ``request`` in ``work``; (process, result path).
+    Its stdout (dbt's output, merged with stderr) is a text pipe to read line by line."""
+    request_path, result_path = work / "request.json", work / "result.json"
+    request_path.write_text(json.dumps(request))
+    result_path.unlink(missing_ok=True)  # a kept workdir must not hand back an earlier run's result
+    child_env = {k: v for k, v in os.environ.items() if k not in _DROPPED_ENV}
+    child_env.update(secrets)
+    child_env.update(PYTHONPATH=str(_source_path(work)), PYTHONUNBUFFERED="1")
+    child_env.setdefault("DBT_USE_COLORS", "false")  # the lines go to a log file, not a terminal
+    command = [str(python), "-m", "cosmos_async.dbt.capture_cli", str(request_path), str(result_path)]
+    process = subprocess.Popen(command, cwd=work, env=child_env, stdin=stdin, stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True, errors="replace")
+    return process, result_path
+
+
+def read_result(result_path: Path, code: int, tail: Sequence[str], python: Path) -> Capture:
+    """The Capture a child wrote, or its error raised as the same cosmos-async class."""
+    try:
+        result = json.loads(result_path.read_text())
+    except (OSError, ValueError):
+        lines = "\n".join(tail)
+        raise CaptureError(f"the capture with the dbt Python {python} exited with {code} without a result; "
+                           f"last lines:\n{lines}") from None
     if "error" in result:
         raise _child_error(result["error"], python)
     return decode(Capture, result["capture"])
@@ -229,11 +242,18 @@ def run_request(request: Mapping[str, Any]) -> Capture:
         profile = ProfileConfig(profile_name=request["profile_name"], target_name=request["target_name"],
                                 profiles_yml_filepath=path)
         env = {k: os.environ[k] for k in request["env_keys"] if k in os.environ}
+        options: dict[str, Any] = {
+            "dbt_vars": request["vars"], "full_refresh": request["full_refresh"],
+            "install_deps": request["install_deps"], "env": env,
+            "partial_parse": Path(request["partial_parse"]) if request.get("partial_parse") else None}
+        if request.get("share"):  # a helper of a split capture (cosmos_async.dbt.capture_workers)
+            from cosmos_async.dbt.capture_workers import announce_node, read_share
+
+            return capture_share(Path(request["project_dir"]), profile, read_share, on_node_captured=announce_node,
+                                 **options)
         return capture_project(Path(request["project_dir"]), profile, select=request["select"],
-                               exclude=request["exclude"], dbt_vars=request["vars"],
-                               full_refresh=request["full_refresh"], install_deps=request["install_deps"], env=env,
-                               sources=request.get("sources") or (),
-                               partial_parse=Path(request["partial_parse"]) if request.get("partial_parse") else None)
+                               exclude=request["exclude"], sources=request.get("sources") or (),
+                               processes=int(request.get("processes") or 1), **options)
 
 
 def main(argv: Sequence[str]) -> int:

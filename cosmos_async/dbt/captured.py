@@ -102,6 +102,8 @@ class Capture:
     nodes: dict[str, NodeCapture]
     on_run_start: NodeCapture
     on_run_end: NodeCapture
+    # dbt's invocation id in the statements' job labels (and in query comments that ask for it).
+    invocation_id: str = ""
 
 
 def _as_script_statement(sql: str) -> str:

@@ -47,14 +47,14 @@ _COMMENTS_AND_STRINGS = re.compile(
 )
 
 
-def _code(sql: str) -> str:
+def statement_code(sql: str) -> str:
     """The statement's code alone, lower case: comments, strings and quoted names blanked, no trailing ``;``."""
     return _COMMENTS_AND_STRINGS.sub(" ", sql).strip().rstrip(";").strip().lower()
 
 
 def is_read_only(sql: str) -> bool:
     """True for a single SELECT/WITH statement: safe to send to the real warehouse during capture."""
-    code = _code(sql)
+    code = statement_code(sql)
     return code.startswith(("select", "with", "(")) and ";" not in code
 
 
@@ -64,7 +64,7 @@ _SCHEMA_PROBE = re.compile(r"^select\s+\*\s+from\s*\(.*\)\s*as\s+__dbt_sbq\s+whe
 
 def is_schema_probe(sql: str) -> bool:
     """True for dbt's ``select * from (...) as __dbt_sbq where false ... limit 0``, which asks for column types."""
-    return _SCHEMA_PROBE.match(_code(sql)) is not None
+    return _SCHEMA_PROBE.match(statement_code(sql)) is not None
 
 
 def _table_relation(m: re.Match) -> Relation:
@@ -109,6 +109,22 @@ def _handler(recorder: Recorder) -> type[BaseHTTPRequestHandler]:
                 return self._send(200, created)
             self._relay(resp)
 
+        def _listing(self, m: re.Match, listed: Mapping[str, str]) -> None:
+            """A dataset's tables (or routines) as they will be once the other processes of a split capture have
+            built theirs: their relations added to what BigQuery lists (the dataset may not exist yet)."""
+            resp = recorder.http.get(recorder.upstream + self.path, headers=self._auth(), timeout=300)
+            if not resp.ok and resp.status_code != 404:
+                return self._relay(resp)
+            answer = resp.json() if resp.ok else {"kind": f"bigquery#{m['kind'][:-1]}List"}
+            if m["kind"] == "tables" and not answer.get("nextPageToken"):  # the last page gets them
+                project, dataset = unquote(m["project"]), unquote(m["dataset"])
+                tables = [t for t in answer.get("tables") or () if t["tableReference"]["tableId"] not in listed]
+                tables += [{"kind": "bigquery#table", "id": f"{project}:{dataset}.{table}", "type": kind,
+                            "tableReference": {"projectId": project, "datasetId": dataset, "tableId": table}}
+                           for table, kind in sorted(listed.items())]
+                answer.update(tables=tables, totalItems=len(tables))
+            return self._send(200, answer)
+
         def _relay(self, resp: Any) -> None:
             """Hand BigQuery's answer on to dbt as it came."""
             self._send(resp.status_code, resp.content, {"Content-Type": resp.headers.get("Content-Type", "")})
@@ -149,6 +165,9 @@ def _handler(recorder: Recorder) -> type[BaseHTTPRequestHandler]:
             if self.command in ("GET", "HEAD"):
                 if m := _METADATA.match(path):
                     recorder.note_reads({_metadata_read(m)})
+                    listed = recorder.built_elsewhere.get((unquote(m["project"]), unquote(m["dataset"] or "")))
+                    if listed and m["table"] is None and m["kind"] in ("tables", "routines"):
+                        return self._listing(m, listed)
                 return self._forward(body, _TABLE.match(path))
             if path.startswith("/upload/"):
                 return self._upload(path, body)

@@ -159,10 +159,17 @@ def node_outcomes(workspace: DbtWorkspace, command: Sequence[str], dbt_vars: Map
     return outcomes
 
 
+def node_results(workspace: DbtWorkspace, command: Sequence[str], dbt_vars: Mapping[str, Any] | None,
+                 manifest: Any, global_flags: Sequence[str] = ()) -> list[Any]:
+    """dbt's own result list of an in-process command on dbt's Manifest (``dbt ls``: one line per node)."""
+    return list(_ran(workspace, command, dbt_vars, manifest=manifest, global_flags=global_flags).result or ())
+
+
 def _ran(workspace: DbtWorkspace, command: Sequence[str], dbt_vars: Mapping[str, Any] | None,
-         callbacks: Sequence[Callable[[Any], None]] = (), manifest: Any = None) -> Any:
+         callbacks: Sequence[Callable[[Any], None]] = (), manifest: Any = None,
+         global_flags: Sequence[str] = ()) -> Any:
     """dbt's result of one in-process command; raise when dbt itself could not run it (not for node failures)."""
-    result = _run(workspace.args(command, dbt_vars), callbacks, manifest)
+    result = _run(workspace.args(command, dbt_vars, global_flags), callbacks, manifest)
     if result.exception is not None or result.result is None:
         raise DbtCommandError(f"dbt {' '.join(command)} could not run: {_failure_text(result)}")
     return result

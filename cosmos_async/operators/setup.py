@@ -11,7 +11,7 @@ from typing import Any
 
 from airflow.sdk import BaseOperator
 
-from cosmos_async.config import ProfileConfig
+from cosmos_async.config import ProfileConfig, capture_processes
 from cosmos_async.dbt.partial_parse import state_file
 from cosmos_async.errors import ConfigurationError
 
@@ -108,7 +108,8 @@ class DbtAsyncSetupOperator(BaseOperator):
         options: dict[str, Any] = {"select": self.select, "exclude": self.exclude, "dbt_vars": self.dbt_vars,
                                    "full_refresh": self.full_refresh, "install_deps": self.install_deps,
                                    "env": self.env, "sources": self.sources,
-                                   "partial_parse": state_file(Path(self.project_dir), self.profile_config, target)}
+                                   "partial_parse": state_file(Path(self.project_dir), self.profile_config, target),
+                                   "processes": capture_processes()}
         python = self._python()
         if python is None:
             from cosmos_async.dbt.capture import capture_project

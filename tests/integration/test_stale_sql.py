@@ -29,10 +29,11 @@ from google.auth.credentials import AnonymousCredentials
 from google.cloud import bigquery
 
 from cosmos_async import DbtDag, ExecutionConfig, ExecutionMode, ProfileConfig, ProjectConfig
+from cosmos_async.dbt import capture
 from cosmos_async.operators.bigquery import DbtBigQueryAsyncOperator
 from tests.integration.test_bad_input import TaskInstanceXCom
 from tests.support.connections import emulator_connections
-from tests.support.dbt_oracle import built_tables, dbt_build
+from tests.support.dbt_oracle import built_tables, dbt_build, table_rows
 
 PROJECT_SRC = Path(__file__).resolve().parents[1] / "projects" / "introspect"
 PROJECT = "demo-proj"
@@ -101,15 +102,22 @@ def client(bigquery_emulator) -> bigquery.Client:
     return client
 
 
+@pytest.mark.parametrize("processes", [1, 2], ids=["one_dbt_process", "split_between_two_dbt_processes"])
 def test_models_built_from_their_parents_run_after_them_and_equal_dbt_build(
         tmp_path: Path, bigquery_emulator, client: bigquery.Client, monkeypatch: pytest.MonkeyPatch,
-        capfd: pytest.CaptureFixture[str]) -> None:
+        capfd: pytest.CaptureFixture[str], processes: int) -> None:
+    """Split: the setup's capture shares the nodes with a second dbt process (the project is below the size
+    where that pays, so the threshold is lowered); parent_seen, which asks dbt's relation cache about a parent
+    the other process builds, must still see it built."""
     ours, oracle = tmp_path / "introspect", tmp_path / "oracle"
     for copy in (ours, oracle):
         shutil.copytree(PROJECT_SRC, copy)
+    dataset = DATASET if processes == 1 else f"{DATASET}_split"
     monkeypatch.setenv("BIGQUERY_API_ENDPOINT", bigquery_emulator.endpoint)
     monkeypatch.setenv("INTROSPECT_EXT_DATASET", EXT_DATASET)
-    monkeypatch.setenv("BIGQUERY_DATASET", DATASET)
+    monkeypatch.setenv("BIGQUERY_DATASET", dataset)
+    monkeypatch.setenv("AIRFLOW__COSMOS__CAPTURE_PROCESSES", str(processes))
+    monkeypatch.setattr(capture, "MIN_SPLIT_SQL_FILES", 1)
     with emulator_connections(PROJECT, bigquery_emulator.endpoint, bigquery_emulator.endpoint, "http://127.0.0.1:9"):
         dag = DbtDag(dag_id=DAG_ID, schedule=None,
                      project_config=ProjectConfig(dbt_project_path=ours),
@@ -122,14 +130,16 @@ def test_models_built_from_their_parents_run_after_them_and_equal_dbt_build(
             capfd.readouterr()
             _dag_run(dag, f"manual__{run}")
             log = "".join(capfd.readouterr())  # the tasks' log lines (Airflow's structlog writes them to stdout)
+            assert ("[capture 2]" in log) == (processes == 2), log
+            assert "capturing in one dbt process" not in log, log
             # Exactly the nodes that introspect their parents; the one reading a table no node builds, the
             # incremental model reading itself and the rest stay captured at setup.
             later = re.findall(r"(\S+) will be compiled on a worker once its parents ran", log)
             assert set(later) == INTROSPECTING, log
             assert (f"model.introspect.orders_wide will be compiled on a worker once its parents ran: its SQL "
-                    f"depends on `{PROJECT}.{DATASET}.stg_orders`, which model.introspect.stg_orders builds in this "
+                    f"depends on `{PROJECT}.{dataset}.stg_orders`, which model.introspect.stg_orders builds in this "
                     "run: compiled on a worker after it") in log
-            assert f"`{PROJECT}.{DATASET}.stg_customers`, which model.introspect.stg_customers" in log
+            assert f"`{PROJECT}.{dataset}.stg_customers`, which model.introspect.stg_customers" in log
             # Compiled again once their parents ran, their jobs in the trigger: none runs through dbt.
             again = re.findall(r"compiled (\S+) again and uploaded it \(recompiled/", log)
             assert sorted(again) == sorted(INTROSPECTING), log
@@ -137,16 +147,17 @@ def test_models_built_from_their_parents_run_after_them_and_equal_dbt_build(
             assert "will run through dbt on a worker (LOCAL)" not in log
 
             with monkeypatch.context() as mp:
-                mp.setenv("BIGQUERY_DATASET", f"oracle_{DATASET}")
+                mp.setenv("BIGQUERY_DATASET", f"oracle_{dataset}")
                 dbt_build(oracle)
-            expected = built_tables(client, f"oracle_{DATASET}")
-            assert expected and built_tables(client, DATASET) == expected, run
+            expected = built_tables(client, f"oracle_{dataset}")
+            assert expected and built_tables(client, dataset) == expected, run
+            assert table_rows(client, dataset, "parent_seen") == [(True, 4)], run
             if run == "first":
                 _change_parents(ours)
                 _change_parents(oracle)
 
     # What a user would look for: this run's column and this run's region, not last run's.
-    wide = client.get_table(f"{PROJECT}.{DATASET}.orders_wide").schema
+    wide = client.get_table(f"{PROJECT}.{dataset}.orders_wide").schema
     assert [f.name for f in wide] == ["order_id", "customer_id", "amount", "amount_doubled"]
-    regions = client.get_table(f"{PROJECT}.{DATASET}.region_counts").schema
+    regions = client.get_table(f"{PROJECT}.{dataset}.region_counts").schema
     assert [f.name for f in regions] == ["customers_north", "customers_south", "customers_west", "customers"]

@@ -19,7 +19,7 @@ LAYERS: list[tuple[str, ...]] = [
      "dbt.executable", "dbt.partial_parse", "dbt.invoke"),
     ("project", "project.manifest", "project.select", "project.dbt_ls", "project.load", "plan", "sources"),
     ("dbt.captured", "dbt.attribution", "dbt.column_probe", "dbt.table_patch", "dbt.endpoint",
-     "dbt.run_dependencies", "dbt.capture", "dbt.capture_cli"),
+     "dbt.run_dependencies", "dbt.shares", "dbt.capture", "dbt.capture_cli", "dbt.capture_workers"),
     ("remote",),
     ("operators", "operators.links", "operators.local", "operators.bigquery", "operators.setup",
      "operators.teardown"),
