@@ -13,8 +13,11 @@ Each sample deletes its run's files afterwards,
 untimed, as the teardown task does, so the bucket does not fill up across samples. Peak memory: each process's RSS
 high-water mark (``ru_maxrss``: the capture process's own ``getrusage(RUSAGE_SELF)``; ``dbt compile``'s from
 ``os.wait4``), dbt in-process included.
-Note the work differs: the capture runs ``dbt build`` with one thread (it records each node's statements, tests
-included); ``dbt compile`` renders SQL only, with the profile's 8 threads.
+``peak_rss_tree_mb`` adds the capture process's and its largest child's (a helper of a split capture, or the
+virtualenv's dbt), an upper bound of what they hold at once.
+Note the work differs: the capture runs ``dbt build`` with one thread per dbt process (it records each node's
+statements, tests included), in as many processes as the setup task would use (``[cosmos] capture_processes``;
+``ours_setup_file_one_process``: one); ``dbt compile`` renders SQL only, with the profile's 8 threads.
 """
 
 from __future__ import annotations
@@ -44,7 +47,9 @@ from cosmos_async.dbt.capture import capture_project
 from cosmos_async.dbt.partial_parse import state_file
 from cosmos_async.profiles import resolve_target
 from cosmos_async.remote import RemoteTarget, RunUpload, delete_run
-project, url, conn, run_id, overlap = sys.argv[1:6]
+project, url, conn, run_id, overlap, processes = sys.argv[1:7]
+from cosmos_async.config import capture_processes
+processes = int(processes) or capture_processes()  # 0: as the setup task decides
 t0 = time.perf_counter()
 profile = ProfileConfig(profile_name="synthetic", target_name="dev",
                         profiles_yml_filepath=str(Path(project) / "profiles.yml"))
@@ -58,27 +63,31 @@ CAPTURE
 t2 = time.perf_counter()
 ended_at = time.time()  # the setup's end: what follows is not timed
 # KiB on Linux: the RSS high-water mark of this process, or of the dbt Python it ran (the virtualenv path).
-peak = max(resource.getrusage(who).ru_maxrss for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))
+peaks = [resource.getrusage(who).ru_maxrss for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)]
+peak = max(peaks)
 delete_run(target, "bench", run_id)  # as teardown does: the next sample's bucket is as empty
 print(json.dumps({"ended_at": ended_at, "in_task_s": ended_at - ready_at, "capture_s": t1 - t0, "upload_s": t2 - t1,
                   "files": len(index["nodes"]),
                   "early_files": upload.early, "peak_rss_mb": round(peak / 1024, 1),
+                  "peak_rss_tree_mb": round(sum(peaks) / 1024, 1),
                   "fallbacks": sum(1 for e in index["nodes"].values() if e["fallback"])}))
 """
 # How the setup task captures: dbt in this process (each node's files go up as dbt finishes it, unless
 # ``overlap`` is 0) or dbt in a virtualenv built from async_py_requirements, found in the cache as a setup task
 # after the first finds it (the warm-up sample builds it; the capture's nodes come back at its end).
-IN_PROCESS = """    capture = capture_project(Path(project), profile, partial_parse=kept,
+IN_PROCESS = """    capture = capture_project(Path(project), profile, partial_parse=kept, processes=processes,
                               on_node_captured=upload.node_captured if overlap == "1" else None)"""
 IN_VENV = """    from importlib import metadata
     from cosmos_async.dbt.capture_cli import capture_in_python
     from cosmos_async.dbt.venv import ensure_venv, venv_python
     wanted_dbt = [f"{name}=={metadata.version(name)}" for name in ("dbt-bigquery", "dbt-core")]
-    capture = capture_in_python(venv_python(ensure_venv(wanted_dbt)), Path(project), profile, partial_parse=kept)"""
+    capture = capture_in_python(venv_python(ensure_venv(wanted_dbt)), Path(project), profile, partial_parse=kept,
+                                processes=processes)"""
 
 
 # What ``python -m bench`` measures (the before/after ``_sequential`` variants are for the overlap's own report).
-DEFAULT = frozenset({"dbt_compile", "dbt_compile_partial_parse", "ours_setup_gcs", "ours_setup_file"})
+DEFAULT = frozenset({"dbt_compile", "dbt_compile_partial_parse", "ours_setup_gcs", "ours_setup_file",
+                     "ours_setup_file_one_process"})
 
 
 def _env(bq_endpoint: str, gcs_endpoint: str | None) -> dict[str, str]:
@@ -93,11 +102,11 @@ def _env(bq_endpoint: str, gcs_endpoint: str | None) -> dict[str, str]:
 
 
 def ours_sample(project: Path, url: str, conn: str, env: dict[str, str], run: int, overlap: bool = True,
-                venv: bool = False) -> dict:
+                venv: bool = False, processes: int = 0) -> dict:
     started_at = time.time()  # wall clock: the child reports when its setup ended, before its untimed cleanup
     script = OURS.replace("CAPTURE", IN_VENV if venv else IN_PROCESS)
     out = subprocess.run([sys.executable, "-c", script, str(project), url, conn, f"run_{run}_{time.time_ns()}",
-                          "1" if overlap else "0"],
+                          "1" if overlap else "0", str(processes)],
                          capture_output=True, text=True, env=env, timeout=900)
     if out.returncode:
         raise RuntimeError(out.stderr[-1500:])
@@ -138,8 +147,9 @@ def _summary(samples: list[dict]) -> dict:
     for key in ("in_task_s", "capture_s", "upload_s"):
         if key in samples[0]:
             out[f"median_{key}"] = round(statistics.median(s[key] for s in samples), 3)
-    if "peak_rss_mb" in samples[0]:
-        out["max_peak_rss_mb"] = max(s["peak_rss_mb"] for s in samples)
+    for key in ("peak_rss_mb", "peak_rss_tree_mb"):
+        if key in samples[0]:
+            out[f"max_{key}"] = max(s[key] for s in samples)
     for key in ("files", "early_files", "fallbacks"):
         if key in samples[0]:
             out[key] = samples[0][key]
@@ -180,6 +190,7 @@ def run(models: list[int], runs: int, workdir: Path, warmup: bool = True,
                 "ours_setup_gcs": lambda i, p=project: _gcs_sample(p, workdir, env, i),
                 "ours_setup_file_sequential": lambda i, p=project: ours_sample(p, file_url, "", env, i, False),
                 "ours_setup_file": lambda i, p=project: ours_sample(p, file_url, "", env, i),
+                "ours_setup_file_one_process": lambda i, p=project: ours_sample(p, file_url, "", env, i, processes=1),
                 "ours_setup_venv_file": lambda i, p=project: ours_sample(p, file_url, "", env, i, venv=True),
             }
             for name, measure in measures.items():
