@@ -6,6 +6,10 @@ package's source on PYTHONPATH. Secret values travel only in the child's environ
 ``COSMOS_ASYNC_SECRET_*`` names the in-process profile uses; the request's target refers to them by
 ``env_var()``. Child: :func:`main` rebuilds the profile, runs :func:`capture_project` and writes the result.
 
+The parent holds the child's stdin open for as long as it wants the child (a helper's share is its first line):
+when it ends, the parent is done or gone, and the child ends at once (:class:`ParentPipe`), so a setup task
+killed with SIGKILL (out of memory, say) leaves no dbt running beneath it.
+
 The Capture crosses as JSON built from the dataclasses' own fields, so fields added to NodeCapture later
 cross without changes here as long as their values are JSON types, bytes (as base64), dataclasses or containers
 of them.
@@ -23,6 +27,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import traceback
 import types
 import typing
@@ -42,6 +47,7 @@ _SECRET_REF = "{{ env_var('COSMOS_ASYNC_SECRET_"
 # Inherited variables that would make the venv's Python load another environment's packages.
 _DROPPED_ENV = ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV", "PYTHONSTARTUP")
 _TAIL_LINES = 30
+_PARENT_GONE = 75  # the exit code of a child whose parent closed its stdin before it finished (none reads it)
 
 
 # -- Capture <-> JSON ------------------------------------------------------------------------------------------
@@ -169,7 +175,7 @@ def capture_in_python(python: Path, project_dir: Path, profile_config: ProfileCo
         else:
             work = Path(workdir)
             work.mkdir(parents=True, exist_ok=True)
-        process, result_path = start_child(python, request, child_secrets, work, stdin=subprocess.DEVNULL)
+        process, result_path = start_child(python, request, child_secrets, work)
         tail: deque[str] = deque(maxlen=_TAIL_LINES)
         try:
             assert process.stdout is not None
@@ -181,13 +187,16 @@ def capture_in_python(python: Path, project_dir: Path, profile_config: ProfileCo
             if process.poll() is None:  # the task was killed or timed out: do not leave dbt running
                 process.kill()
                 process.wait()
+            assert process.stdin is not None
+            process.stdin.close()
         return read_result(result_path, code, tail, python)
 
 
-def start_child(python: Path, request: Mapping[str, Any], secrets: Mapping[str, str], work: Path,
-                stdin: Any) -> tuple[subprocess.Popen, Path]:
+def start_child(python: Path, request: Mapping[str, Any], secrets: Mapping[str, str],
+                work: Path) -> tuple[subprocess.Popen, Path]:
     """Start ``python -m cosmos_async.dbt.capture_cli`` on ``request`` in ``work``; (process, result path).
-    Its stdout (dbt's output, merged with stderr) is a text pipe to read line by line."""
+    Its stdout (dbt's output, merged with stderr) is a text pipe to read line by line; its stdin a text pipe
+    the caller closes once it no longer wants the child (:class:`ParentPipe`)."""
     request_path, result_path = work / "request.json", work / "result.json"
     request_path.write_text(json.dumps(request))
     result_path.unlink(missing_ok=True)  # a kept workdir must not hand back an earlier run's result
@@ -196,7 +205,7 @@ def start_child(python: Path, request: Mapping[str, Any], secrets: Mapping[str, 
     child_env.update(PYTHONPATH=str(_source_path(work)), PYTHONUNBUFFERED="1")
     child_env.setdefault("DBT_USE_COLORS", "false")  # the lines go to a log file, not a terminal
     command = [str(python), "-m", "cosmos_async.dbt.capture_cli", str(request_path), str(result_path)]
-    process = subprocess.Popen(command, cwd=work, env=child_env, stdin=stdin, stdout=subprocess.PIPE,
+    process = subprocess.Popen(command, cwd=work, env=child_env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                stderr=subprocess.STDOUT, text=True, errors="replace")
     return process, result_path
 
@@ -231,7 +240,30 @@ def _child_error(error: Mapping[str, str], python: Path) -> Exception:
 
 
 # -- child side ------------------------------------------------------------------------------------------------
-def run_request(request: Mapping[str, Any]) -> Capture:
+class ParentPipe:
+    """This child's stdin as its parent holds it: the first line is the parent's message (a helper's share);
+    the end of the pipe ends this process at once, whatever dbt is doing, since nobody waits for its result."""
+
+    def __init__(self, stream: typing.TextIO) -> None:
+        self._stream = stream
+        self._first: list[str] = []
+        self._got_first = threading.Event()
+        threading.Thread(target=self._watch, name="cosmos-async-parent-pipe", daemon=True).start()
+
+    def _watch(self) -> None:
+        for line in self._stream:
+            if not self._got_first.is_set():
+                self._first.append(line)
+                self._got_first.set()
+        os._exit(_PARENT_GONE)  # no cleanup owed: the child's files hold no secrets, its temp dirs are its own
+
+    def first_line(self) -> str:
+        """The parent's message, once it has written it."""
+        self._got_first.wait()
+        return self._first[0]
+
+
+def run_request(request: Mapping[str, Any], pipe: ParentPipe) -> Capture:
     """Run :func:`capture_project` for a request written by :func:`build_request`."""
     with tempfile.TemporaryDirectory(prefix="cosmos-async-profile-") as tmp:
         path = Path(tmp) / "profiles.yml"
@@ -247,10 +279,10 @@ def run_request(request: Mapping[str, Any]) -> Capture:
             "install_deps": request["install_deps"], "env": env,
             "partial_parse": Path(request["partial_parse"]) if request.get("partial_parse") else None}
         if request.get("share"):  # a helper of a split capture (cosmos_async.dbt.capture_workers)
-            from cosmos_async.dbt.capture_workers import announce_node, read_share
+            from cosmos_async.dbt.capture_workers import announce_node, parse_share
 
-            return capture_share(Path(request["project_dir"]), profile, read_share, on_node_captured=announce_node,
-                                 **options)
+            return capture_share(Path(request["project_dir"]), profile, lambda: parse_share(pipe.first_line()),
+                                 on_node_captured=announce_node, **options)
         return capture_project(Path(request["project_dir"]), profile, select=request["select"],
                                exclude=request["exclude"], sources=request.get("sources") or (),
                                processes=int(request.get("processes") or 1), **options)
@@ -263,7 +295,8 @@ def main(argv: Sequence[str]) -> int:
         return 2
     request_path, result_path = Path(argv[0]), Path(argv[1])
     try:
-        payload: dict[str, Any] = {"capture": encode(run_request(json.loads(request_path.read_text())))}
+        pipe = ParentPipe(sys.stdin)
+        payload: dict[str, Any] = {"capture": encode(run_request(json.loads(request_path.read_text()), pipe))}
         code = 0
     except BaseException as exc:  # dbt may raise SystemExit; the parent needs the message whatever it is
         traceback.print_exc()

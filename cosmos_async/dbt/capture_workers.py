@@ -2,13 +2,16 @@
 ``cosmos_async.dbt.capture_cli`` in share mode.
 
 A helper starts before the setup's own dbt parses, parses at the same time, then waits for one line on its
-stdin: its share (:class:`~cosmos_async.dbt.shares.Share` as JSON; an empty line: nothing to do). It prints
+stdin: its share (:class:`~cosmos_async.dbt.shares.Share` as JSON; an empty line: nothing to do). Its stdin
+stays open until the setup is done with it; closed earlier, or by the setup's death, it ends the helper
+(:class:`~cosmos_async.dbt.capture_cli.ParentPipe`). It prints
 dbt's output, and one marked line per node as dbt finishes it, so that node's files go up at once; its whole
 capture comes back through its result file, as from a dbt virtualenv.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import subprocess
@@ -37,8 +40,7 @@ class CaptureWorker:
     def __init__(self, number: int, work: Path, request: dict[str, Any], secrets: dict[str, str],
                  on_node_captured: NodeCallback | None) -> None:
         self.number, self.on_node_captured = number, on_node_captured
-        self.process, self.result_path = start_child(Path(sys.executable), request, secrets, work,
-                                                     stdin=subprocess.PIPE)
+        self.process, self.result_path = start_child(Path(sys.executable), request, secrets, work)
         self.tail: deque[str] = deque(maxlen=_TAIL_LINES)
         self.assigned = False
         self.reader = threading.Thread(target=self._read, name=f"cosmos-async-capture-{number}", daemon=True)
@@ -61,7 +63,7 @@ class CaptureWorker:
         self.assigned = True
         try:
             self.process.stdin.write((json.dumps(dataclasses.asdict(share)) if share else "") + "\n")
-            self.process.stdin.close()
+            self.process.stdin.flush()
         except OSError:  # it ended already; result() says why
             pass
 
@@ -75,7 +77,11 @@ class CaptureWorker:
             return f"capture process {self.number} failed: {exc}"
 
     def stop(self) -> None:
-        """End the helper: one never given a share (the setup failed before) is killed at once."""
+        """End the helper, if it has not ended: its stdin closed, it stops at once; one never given a share (the
+        setup failed before it could plan) may still be importing dbt, and is killed."""
+        assert self.process.stdin is not None
+        with contextlib.suppress(OSError):  # a pipe it already closed by ending
+            self.process.stdin.close()
         if not self.assigned:
             self.process.kill()
         try:
@@ -107,9 +113,9 @@ def start_workers(count: int, project_dir: Path, profile_config: Any, *,
 
 
 # -- helper side ----------------------------------------------------------------------------------------------
-def read_share() -> Share | None:
+def parse_share(line: str) -> Share | None:
     """This helper's share, from the line its parent writes on stdin once it has planned the split."""
-    line = sys.stdin.readline().strip()
+    line = line.strip()
     return Share(**json.loads(line)) if line else None
 
 
