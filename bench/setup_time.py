@@ -4,7 +4,8 @@ Both run against the BigQuery emulator in a fresh interpreter per sample (wall t
 parse). Our capture keeps dbt's partial-parse state between runs as the setup task does (``[cosmos] cache_dir``);
 ``dbt compile`` is measured both ways: a fresh ``--target-path`` per sample (full parse) and one target path kept
 across samples (partial parse, as in a user's project directory). The warm-up sample leaves both states in place.
-The remote path is the GCS emulator (gs://) or a local directory (file://).
+The remote path is a GCS emulator (gs://: gcp-storage-emulator, or fake-gcs-server in
+``ours_setup_fake_gcs_server``) or a local directory (file://).
 Our figure also reports its capture and upload stages as the setup task logs them: uploads overlap the capture
 (each node's files go up as dbt finishes it; ``upload_s`` is what is left after dbt ends, the index last) and the
 ``_sequential`` variants upload only after the capture, as before; ``ours_setup_venv_file`` captures with dbt in a
@@ -86,8 +87,8 @@ IN_VENV = """    from importlib import metadata
 
 
 # What ``python -m bench`` measures (the before/after ``_sequential`` variants are for the overlap's own report).
-DEFAULT = frozenset({"dbt_compile", "dbt_compile_partial_parse", "ours_setup_gcs", "ours_setup_file",
-                     "ours_setup_file_one_process"})
+DEFAULT = frozenset({"dbt_compile", "dbt_compile_partial_parse", "ours_setup_gcs", "ours_setup_fake_gcs_server",
+                     "ours_setup_file", "ours_setup_file_one_process"})
 
 
 def _env(bq_endpoint: str, gcs_endpoint: str | None) -> dict[str, str]:
@@ -188,6 +189,8 @@ def run(models: list[int], runs: int, workdir: Path, warmup: bool = True,
                     p, env, t),
                 "ours_setup_gcs_sequential": lambda i, p=project: _gcs_sample(p, workdir, env, i, False),
                 "ours_setup_gcs": lambda i, p=project: _gcs_sample(p, workdir, env, i),
+                "ours_setup_fake_gcs_server": lambda i, p=project: _gcs_sample(p, workdir, env, i,
+                                                                               fake_gcs_server=True),
                 "ours_setup_file_sequential": lambda i, p=project: ours_sample(p, file_url, "", env, i, False),
                 "ours_setup_file": lambda i, p=project: ours_sample(p, file_url, "", env, i),
                 "ours_setup_file_one_process": lambda i, p=project: ours_sample(p, file_url, "", env, i, processes=1),
@@ -216,13 +219,15 @@ def run(models: list[int], runs: int, workdir: Path, warmup: bool = True,
     return rows
 
 
-def _gcs_sample(project: Path, workdir: Path, env: dict[str, str], run: int, overlap: bool = True) -> dict:
-    """One setup sample against a GCS emulator started for it (not timed). The emulator rewrites the metadata of
-    every object it ever held, deleted ones included, on each insert: shared across samples, each sample would be
-    slower than the last for the emulator's sake alone."""
-    from tests.support.emulators import start_gcs
+def _gcs_sample(project: Path, workdir: Path, env: dict[str, str], run: int, overlap: bool = True,
+                fake_gcs_server: bool = False) -> dict:
+    """One setup sample against a GCS emulator started for it (not timed): gcp-storage-emulator, or with
+    ``fake_gcs_server`` fake-gcs-server. The first rewrites the metadata of every object it ever held, deleted
+    ones included, on each insert: shared across samples, each sample would be slower than the last for the
+    emulator's sake alone."""
+    from tests.support.emulators import start_fake_gcs, start_gcs
 
-    gcs = start_gcs(workdir / f"gcs_{time.time_ns()}")
+    gcs = (start_fake_gcs if fake_gcs_server else start_gcs)(workdir / f"gcs_{time.time_ns()}")
     try:
         sample_env = {**env, **_env(env["BIGQUERY_API_ENDPOINT"], gcs.endpoint)}  # the bucket's connection
         return ours_sample(project, f"gs://{gcs.extra['bucket']}/bench", "bench_gcs", sample_env, run, overlap)
