@@ -8,6 +8,7 @@ interpreter (:func:`dbt_python`).
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import logging
 import os
 import shutil
@@ -15,7 +16,7 @@ import signal
 import subprocess
 import sys
 from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -24,6 +25,7 @@ from cosmos_async.errors import ConfigurationError
 
 _TAIL_LINES = 40
 _DEFAULT_LOG = logging.getLogger(__name__)
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
 def default_dbt() -> str:
@@ -90,7 +92,9 @@ class DbtSubprocess:
     """Runs dbt commands as a subprocess of ``executable``, its output streamed to ``log`` line by line.
 
     ``append_env`` False starts dbt with only the workspace's environment (Cosmos's meaning). ``stop`` is for a
-    task's ``on_kill``: SIGINT makes dbt cancel its running queries before it exits, SIGTERM does not.
+    task's ``on_kill``: SIGINT makes dbt cancel its running queries before it exits, SIGTERM does not. On Linux,
+    dbt gets that same signal when the task's process dies without running ``on_kill`` (SIGKILL: out of memory, a
+    lost worker), so it does not go on building beside the task's retry.
     """
 
     def __init__(self, executable: str | Path, *, append_env: bool = True, cancel_query_on_kill: bool = True,
@@ -108,7 +112,8 @@ class DbtSubprocess:
         try:
             self.process = subprocess.Popen([self.executable, *args], env=child_env, stdin=subprocess.DEVNULL,
                                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                            errors="replace", start_new_session=True)
+                                            errors="replace", start_new_session=True,
+                                            preexec_fn=_signal_when_parent_dies(self._stop_signal()))
         except OSError as exc:
             raise ConfigurationError(f"cannot start dbt at {self.executable} ({exc}); fix "
                                      "ExecutionConfig(dbt_executable_path=...).") from None
@@ -132,10 +137,34 @@ class DbtSubprocess:
         process = self.process
         if process is None or process.poll() is not None:
             return
-        sig = signal.SIGINT if self.cancel_query_on_kill else signal.SIGTERM
+        sig = self._stop_signal()
         self.log.info("sending %s to dbt (pid %d)", sig.name, process.pid)
         with contextlib.suppress(ProcessLookupError):
             os.killpg(process.pid, sig)
+
+    def _stop_signal(self) -> signal.Signals:
+        return signal.SIGINT if self.cancel_query_on_kill else signal.SIGTERM
+
+
+def _signal_when_parent_dies(sig: signal.Signals) -> Callable[[], None] | None:
+    """A ``preexec_fn`` asking Linux to send ``sig`` to the child when the calling thread ends (with its
+    process, for a task's), or None elsewhere. prctl is looked up before the fork: between fork and exec the
+    child only makes two system calls.
+    """
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+    parent = os.getpid()
+
+    def arm() -> None:
+        prctl(_PR_SET_PDEATHSIG, int(sig))
+        if os.getppid() != parent:  # the parent died between the fork and the request: dbt never starts
+            os._exit(1)
+
+    return arm
 
 
 @dataclass(frozen=True)

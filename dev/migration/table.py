@@ -196,7 +196,8 @@ ROWS: tuple[Row, ...] = (
     _ok(OA, "quiet", True, "dbt's `--quiet`, in the same runs"),
     _ok(OA, "fail_fast", True, "dbt's `--fail-fast`, in the same runs"),
     _ok(OA, "cancel_query_on_kill", True, "default True: a killed SUBPROCESS task sends dbt SIGINT so it cancels "
-                                          "its queries; AIRFLOW_ASYNC nodes cancel their BigQuery job themselves"),
+                                          "its queries (on Linux, SIGKILLed tasks included); AIRFLOW_ASYNC nodes "
+                                          "cancel their BigQuery job themselves"),
     _ok(OA, "py_requirements", ["dbt-bigquery"], "VIRTUALENV: what its cached virtualenv holds (LOCAL and "
                                                  "AIRFLOW_ASYNC ignore it with a parse-time warning, as Cosmos LOCAL)"),
     _ok(OA, "py_system_site_packages", False, "VIRTUALENV: the virtualenv sees the worker's packages (elsewhere "

@@ -1,8 +1,10 @@
-"""A setup task killed with SIGKILL (out of memory, a worker lost) mid-capture leaves no dbt process running
-beneath it: neither the helper of a split capture nor the capture in a dbt virtualenv's Python.
+"""A task killed with SIGKILL (out of memory, a worker lost) leaves no dbt process running beneath it.
 
-The "setup task" is a Python process of the test's that starts the capture and kills itself with SIGKILL once
-dbt is building; its children must end within seconds, without finishing their capture (no result file).
+Setup tasks: neither the helper of a split capture nor the capture in a dbt virtualenv's Python goes on. The
+"setup task" is a Python process of the test's that starts the capture and kills itself with SIGKILL once dbt is
+building; its children must end within seconds, without finishing their capture (no result file).
+LOCAL tasks running a dbt executable (``dbt_executable_path``): their dbt cancels the BigQuery job it waits on
+and exits, rather than wait the query out and write the table beside the task's retry.
 """
 
 from __future__ import annotations
@@ -94,3 +96,61 @@ def test_a_setup_killed_mid_capture_leaves_no_dbt_running(tmp_path: Path, bigque
         time.sleep(0.2)
     assert not _running(pid), f"the capture process {pid} outlived its killed setup task by 20 s"
     assert not (Path(workdir) / "result.json").exists(), "the capture went on to the end after its setup task died"
+
+
+_LOCAL_TASK = """
+import sys
+from pathlib import Path
+from cosmos_async.config import ProfileConfig
+from cosmos_async.dbt.executable import DbtInvocation
+from cosmos_async.operators.local import run_dbt_command
+
+project = Path(sys.argv[1])
+profile = ProfileConfig(profile_name="synthetic", target_name="dev", profiles_yml_filepath=project / "profiles.yml")
+dbt = DbtInvocation(subprocess=True, executable=str(Path(sys.executable).with_name("dbt")))
+run_dbt_command(project, profile, "run", ["model_00000"], invocation=dbt)
+"""
+
+
+def _children(pid: int) -> list[tuple[int, str]]:
+    found = []
+    for entry in os.listdir("/proc"):
+        try:
+            if entry.isdigit() and int(Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                found.append((int(entry), Path(f"/proc/{entry}/cmdline").read_text().replace("\0", " ")))
+        except OSError:
+            pass
+    return found
+
+
+def test_a_local_task_killed_while_its_query_runs_leaves_no_dbt_and_no_job_running(tmp_path: Path, proxy) -> None:
+    proxy.reset()
+    # BigQuery reports the model's job RUNNING for two minutes. (Not dbt's `create schema` before it: dbt waits
+    # that one out whatever signal it gets, as its thread pool's threads are joined at exit.)
+    proxy.hold_for = lambda config: ("model", 120.0 if "model_00000" in json.dumps(config) else 0.0)
+    project = write_project(tmp_path / "synthetic", 3, seed=5)
+    env = {**os.environ, "BIGQUERY_API_ENDPOINT": proxy.url, "BIGQUERY_DATASET": "killed_local",
+           "DBT_SEND_ANONYMOUS_USAGE_STATS": "false"}
+    with (tmp_path / "task.log").open("w") as log:
+        task = subprocess.Popen([sys.executable, "-c", _LOCAL_TASK, str(project)], env=env, stdout=log,
+                                stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 120
+        job = None
+        while job is None and task.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+            job = next((j for j, c in dict(proxy.configs).items() if "model_00000" in json.dumps(c)), None)
+        assert job is not None, (tmp_path / "task.log").read_text()[-3000:]
+        dbt = [pid for pid, command in _children(task.pid) if "bin/dbt run " in command]
+        assert len(dbt) == 1, _children(task.pid)
+        task.kill()
+        task.wait()
+    finally:
+        proxy.hold_for = None
+        if task.poll() is None:
+            task.kill()
+    deadline = time.monotonic() + 20
+    while _running(dbt[0]) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not _running(dbt[0]), f"dbt {dbt[0]} outlived its killed task by 20 s, waiting on a job nobody reads"
+    assert proxy.cancels[job] >= 1, f"the job {job} was left running: {proxy.stats()}"
