@@ -123,11 +123,16 @@ def _children(pid: int) -> list[tuple[int, str]]:
     return found
 
 
+def _builds_the_model(config: dict) -> bool:
+    """Whether a job configuration is the one `dbt run --select model_00000` submits for its model."""
+    return "model_00000" in json.dumps(config)
+
+
 def test_a_local_task_killed_while_its_query_runs_leaves_no_dbt_and_no_job_running(tmp_path: Path, proxy) -> None:
     proxy.reset()
     # BigQuery reports the model's job RUNNING for two minutes. (Not dbt's `create schema` before it: dbt waits
     # that one out whatever signal it gets, as its thread pool's threads are joined at exit.)
-    proxy.hold_for = lambda config: ("model", 120.0 if "model_00000" in json.dumps(config) else 0.0)
+    proxy.hold_for = lambda config: ("model", 120.0 if _builds_the_model(config) else 0.0)
     project = write_project(tmp_path / "synthetic", 3, seed=5)
     env = {**os.environ, "BIGQUERY_API_ENDPOINT": proxy.url, "BIGQUERY_DATASET": "killed_local",
            "DBT_SEND_ANONYMOUS_USAGE_STATS": "false"}
@@ -139,7 +144,7 @@ def test_a_local_task_killed_while_its_query_runs_leaves_no_dbt_and_no_job_runni
         job = None
         while job is None and task.poll() is None and time.monotonic() < deadline:
             time.sleep(0.2)
-            job = next((j for j, c in dict(proxy.configs).items() if "model_00000" in json.dumps(c)), None)
+            job = next((j for j, c in dict(proxy.configs).items() if _builds_the_model(c)), None)
         assert job is not None, (tmp_path / "task.log").read_text()[-3000:]
         dbt = [pid for pid, command in _children(task.pid) if "bin/dbt run " in command]
         assert len(dbt) == 1, _children(task.pid)
